@@ -1,0 +1,1 @@
+"""Reasoning agents (intake, analysis, planning, evaluation): prompt + typed output schema + reasoner call."""

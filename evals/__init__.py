@@ -1,0 +1,1 @@
+"""Scenario suites and baselines that measure how well robopt does its job."""

@@ -1,0 +1,1 @@
+"""Interfaces: the `robopt` CLI, settings, and (later) the FastAPI service and history DB."""

@@ -1,0 +1,108 @@
+"""The project's exceptions: each has a stable code, a one-line message and an actionable hint.
+
+Every layer raises these (never bare asserts for user input) so that the CLI can exit 2 with one line and the
+server can answer a structured 4xx. Codes are stable strings: clients may match on them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class RoboptError(Exception):
+    """Base of every error robopt raises on purpose."""
+
+    code: str = "robopt_error"
+    exit_code: int = 1
+
+    def __init__(self, message: str, *, hint: str | None = None, detail: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+        self.detail = dict(detail or {})
+
+    def one_line(self) -> str:
+        """Render as the single line shown to users: code, message and, when known, what to do."""
+        text = f"[{self.code}] {self.message}"
+        if self.hint:
+            text += f" (hint: {self.hint})"
+        return text.replace("\n", " ")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Serialize for JSON answers (API errors, `--json` output, events)."""
+        return {"code": self.code, "message": self.message, "hint": self.hint, "detail": self.detail}
+
+
+class ValidationError(RoboptError):
+    """The user's input (a file, a flag, a config) is invalid; nothing was done with it."""
+
+    code = "validation_error"
+    exit_code = 2
+
+
+class UnsupportedFormatError(ValidationError):
+    """The file is not a model format robopt recognizes, or the format needs an extra that is missing."""
+
+    code = "unsupported_format"
+
+
+class CorruptFileError(ValidationError):
+    """The file claims a known format but its content is broken (truncated, inconsistent header, ...)."""
+
+    code = "corrupt_file"
+
+
+class UnsafeFileError(ValidationError):
+    """Loading the file would run code or escape the data directory; refused unless explicitly trusted."""
+
+    code = "unsafe_file"
+
+
+class MissingDependencyError(ValidationError):
+    """An optional package needed for this input or technique is not installed."""
+
+    code = "missing_dependency"
+
+
+class InputSpecError(ValidationError):
+    """The model's input specification is missing, malformed or inconsistent with the model."""
+
+    code = "input_spec_error"
+
+
+class ConfigurationError(ValidationError):
+    """Settings or configuration files are invalid."""
+
+    code = "configuration_error"
+
+
+class NotFoundError(ValidationError):
+    """A model, job or version that was asked for does not exist."""
+
+    code = "not_found"
+
+
+class IntegrityError(RoboptError):
+    """A stored artifact no longer matches its recorded hash, or the store refused to overwrite it."""
+
+    code = "integrity_error"
+    exit_code = 2
+
+
+class ResourceError(RoboptError):
+    """A limit was reached: memory, disk, time, or a cap on an archive's size or file count."""
+
+    code = "resource_error"
+    exit_code = 2
+
+
+class OptimizationError(RoboptError):
+    """A technique could not be applied to this model (unsupported layer, failed export, ...)."""
+
+    code = "optimization_error"
+
+
+class MeasurementError(RoboptError):
+    """A measurement (latency, memory, accuracy) could not be taken."""
+
+    code = "measurement_error"
