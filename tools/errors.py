@@ -15,7 +15,9 @@ class RoboptError(Exception):
     code: str = "robopt_error"
     exit_code: int = 1
 
-    def __init__(self, message: str, *, hint: str | None = None, detail: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, message: str, *, hint: str | None = None, detail: dict[str, Any] | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.hint = hint

@@ -28,9 +28,19 @@ DTYPES: dict[str, torch.dtype] = {
     "uint8": torch.uint8,
     "bool": torch.bool,
 }
-_ALIASES = {"float": "float32", "fp32": "float32", "fp16": "float16", "half": "float16", "bf16": "bfloat16",
-            "long": "int64", "int": "int64", "double": "float64"}
-_SPEC_RE = re.compile(r"^(?P<name>[A-Za-z_][\w.\-/]*):(?P<shape>[0-9]+(?:x[0-9]+)*):(?P<dtype>\w+)(?::(?P<lo>-?\d+)-(?P<hi>-?\d+))?$")
+_ALIASES = {
+    "float": "float32",
+    "fp32": "float32",
+    "fp16": "float16",
+    "half": "float16",
+    "bf16": "bfloat16",
+    "long": "int64",
+    "int": "int64",
+    "double": "float64",
+}
+_SPEC_RE = re.compile(
+    r"^(?P<name>[A-Za-z_][\w.\-/]*):(?P<shape>[0-9]+(?:x[0-9]+)*):(?P<dtype>\w+)(?::(?P<lo>-?\d+)-(?P<hi>-?\d+))?$"
+)
 
 
 class InputSpec(BaseModel):
@@ -43,6 +53,10 @@ class InputSpec(BaseModel):
     dtype: str = Field(default="float32", description="One of: " + ", ".join(DTYPES))
     low: int | None = Field(default=None, description="Inclusive lower bound for synthetic integer values.")
     high: int | None = Field(default=None, description="Exclusive upper bound for synthetic integer values.")
+    prefix: tuple[int, ...] = Field(
+        default=(),
+        description="Fixed leading values of the last dimension (image placeholder tokens); the rest is synthetic.",
+    )
 
     @field_validator("dtype")
     @classmethod
@@ -108,7 +122,10 @@ def synthesize_inputs(specs: Iterable[InputSpec], seed: int = 0) -> dict[str, to
         elif spec.is_integer:
             low = spec.low if spec.low is not None else 0
             high = spec.high if spec.high is not None else 2
-            inputs[spec.name] = torch.randint(low, high, spec.shape, generator=generator, dtype=spec.torch_dtype)
+            values = torch.randint(low, high, spec.shape, generator=generator, dtype=spec.torch_dtype)
+            if spec.prefix:
+                values[..., : len(spec.prefix)] = torch.tensor(spec.prefix, dtype=spec.torch_dtype)
+            inputs[spec.name] = values
         else:
             inputs[spec.name] = torch.randn(spec.shape, generator=generator).to(spec.torch_dtype)
     return inputs
@@ -149,7 +166,8 @@ def load_input_data(path: Path) -> dict[str, torch.Tensor]:
     except Exception as exc:  # noqa: BLE001 - numpy/safetensors raise assorted errors on corrupt files
         raise CorruptFileError(f"cannot read data file {path.name}: {type(exc).__name__}: {exc}") from None
     raise InputSpecError(
-        f"unsupported data file {path.name}", hint="give a tensor dict as .npz, .safetensors or weights-only .pt"
+        f"unsupported data file {path.name}",
+        hint="give a tensor dict as .npz, .safetensors or weights-only .pt",
     )
 
 

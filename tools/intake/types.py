@@ -44,7 +44,8 @@ class LoadOptions(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     architecture: str | None = Field(
-        default=None, description="`module:Class` that builds the network for a state dict or safetensors file."
+        default=None,
+        description="`module:Class` that builds the network for a state dict or safetensors file.",
     )
     config_path: Path | None = Field(
         default=None,
@@ -52,7 +53,9 @@ class LoadOptions(BaseModel):
     )
     trust_pickle: bool = Field(default=False, description="Allow full unpickling of whole pickled modules.")
     trust_remote_code: bool = Field(default=False, description="Allow Hugging Face models with custom code.")
-    input_specs: tuple[InputSpec, ...] = Field(default=(), description="Given input specs; override inference.")
+    input_specs: tuple[InputSpec, ...] = Field(
+        default=(), description="Given input specs; override inference."
+    )
 
 
 @dataclass

@@ -1,0 +1,70 @@
+"""Create `.venv` and install robopt into it, using nothing but the standard library.
+
+Shared by `run_robopt.py` and `run_tests.py`, the README's two commands: each works on a bare machine with
+Python 3.11 by installing what it needs first. Re-installs only when pyproject.toml (or the extras) changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = ROOT / ".venv"
+STAMP = VENV / ".robopt-install-stamp"
+
+
+def venv_python() -> Path:
+    """Path of the virtual environment's interpreter."""
+    return VENV / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+
+
+def ensure_venv(extras: tuple[str, ...] = ()) -> Path:
+    """Create `.venv` if missing and (re)install robopt with `extras` when the recorded install is stale."""
+    if sys.version_info < (3, 11):
+        sys.exit(f"robopt needs Python 3.11 or newer; this is {sys.version.split()[0]}")
+    if not venv_python().exists():
+        print(f"[robopt] creating {VENV.relative_to(ROOT)} ...", flush=True)
+        venv.EnvBuilder(with_pip=True, clear=True).create(VENV)
+    wanted = hashlib.sha256(
+        (ROOT / "pyproject.toml").read_bytes() + ",".join(sorted(extras)).encode()
+    ).hexdigest()
+    installed = STAMP.read_text().strip() if STAMP.exists() else ""
+    if installed != wanted and not _stamp_covers(installed, extras):
+        target = f".[{','.join(sorted(extras))}]" if extras else "."
+        print(f"[robopt] installing {target} into .venv (first run takes a few minutes) ...", flush=True)
+        command = [
+            str(venv_python()),
+            "-m",
+            "pip",
+            "install",
+            "--disable-pip-version-check",
+            "-q",
+            "-e",
+            target,
+        ]
+        result = subprocess.run(command, cwd=ROOT)
+        if result.returncode != 0:
+            sys.exit(
+                f"[robopt] installing dependencies failed (exit {result.returncode}); see pip's output above"
+            )
+        STAMP.write_text(wanted + "\n" + ",".join(sorted(extras)) + "\n")
+    return venv_python()
+
+
+def _stamp_covers(installed: str, extras: tuple[str, ...]) -> bool:
+    """Whether the recorded install is of the same pyproject with at least the wanted extras."""
+    lines = installed.splitlines()
+    if len(lines) < 2:
+        return False
+    recorded_extras = tuple(e for e in lines[1].split(",") if e)
+    if not set(extras) <= set(recorded_extras):
+        return False
+    same_project = hashlib.sha256(
+        (ROOT / "pyproject.toml").read_bytes() + ",".join(sorted(recorded_extras)).encode()
+    ).hexdigest()
+    return lines[0] == same_project

@@ -1,0 +1,107 @@
+"""Load Hugging Face model directories (config.json + weights) through transformers, offline and without code."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tools.errors import UnsafeFileError, ValidationError
+from tools.intake.detect import validate_safetensors_header
+from tools.intake.hf_inputs import infer_hf_input_specs
+from tools.intake.pickle_scan import classify_torch_pickle
+from tools.intake.types import LoadedModel, LoadOptions, ModelFormat
+
+
+def _offline() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def model_class_for(config: dict[str, Any], options: LoadOptions) -> Any:
+    """Pick the transformers class for a config: `architectures[0]` when transformers has it, else AutoModel."""
+    import transformers
+
+    if config.get("auto_map") and not options.trust_remote_code:
+        raise UnsafeFileError(
+            "this Hugging Face model ships its own Python code (auto_map in config.json); it is not run by default",
+            hint="pass --trust-remote-code only if you trust its source",
+        )
+    for name in config.get("architectures") or []:
+        cls = getattr(transformers, str(name), None)
+        if cls is not None:
+            return cls
+    return transformers.AutoModel
+
+
+def model_from_config(config: dict[str, Any], options: LoadOptions) -> torch.nn.Module:
+    """Build a randomly initialized model from a config dict (weights are loaded by the caller)."""
+    import transformers
+
+    _offline()
+    cls = model_class_for(config, options)
+    try:
+        hf_config = transformers.AutoConfig.for_model(**config)
+        if cls is transformers.AutoModel:
+            return transformers.AutoModel.from_config(hf_config, trust_remote_code=options.trust_remote_code)
+        return cls(hf_config)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValidationError(f"cannot build a model from this config.json: {exc}") from None
+
+
+def load_hf_directory(path: Path, options: LoadOptions) -> LoadedModel:
+    """Validate the weight files of a Hugging Face directory, then load it with transformers, offline."""
+    _offline()
+    config_path = path / "config.json"
+    try:
+        config = json.loads(config_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValidationError(f"{path.name}/config.json is not valid JSON: {exc}") from None
+    if not isinstance(config, dict) or "model_type" not in config:
+        raise ValidationError(f"{path.name}/config.json has no model_type; it is not a transformers config")
+    cls = model_class_for(config, options)
+    use_safetensors = _check_weight_files(path)
+    try:
+        module = cls.from_pretrained(
+            str(path),
+            local_files_only=True,
+            trust_remote_code=options.trust_remote_code,
+            use_safetensors=use_safetensors,
+            dtype="auto",
+        )
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError) as exc:
+        raise ValidationError(
+            f"{path.name}: transformers cannot load this directory: {str(exc).splitlines()[0][:300]}"
+        ) from None
+    module.eval()
+    specs = list(options.input_specs) or infer_hf_input_specs(config)
+    return LoadedModel(
+        source=path,
+        path=path,
+        format=ModelFormat.HF_DIRECTORY,
+        options=options,
+        input_specs=specs,
+        module=module,
+        config=config,
+        metadata={"architecture": type(module).__name__},
+    )
+
+
+def _check_weight_files(path: Path) -> bool:
+    """Validate every weight file before transformers opens it; return whether they are SafeTensors."""
+    safetensors_files = sorted(path.glob("*.safetensors"))
+    for weights in safetensors_files:
+        validate_safetensors_header(weights)
+    if safetensors_files:
+        return True
+    for weights in sorted(path.glob("pytorch_model*.bin")):
+        weights_only, unsafe = classify_torch_pickle(weights)
+        if not weights_only:
+            raise UnsafeFileError(
+                f"{weights.name} imports {', '.join(unsafe[:3])} when unpickled; refused",
+                hint="convert the weights to safetensors",
+            )
+    return False
