@@ -23,6 +23,9 @@ class RoboptError(Exception):
         self.hint = hint
         self.detail = dict(detail or {})
 
+    def __str__(self) -> str:
+        return self.message + (f" (hint: {self.hint})" if self.hint else "")
+
     def one_line(self) -> str:
         """Render as the single line shown to users: code, message and, when known, what to do."""
         text = f"[{self.code}] {self.message}"

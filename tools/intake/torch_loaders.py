@@ -163,6 +163,18 @@ def build_from_state_dict(
 
 
 def _load_weights(path: Path, module: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    expected = module.state_dict()
+    mismatched = [
+        f"{k} {tuple(v.shape)} vs {tuple(expected[k].shape)}"
+        for k, v in state.items()
+        if k in expected and tuple(v.shape) != tuple(expected[k].shape)
+    ]
+    if mismatched:
+        raise ValidationError(
+            f"{path.name} does not match the architecture: {len(mismatched)} tensors differ in shape "
+            f"({'; '.join(mismatched[:2])})",
+            hint="check --arch/--config: they must describe the network these weights came from",
+        )
     result = module.load_state_dict(state, strict=False)
     missing = [k for k in result.missing_keys if not k.endswith("num_batches_tracked")]
     tied = {name for name, _ in module.named_parameters(remove_duplicate=False)} - {

@@ -1,0 +1,121 @@
+"""The corpus of bad model files: each is built on the fly and paired with the error robopt must raise.
+
+Shared by the intake tests, the CLI tests (exit 2 with the message) and, later, the HTTP service's tests.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pickle
+import struct
+import tarfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from tools import errors
+
+
+@dataclass(frozen=True)
+class BadCase:
+    """A bad file, the exception class robopt must raise for it, and a fragment of the one-line message."""
+
+    name: str
+    path: Path
+    error: type[errors.RoboptError]
+    fragment: str
+
+
+class _RunsCommand:
+    """Unpickling this runs a shell command that creates `marker`: proof of code execution if it ever exists."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _tar_with(path: Path, members: list[tuple[tarfile.TarInfo, bytes | None]]) -> Path:
+    with tarfile.open(path, "w:gz") as archive:
+        for info, payload in members:
+            if payload is not None:
+                info.size = len(payload)
+            archive.addfile(info, io.BytesIO(payload) if payload is not None else None)
+    return path
+
+
+def build_bad_corpus(directory: Path, marker: Path) -> list[BadCase]:
+    """Write every bad file into `directory`; loading any of them must never create `marker`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    cases: list[BadCase] = []
+
+    def add(name: str, error: type[errors.RoboptError], fragment: str) -> Path:
+        path = directory / name
+        cases.append(BadCase(name, path, error, fragment))
+        return path
+
+    add("empty.pt", errors.CorruptFileError, "empty").write_bytes(b"")
+
+    good = directory / "_good.safetensors"
+    save_file({"weight": torch.arange(4096, dtype=torch.float32)}, str(good))
+    blob = good.read_bytes()
+    good.unlink()
+    add("truncated.safetensors", errors.CorruptFileError, "truncated").write_bytes(blob[: len(blob) - 1000])
+
+    header = json.dumps({"w": {"dtype": "F32", "shape": [2**38], "data_offsets": [0, 2**40]}}).encode()
+    add("terabytes.safetensors", errors.CorruptFileError, "header describes").write_bytes(
+        struct.pack("<Q", len(header)) + header + b"\0" * 64
+    )
+    add("huge_header.safetensors", errors.CorruptFileError, "claims").write_bytes(
+        struct.pack("<Q", 2**42) + b'{"w": {}}' + b"\0" * 64
+    )
+
+    add("random.onnx", errors.CorruptFileError, "not an ONNX").write_bytes(
+        bytes(((i * 7919 + 13) * 104729) % 251 for i in range(4096))
+    )
+    add("truncated.onnx", errors.CorruptFileError, "not a valid ONNX").write_bytes(
+        b"\x08\x08\x12\x07pytorch" + b"\x3a\xff\xff\x03" + b"\x00" * 16
+    )
+
+    with add("command.pt", errors.UnsafeFileError, "posix.system").open("wb") as handle:
+        pickle.dump(_RunsCommand(marker), handle)
+    torch.save(
+        {"weight": torch.zeros(2), "payload": _RunsCommand(marker)},
+        add("command_zip.pt", errors.UnsafeFileError, "posix.system"),
+    )
+
+    with zipfile.ZipFile(add("escape.zip", errors.UnsafeFileError, "'..'"), "w") as archive:
+        archive.writestr("model/config.json", "{}")
+        archive.writestr("../../escaped.txt", "outside")
+    _tar_with(
+        add("escape.tar.gz", errors.UnsafeFileError, "'..'"),
+        [(tarfile.TarInfo("model/../../escaped.txt"), b"outside")],
+    )
+    link = tarfile.TarInfo("model/link")
+    link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+    _tar_with(add("symlink.tar.gz", errors.UnsafeFileError, "link"), [(link, None)])
+    absolute = tarfile.TarInfo("/tmp/robopt-absolute.txt")
+    absolute.size = 3
+    _tar_with(add("absolute.tar.gz", errors.UnsafeFileError, "absolute"), [(absolute, b"abc")])
+
+    with zipfile.ZipFile(
+        add("bomb.zip", errors.ResourceError, "archive bomb"), "w", zipfile.ZIP_DEFLATED
+    ) as archive:
+        with archive.open("model/weights.bin", "w") as member:
+            chunk = b"\0" * (1024 * 1024)
+            for _ in range(96):
+                member.write(chunk)
+
+    add("not_a_model.bin", errors.UnsupportedFormatError, "unrecognized").write_bytes(b"hello, robot" * 10)
+    add("gzip_not_tar.tar.gz", errors.CorruptFileError, "not a readable tar").write_bytes(
+        __import__("gzip").compress(b"just text, no tar header" * 40)
+    )
+    with zipfile.ZipFile(add("data.npz", errors.UnsupportedFormatError, "not a model"), "w") as archive:
+        archive.writestr("x.npy", b"\x93NUMPY")
+    return cases

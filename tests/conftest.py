@@ -1,0 +1,39 @@
+"""Shared fixtures: a temporary data directory, hand-built model files, and the reference-model cache."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.model_zoo import write_all_formats, write_tiny_llava
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    """A fresh robopt data directory for one test."""
+    path = tmp_path / "data"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture(scope="session")
+def zoo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """TinyMLP written once per session in every torch/ONNX intake format."""
+    return write_all_formats(tmp_path_factory.mktemp("zoo"))
+
+
+@pytest.fixture(scope="session")
+def tiny_llava_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Llava Hugging Face directory written once per session."""
+    return write_tiny_llava(tmp_path_factory.mktemp("hf") / "tiny-llava")
+
+
+@pytest.fixture(scope="session")
+def reference_cache() -> Path:
+    """Persistent cache of built reference models (gitignored), so repeated local runs skip the build."""
+    path = REPO / ".cache" / "reference"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
