@@ -1,0 +1,116 @@
+"""The `robopt` command line: `robopt analyze MODEL`, `robopt reference list|build`.
+
+Exit codes: 0 success, 2 bad input (one line on stderr, from the project's exceptions), 1 unexpected failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from server.settings import Settings, get_settings
+from tools.errors import RoboptError, ValidationError
+from tools.log import configure_logging, get_logger
+
+_log = get_logger("cli")
+DEFAULT_REFERENCE = "vla"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the argument parser for every subcommand."""
+    parser = argparse.ArgumentParser(prog="robopt", description="Optimize robotics models for edge deployment.")
+    parser.add_argument("--data-dir", type=Path, help="data directory (default: ROBOPT_DATA_DIR or ./data)")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    analyze = commands.add_parser("analyze", help="profile a model: parameters, FLOPs, latency, memory, architecture")
+    analyze.add_argument("model", nargs="?", type=Path,
+                         help=f"model file or directory (default: the bundled reference {DEFAULT_REFERENCE!r})")
+    analyze.add_argument("--json", action="store_true", help="print the profile as JSON")
+    analyze.add_argument("--input-shape", action="append", default=[], metavar="NAME:DIMS:DTYPE",
+                         help="input spec, repeatable, e.g. pixel_values:1x3x224x224:float32")
+    analyze.add_argument("--arch", metavar="MODULE:CLASS", help="architecture for a state dict / safetensors file")
+    analyze.add_argument("--config", type=Path, help="Hugging Face config.json, or JSON kwargs for --arch")
+    analyze.add_argument("--trust-pickle", action="store_true", help="allow unpickling a whole pickled module")
+    analyze.add_argument("--trust-remote-code", action="store_true", help="allow Hugging Face custom code")
+    analyze.add_argument("--no-latency", action="store_true", help="skip the latency and memory measurement")
+    analyze.add_argument("--threads", type=int, help="threads for the latency measurement (default: settings)")
+
+    reference = commands.add_parser("reference", help="build or list the bundled reference models")
+    reference_commands = reference.add_subparsers(dest="reference_command", required=True)
+    reference_commands.add_parser("list", help="list the reference models")
+    build = reference_commands.add_parser("build", help="build (or fetch from cache) reference models")
+    build.add_argument("names", nargs="*", help="names to build (default: all)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; return the process exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        settings = get_settings()
+        if args.data_dir is not None:
+            settings = settings.model_copy(update={"data_dir": args.data_dir})
+        configure_logging(settings.log_level)
+        if args.command == "analyze":
+            return _analyze(args, settings)
+        return _reference(args, settings)
+    except RoboptError as error:
+        print(f"robopt: {error.one_line()}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print("robopt: interrupted", file=sys.stderr)
+        return 130
+
+
+def _analyze(args: argparse.Namespace, settings: Settings) -> int:
+    from tools.inputs import parse_input_spec
+    from tools.intake import LoadOptions, load_model
+    from tools.profiling import analyze_model, format_profile_table
+
+    if args.threads is not None and args.threads < 1:
+        raise ValidationError("--threads must be at least 1")
+    if args.model is None:
+        from tools.reference import reference_model_file
+
+        model_path, options = reference_model_file(DEFAULT_REFERENCE, settings.reference_dir)
+    else:
+        model_path = args.model
+        options = LoadOptions(
+            architecture=args.arch,
+            config_path=args.config,
+            trust_pickle=args.trust_pickle,
+            trust_remote_code=args.trust_remote_code,
+            input_specs=tuple(parse_input_spec(text) for text in args.input_shape),
+        )
+    loaded = load_model(model_path, options, data_dir=settings.data_dir)
+    profile = analyze_model(
+        loaded,
+        latency=not args.no_latency,
+        threads=args.threads or settings.latency_threads,
+        warmup=settings.latency_warmup,
+        iterations=settings.latency_iterations,
+        timeout_s=settings.latency_timeout_s,
+        data_dir=settings.data_dir,
+    )
+    print(profile.model_dump_json(indent=2) if args.json else format_profile_table(profile))
+    return 0
+
+
+def _reference(args: argparse.Namespace, settings: Settings) -> int:
+    from tools.reference import REFERENCE_MODELS, build_reference
+
+    if args.reference_command == "list":
+        for name, entry in REFERENCE_MODELS.items():
+            print(f"{name:20s} {entry.description}")
+        return 0
+    names = args.names or list(REFERENCE_MODELS)
+    built = {name: str(build_reference(name, settings.reference_dir)) for name in names}
+    print(json.dumps(built, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,99 @@
+"""`robopt analyze` profiles every intake format and exits 2 with one line on every bad file."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from server.cli import main
+from tests.bad_corpus import build_bad_corpus
+
+REPO = Path(__file__).resolve().parents[2]
+TINY_MLP_PARAMETERS = 8 * 16 + 16 + 16 * 4 + 4
+
+
+@pytest.fixture
+def run_cli(data_dir: Path, capsys: pytest.CaptureFixture[str]):  # noqa: ANN201 - returns a small closure
+    def run(*args: str) -> tuple[int, str, str]:
+        code = main(["--data-dir", str(data_dir), *args])
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return run
+
+
+@pytest.mark.parametrize(
+    ("key", "flags", "expected_format"),
+    [
+        ("torchscript", [], "torchscript"),
+        ("onnx", [], "onnx"),
+        ("state_dict", ["--arch", "tests.model_zoo:TinyMLP", "--config", "{config}"], "torch_state_dict"),
+        ("safetensors", ["--arch", "tests.model_zoo:TinyMLP"], "safetensors"),
+        ("pickled_module", ["--trust-pickle"], "torch_pickled_module"),
+    ],
+)
+def test_analyze_json_reports_each_format(run_cli, zoo: dict[str, Path], key: str, flags: list[str],  # noqa: ANN001
+                                          expected_format: str) -> None:
+    flags = [flag.format(config=zoo["config"]) for flag in flags]
+    code, out, err = run_cli("analyze", str(zoo[key]), "--json", "--no-latency", *flags)
+    assert code == 0, err
+    profile = json.loads(out)
+    assert profile["format"] == expected_format
+    assert profile["parameters"] == TINY_MLP_PARAMETERS
+    assert profile["flops"] == 2 * (8 * 16 + 16 * 4)
+    assert [i["name"] for i in profile["inputs"]] == ["state"]
+
+
+def test_analyze_hf_directory_finds_vla_family_components(run_cli, tiny_llava_dir: Path) -> None:  # noqa: ANN001
+    code, out, err = run_cli("analyze", str(tiny_llava_dir), "--json", "--no-latency")
+    assert code == 0, err
+    profile = json.loads(out)
+    roles = {c["role"] for c in profile["components"]}
+    assert {"vision_tower", "language_backbone", "projector"} <= roles
+    assert profile["format"] == "hf_directory"
+
+
+def test_analyze_human_table_names_the_numbers(run_cli, zoo: dict[str, Path]) -> None:  # noqa: ANN001
+    code, out, _ = run_cli("analyze", str(zoo["onnx"]), "--no-latency")
+    assert code == 0
+    assert "212" in out.replace(",", "") and "onnx" in out.lower()
+
+
+def test_every_bad_file_exits_2_with_one_line(run_cli, tmp_path: Path) -> None:  # noqa: ANN001
+    marker = tmp_path / "code-ran.marker"
+    for case in build_bad_corpus(tmp_path / "bad", marker):
+        code, out, err = run_cli("analyze", str(case.path), "--json")
+        assert code == 2, (case.name, err)
+        assert out == ""
+        assert len(err.strip().splitlines()) == 1 and case.fragment in err, (case.name, err)
+    assert not marker.exists()
+
+
+def test_bad_flags_exit_2(run_cli, zoo: dict[str, Path]) -> None:  # noqa: ANN001
+    code, _, err = run_cli("analyze", str(zoo["onnx"]), "--input-shape", "state:1xbad:float32")
+    assert code == 2 and "cannot parse input spec" in err
+    code, _, err = run_cli("analyze", str(zoo["state_dict"]), "--arch", "no.such.module:Nope")
+    assert code == 2 and "cannot be imported" in err
+
+
+@pytest.mark.integration
+def test_console_script_measures_latency_and_refuses_bad_file(zoo: dict[str, Path], tmp_path: Path) -> None:
+    robopt = Path(sys.executable).with_name("robopt")
+    data = tmp_path / "data"
+    result = subprocess.run([str(robopt), "--data-dir", str(data), "analyze", str(zoo["onnx"]), "--json"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    profile = json.loads(result.stdout)
+    assert profile["latency_p50_ms"] > 0 and profile["latency_p95_ms"] >= profile["latency_p50_ms"]
+    assert profile["peak_memory_mb"] > 0
+    empty = tmp_path / "empty.onnx"
+    empty.write_bytes(b"")
+    result = subprocess.run([str(robopt), "--data-dir", str(data), "analyze", str(empty)], capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == ["robopt: [corrupt_file] empty.onnx is empty (0 bytes) (hint: check "
+                                                  "that the upload or copy completed)"]
