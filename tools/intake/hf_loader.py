@@ -17,8 +17,12 @@ from tools.intake.types import LoadedModel, LoadOptions, ModelFormat
 
 
 def _offline() -> None:
+    """Never reach a hub, and keep transformers' progress bars off the CLI's stderr."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
 
 
 def model_class_for(config: dict[str, Any], options: LoadOptions) -> Any:
