@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from tools.profiling.components import ComponentIndex
-from tools.profiling.schema import ComponentProfile, DtypeProfile, LayerTypeProfile, TensorInfo
+from tools.profiling.schema import ComponentProfile, ConvBackbone, DtypeProfile, LayerTypeProfile, TensorInfo
 
 
 @dataclass(frozen=True)
@@ -128,3 +128,23 @@ def _flatten(value: Any, prefix: str, found: list[tuple[str, Any]], top: bool = 
         for i, item in enumerate(value):
             _flatten(item, f"{prefix}_{i}", found)
     # anything else (caches, None, scalars) is not an output tensor
+
+
+def conv_backbones(
+    per_component: Mapping[str, list[tuple[int, int, bool]]], index: ComponentIndex
+) -> list[ConvBackbone]:
+    """Summarize (out_channels, stride, transposed) convolutions per component into ConvBackbone records."""
+    backbones = []
+    for component, convs in per_component.items():
+        down = sum(1 for _, step, transposed in convs if step > 1 and not transposed)
+        backbones.append(
+            ConvBackbone(
+                component=component,
+                role=index.role_of(component),
+                conv_layers=len(convs),
+                channels=list(dict.fromkeys(out for out, _, _ in convs if out)),
+                downsampling_layers=down,
+                stages=down + 1,
+            )
+        )
+    return backbones

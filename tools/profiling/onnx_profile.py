@@ -20,7 +20,7 @@ from onnx import TensorProto
 
 from tools.inputs import InputSpec
 from tools.log import get_logger
-from tools.profiling.common import WeightRecord
+from tools.profiling.common import WeightRecord, conv_backbones
 from tools.profiling.components import ComponentIndex, split_components, tokens, tree_from_paths
 from tools.profiling.schema import ConvBackbone, OpFlops, TransformerStack
 
@@ -421,20 +421,7 @@ def _convs(
         per_component.setdefault(component, []).append(
             (out, max(strides or [1]), node.op_type == "ConvTranspose")
         )
-    backbones = []
-    for component, convs in per_component.items():
-        down = sum(1 for _, step, transposed in convs if step > 1 and not transposed)
-        backbones.append(
-            ConvBackbone(
-                component=component,
-                role=index.role_of(component),
-                conv_layers=len(convs),
-                channels=list(dict.fromkeys(out for out, _, _ in convs if out)),
-                downsampling_layers=down,
-                stages=down + 1,
-            )
-        )
-    return backbones
+    return conv_backbones(per_component, index)
 
 
 def _linear_layers(

@@ -17,7 +17,7 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from tools.errors import MeasurementError
 from tools.log import get_logger
-from tools.profiling.common import WeightRecord, dtype_name
+from tools.profiling.common import WeightRecord, conv_backbones, dtype_name
 from tools.profiling.components import (
     ROOT,
     ComponentIndex,
@@ -347,21 +347,7 @@ def find_convs(module: torch.nn.Module, index: ComponentIndex) -> list[ConvBackb
         per_component.setdefault(index.component_of(child_path(path, "weight")), []).append(
             (out, step, kind.startswith("ConvTranspose"))
         )
-    backbones = []
-    for component, convs in per_component.items():
-        channels = list(dict.fromkeys(out for out, _, _ in convs if out))
-        down = sum(1 for _, step, transposed in convs if step > 1 and not transposed)
-        backbones.append(
-            ConvBackbone(
-                component=component,
-                role=index.role_of(component),
-                conv_layers=len(convs),
-                channels=channels,
-                downsampling_layers=down,
-                stages=down + 1,
-            )
-        )
-    return backbones
+    return conv_backbones(per_component, index)
 
 
 def linear_layers(module: torch.nn.Module, index: ComponentIndex) -> dict[str, int]:
