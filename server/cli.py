@@ -21,22 +21,41 @@ DEFAULT_REFERENCE = "vla"
 
 def build_parser() -> argparse.ArgumentParser:
     """Build the argument parser for every subcommand."""
-    parser = argparse.ArgumentParser(prog="robopt", description="Optimize robotics models for edge deployment.")
+    parser = argparse.ArgumentParser(
+        prog="robopt", description="Optimize robotics models for edge deployment."
+    )
     parser.add_argument("--data-dir", type=Path, help="data directory (default: ROBOPT_DATA_DIR or ./data)")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    analyze = commands.add_parser("analyze", help="profile a model: parameters, FLOPs, latency, memory, architecture")
-    analyze.add_argument("model", nargs="?", type=Path,
-                         help=f"model file or directory (default: the bundled reference {DEFAULT_REFERENCE!r})")
+    analyze = commands.add_parser(
+        "analyze", help="profile a model: parameters, FLOPs, latency, memory, architecture"
+    )
+    analyze.add_argument(
+        "model",
+        nargs="?",
+        type=Path,
+        help=f"model file or directory (default: the bundled reference {DEFAULT_REFERENCE!r})",
+    )
     analyze.add_argument("--json", action="store_true", help="print the profile as JSON")
-    analyze.add_argument("--input-shape", action="append", default=[], metavar="NAME:DIMS:DTYPE",
-                         help="input spec, repeatable, e.g. pixel_values:1x3x224x224:float32")
-    analyze.add_argument("--arch", metavar="MODULE:CLASS", help="architecture for a state dict / safetensors file")
+    analyze.add_argument(
+        "--input-shape",
+        action="append",
+        default=[],
+        metavar="NAME:DIMS:DTYPE",
+        help="input spec, repeatable, e.g. pixel_values:1x3x224x224:float32",
+    )
+    analyze.add_argument(
+        "--arch", metavar="MODULE:CLASS", help="architecture for a state dict / safetensors file"
+    )
     analyze.add_argument("--config", type=Path, help="Hugging Face config.json, or JSON kwargs for --arch")
-    analyze.add_argument("--trust-pickle", action="store_true", help="allow unpickling a whole pickled module")
+    analyze.add_argument(
+        "--trust-pickle", action="store_true", help="allow unpickling a whole pickled module"
+    )
     analyze.add_argument("--trust-remote-code", action="store_true", help="allow Hugging Face custom code")
     analyze.add_argument("--no-latency", action="store_true", help="skip the latency and memory measurement")
-    analyze.add_argument("--threads", type=int, help="threads for the latency measurement (default: settings)")
+    analyze.add_argument(
+        "--threads", type=int, help="threads for the latency measurement (default: settings)"
+    )
 
     reference = commands.add_parser("reference", help="build or list the bundled reference models")
     reference_commands = reference.add_subparsers(dest="reference_command", required=True)

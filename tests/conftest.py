@@ -37,3 +37,19 @@ def reference_cache() -> Path:
     path = REPO / ".cache" / "reference"
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+@pytest.fixture(scope="session")
+def built_vla(reference_cache: Path) -> Path:
+    """The trained reference VLA's directory (trains about 1.5 minutes on the first run, then cached)."""
+    from tools.reference import build_reference
+
+    return build_reference("vla", reference_cache)
+
+
+@pytest.fixture(scope="session")
+def built_conv_policy(reference_cache: Path) -> Path:
+    """The trained reference ConvPolicy's directory (about 25 seconds on the first run, then cached)."""
+    from tools.reference import build_reference
+
+    return build_reference("conv_policy", reference_cache)

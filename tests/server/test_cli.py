@@ -36,8 +36,9 @@ def run_cli(data_dir: Path, capsys: pytest.CaptureFixture[str]):  # noqa: ANN201
         ("pickled_module", ["--trust-pickle"], "torch_pickled_module"),
     ],
 )
-def test_analyze_json_reports_each_format(run_cli, zoo: dict[str, Path], key: str, flags: list[str],  # noqa: ANN001
-                                          expected_format: str) -> None:
+def test_analyze_json_reports_each_format(
+    run_cli, zoo: dict[str, Path], key: str, flags: list[str], expected_format: str  # noqa: ANN001
+) -> None:
     flags = [flag.format(config=zoo["config"]) for flag in flags]
     code, out, err = run_cli("analyze", str(zoo[key]), "--json", "--no-latency", *flags)
     assert code == 0, err
@@ -48,7 +49,9 @@ def test_analyze_json_reports_each_format(run_cli, zoo: dict[str, Path], key: st
     assert [i["name"] for i in profile["inputs"]] == ["state"]
 
 
-def test_analyze_hf_directory_finds_vla_family_components(run_cli, tiny_llava_dir: Path) -> None:  # noqa: ANN001
+def test_analyze_hf_directory_finds_vla_family_components(
+    run_cli, tiny_llava_dir: Path
+) -> None:  # noqa: ANN001
     code, out, err = run_cli("analyze", str(tiny_llava_dir), "--json", "--no-latency")
     assert code == 0, err
     profile = json.loads(out)
@@ -84,16 +87,26 @@ def test_bad_flags_exit_2(run_cli, zoo: dict[str, Path]) -> None:  # noqa: ANN00
 def test_console_script_measures_latency_and_refuses_bad_file(zoo: dict[str, Path], tmp_path: Path) -> None:
     robopt = Path(sys.executable).with_name("robopt")
     data = tmp_path / "data"
-    result = subprocess.run([str(robopt), "--data-dir", str(data), "analyze", str(zoo["onnx"]), "--json"],
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [str(robopt), "--data-dir", str(data), "analyze", str(zoo["onnx"]), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     profile = json.loads(result.stdout)
     assert profile["latency_p50_ms"] > 0 and profile["latency_p95_ms"] >= profile["latency_p50_ms"]
     assert profile["peak_memory_mb"] > 0
     empty = tmp_path / "empty.onnx"
     empty.write_bytes(b"")
-    result = subprocess.run([str(robopt), "--data-dir", str(data), "analyze", str(empty)], capture_output=True,
-                            text=True, timeout=300)
+    result = subprocess.run(
+        [str(robopt), "--data-dir", str(data), "analyze", str(empty)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == ["robopt: [corrupt_file] empty.onnx is empty (0 bytes) (hint: check "
-                                                  "that the upload or copy completed)"]
+    assert result.stderr.strip().splitlines() == [
+        "robopt: [corrupt_file] empty.onnx is empty (0 bytes) (hint: check "
+        "that the upload or copy completed)"
+    ]

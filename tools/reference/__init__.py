@@ -1,0 +1,110 @@
+"""Reference models for tests, demos and evals, built in-process with no downloads: `build_reference(name, dir)`.
+
+`vla` and `conv_policy` are trained on the procedural reaching task (`tools.reference.reaching`) and exported
+to every torch/ONNX format; the `hf_*` entries are tiny random-weight Hugging Face directories of VLA
+families; `hf_archives` packs one of them as `.zip` and `.tar.gz`. Every built directory holds a
+`reference.json` describing it (architecture, config, input specs, formats, measured metrics).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Callable, Literal
+
+from tools.errors import NotFoundError
+from tools.intake.types import LoadOptions
+from tools.reference.build import (
+    build_hf_archives,
+    build_hf_reference,
+    build_reference_conv_policy,
+    build_reference_vla,
+    export_reference,
+    load_reference_module,
+    read_reference_metadata,
+)
+
+
+@dataclass(frozen=True)
+class ReferenceModel:
+    """A named reference: what it is, what its directory holds, and the function that builds (or finds) it."""
+
+    name: str
+    kind: Literal["torch_policy", "hf_directory", "archives"]
+    description: str
+    build: Callable[[Path, int], Path]
+
+
+def _hf(name: str, description: str) -> ReferenceModel:
+    return ReferenceModel(name, "hf_directory", description, partial(build_hf_reference, name))
+
+
+REFERENCE_MODELS: dict[str, ReferenceModel] = {
+    model.name: model
+    for model in (
+        ReferenceModel(
+            "vla", "torch_policy", "TinyVLA (6M) trained on the reaching task", build_reference_vla
+        ),
+        ReferenceModel(
+            "conv_policy",
+            "torch_policy",
+            "ConvPolicy trained on single-target reaching",
+            build_reference_conv_policy,
+        ),
+        _hf("hf_llava_siglip", "LLaVA: SigLIP vision + Llama text (the OpenVLA shape)"),
+        _hf("hf_smolvlm", "SmolVLM (SmolVLA's backbone)"),
+        _hf("hf_paligemma", "PaliGemma (pi0's backbone)"),
+        _hf("hf_llama", "plain LlamaForCausalLM"),
+        _hf("hf_siglip_vision", "plain SiglipVisionModel"),
+        ReferenceModel(
+            "hf_archives", "archives", ".zip and .tar.gz of the hf_llava_siglip directory", build_hf_archives
+        ),
+    )
+}
+
+
+def build_reference(name: str, cache_dir: Path, seed: int = 0) -> Path:
+    """Build the reference model `name` into `cache_dir` (or find it cached) and return its directory."""
+    if name not in REFERENCE_MODELS:
+        raise NotFoundError(
+            f"unknown reference model {name!r}; known: {', '.join(REFERENCE_MODELS)}",
+            hint="pick one of the names in tools.reference.REFERENCE_MODELS",
+        )
+    return REFERENCE_MODELS[name].build(Path(cache_dir), seed)
+
+
+def reference_model_file(name: str, cache_dir: Path, seed: int = 0) -> tuple[Path, LoadOptions]:
+    """Build (or find) reference `name` and return the file to analyze and the load options it needs.
+
+    Torch policies are given as their state dict with the architecture and config recorded at build time, the
+    way a user would bring weights plus code; Hugging Face references as their directory; archives as the zip.
+    """
+    directory = build_reference(name, cache_dir, seed)
+    kind = REFERENCE_MODELS[name].kind
+    if kind == "torch_policy":
+        metadata = read_reference_metadata(directory)
+        options = LoadOptions(
+            architecture=metadata["architecture"], config_path=directory / metadata["config_file"]
+        )
+        return directory / metadata["formats"]["torch_state_dict"], options
+    if kind == "archives":
+        return next(iter(sorted(directory.glob("*.zip")))), LoadOptions()
+    return directory, LoadOptions()
+
+
+def build_all_references(cache_dir: Path, seed: int = 0) -> dict[str, Path]:
+    """Build every reference model (the VLA's first build trains for about 1.5 minutes) and return name -> dir."""
+    return {name: build_reference(name, cache_dir, seed) for name in REFERENCE_MODELS}
+
+
+__all__ = [
+    "REFERENCE_MODELS",
+    "ReferenceModel",
+    "build_all_references",
+    "build_reference",
+    "export_reference",
+    "load_reference_module",
+    "read_reference_metadata",
+    "reference_model_file",
+]
