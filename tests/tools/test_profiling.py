@@ -13,8 +13,10 @@ import torch
 import torch.nn as nn
 
 from tools.inputs import InputSpec
+from tools.intake import load_model
 from tools.intake.types import LoadedModel, LoadOptions, ModelFormat
 from tools.profiling import ModelProfile, analyze_model, format_profile_table, profile_model
+from tools.reference.vla import TinyVLA
 
 
 def _loaded(
@@ -304,7 +306,8 @@ def test_conv_policy_is_a_visual_policy_with_stages() -> None:
 
 @pytest.fixture(scope="module")
 def tiny_llava() -> tuple[nn.Module, dict]:
-    transformers = pytest.importorskip("transformers")
+    import transformers
+
     vision = transformers.SiglipVisionConfig(
         hidden_size=32,
         intermediate_size=64,
@@ -397,7 +400,8 @@ def _tiny_paligemma(transformers: object) -> nn.Module:
     ],
 )
 def test_hf_vlm_wrappers_are_opened_into_their_parts(build: object, parts: tuple[str, str, str]) -> None:
-    transformers = pytest.importorskip("transformers")
+    import transformers
+
     profile = profile_model(_loaded(build(transformers), [], fmt=ModelFormat.HF_DIRECTORY))
     roles = {c.name: c.role for c in profile.components}
     assert [roles.get(p) for p in parts] == ["vision_tower", "projector", "language_backbone"]
@@ -406,9 +410,8 @@ def test_hf_vlm_wrappers_are_opened_into_their_parts(build: object, parts: tuple
 
 
 def test_reference_tiny_vla_roles() -> None:
-    vla = pytest.importorskip("tools.reference.vla")
-    model = vla.TinyVLA().eval()
-    profile = profile_model(_loaded(model, vla.TinyVLA.input_specs()))
+    model = TinyVLA().eval()
+    profile = profile_model(_loaded(model, TinyVLA.input_specs()))
     roles = {c.name: c.role for c in profile.components}
     assert roles["vision_tower"] == "vision_tower"
     assert roles["language_backbone"] == roles["blocks"] == "language_backbone"
@@ -491,13 +494,10 @@ def test_profile_round_trips_through_json_and_renders_aligned_tables() -> None:
 
 @pytest.mark.integration
 def test_analyze_model_adds_measured_latency_through_intake(tmp_path: Path) -> None:
-    intake = pytest.importorskip("tools.intake")
-    if not hasattr(intake, "load_model"):
-        pytest.skip("tools.intake.load_model is not available yet")
     path = tmp_path / "mlp.pt"
     torch.jit.save(torch.jit.trace(nn.Linear(64, 64).eval(), (torch.randn(1, 64),)), str(path))
     options = LoadOptions(input_specs=(InputSpec(name="input", shape=(1, 64)),))
-    loaded = intake.load_model(path, options, tmp_path / "data")
+    loaded = load_model(path, options, tmp_path / "data")
     profile = analyze_model(loaded, threads=1, warmup=2, iterations=10, data_dir=tmp_path / "data")
     assert profile.latency is not None and profile.latency.loader == "intake"
     assert profile.latency_p50_ms == profile.latency.p50_ms > 0
