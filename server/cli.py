@@ -94,6 +94,12 @@ def _analyze(args: argparse.Namespace, settings: Settings) -> int:
     if args.model is None:
         from tools.reference import reference_model_file
 
+        print(
+            f"robopt: analyzing the bundled reference model {DEFAULT_REFERENCE!r} "
+            f"(trained and cached under {settings.reference_dir} on first use, about 2 minutes)",
+            file=sys.stderr,
+            flush=True,
+        )
         model_path, options = reference_model_file(DEFAULT_REFERENCE, settings.reference_dir)
     else:
         model_path = args.model

@@ -51,7 +51,10 @@ def load_model(
             f"{source.name}: loading it ran out of memory; its headers may be forged"
         ) from None
     loaded.source = source
-    _log.info("loaded model", extra={"model_path": str(source), "format": loaded.format.value})
+    _log.info(
+        "loaded model",
+        extra={"model_id": source.name, "model_path": str(source), "format": loaded.format.value},
+    )
     return loaded
 
 
