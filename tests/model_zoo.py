@@ -70,34 +70,7 @@ def reference_output(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def write_tiny_llava(directory: Path, seed: int = 0) -> Path:
-    """Save a tiny random-weight Llava (SigLIP vision + Llama text) as a Hugging Face directory."""
-    import transformers
+    """Save the reference tiny Llava (SigLIP vision + Llama text) as a Hugging Face directory, without caching."""
+    from tools.reference.hf_vla import save_hf_reference
 
-    torch.manual_seed(seed)
-    vision = transformers.SiglipVisionConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        image_size=32,
-        patch_size=8,
-    )
-    text = transformers.LlamaConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        vocab_size=128,
-        max_position_embeddings=128,
-    )
-    config = transformers.LlavaConfig(
-        vision_config=vision,
-        text_config=text,
-        image_token_index=127,
-        vision_feature_layer=-1,
-        vision_feature_select_strategy="full",
-    )
-    model = transformers.LlavaForConditionalGeneration(config).eval()
-    model.save_pretrained(str(directory))
-    return directory
+    return save_hf_reference("hf_llava_siglip", directory, seed=seed)

@@ -112,10 +112,13 @@ def test_hf_directory_loads_with_multimodal_inputs(tiny_llava_dir: Path, data_di
     loaded = load_model(tiny_llava_dir, data_dir=data_dir)
     assert loaded.format == ModelFormat.HF_DIRECTORY
     inputs = loaded.example_inputs()
-    assert int((inputs["input_ids"] == 127).sum()) == 16  # (32 / 8) ** 2 image tokens, no CLS for SigLIP
+    image_token, vocab = loaded.config["image_token_index"], loaded.config["text_config"]["vocab_size"]
+    assert (
+        int((inputs["input_ids"] == image_token).sum()) == 16
+    )  # (32 / 8) ** 2 image tokens, no CLS for SigLIP
     with torch.no_grad():
         logits = loaded.module(**inputs).logits
-    assert logits.shape == (1, inputs["input_ids"].shape[1], 128)
+    assert logits.shape == (1, inputs["input_ids"].shape[1], vocab)
 
 
 def test_hf_directory_with_custom_code_needs_trust(
