@@ -9,6 +9,12 @@ from __future__ import annotations
 from typing import Any
 
 
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first line of an exception's text (libraries' messages span many lines), or its type when empty."""
+    lines = str(exc).strip().splitlines()
+    return (lines[0] if lines else type(exc).__name__)[:limit]
+
+
 class RoboptError(Exception):
     """Base of every error robopt raises on purpose."""
 

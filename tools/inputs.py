@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from tools.errors import CorruptFileError, InputSpecError, UnsafeFileError
+from tools.errors import CorruptFileError, InputSpecError, UnsafeFileError, first_line
 
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -151,7 +151,7 @@ def load_input_data(path: Path) -> dict[str, torch.Tensor]:
                 loaded = torch.load(path, map_location="cpu", weights_only=True)
             except Exception as exc:  # noqa: BLE001 - torch raises many types for unsafe/corrupt pickles
                 raise UnsafeFileError(
-                    f"{path.name} is not a weights-only tensor dict: {str(exc).splitlines()[0][:200]}",
+                    f"{path.name} is not a weights-only tensor dict: {first_line(exc, 200)}",
                     hint="save the data with torch.save({name: tensor}) or as .npz/.safetensors",
                 ) from None
             if isinstance(loaded, torch.Tensor):

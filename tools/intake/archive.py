@@ -16,7 +16,7 @@ import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import IO, Iterator
+from typing import IO
 
 from tools.errors import CorruptFileError, ResourceError, UnsafeFileError
 from tools.log import get_logger
@@ -170,7 +170,7 @@ def _extract_tar(archive: Path, staging: Path, limits: ArchiveLimits) -> None:
     budget = _Budget(archive, limits)
     try:
         with tarfile.open(archive, mode="r:*") as tf:
-            for member in _iter_members(tf):
+            for member in tf:  # iterates lazily, one header at a time
                 target = _safe_member_path(member.name, staging)
                 if member.issym() or member.islnk():
                     raise UnsafeFileError(f"archive member {member.name!r} is a link; refused")
@@ -189,11 +189,3 @@ def _extract_tar(archive: Path, staging: Path, limits: ArchiveLimits) -> None:
                     _copy_capped(source, target, budget)
     except (tarfile.TarError, EOFError, zlib.error) as exc:
         raise CorruptFileError(f"{archive.name} is a damaged tar archive: {exc}") from None
-
-
-def _iter_members(tf: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
-    while True:
-        member = tf.next()
-        if member is None:
-            return
-        yield member

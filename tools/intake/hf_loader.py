@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from tools.errors import UnsafeFileError, ValidationError
+from tools.errors import UnsafeFileError, ValidationError, first_line
 from tools.intake.detect import validate_safetensors_header
 from tools.intake.hf_inputs import infer_hf_input_specs
 from tools.intake.pickle_scan import classify_torch_pickle
@@ -78,7 +78,7 @@ def load_hf_directory(path: Path, options: LoadOptions) -> LoadedModel:
         )
     except (OSError, ValueError, RuntimeError, KeyError, TypeError) as exc:
         raise ValidationError(
-            f"{path.name}: transformers cannot load this directory: {str(exc).splitlines()[0][:300]}"
+            f"{path.name}: transformers cannot load this directory: {first_line(exc)}"
         ) from None
     module.eval()
     specs = list(options.input_specs) or infer_hf_input_specs(config)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from tools.errors import CorruptFileError, MissingDependencyError, ValidationError
+from tools.errors import CorruptFileError, MissingDependencyError, ValidationError, first_line
 from tools.inputs import InputSpec
 from tools.intake.types import LoadedModel, LoadOptions, ModelFormat
 
@@ -33,15 +33,11 @@ def load_onnx(path: Path, options: LoadOptions) -> LoadedModel:
         model = onnx.load(str(path), load_external_data=False)
         onnx.checker.check_model(str(path))
     except (DecodeError, onnx.checker.ValidationError, ValueError, RuntimeError) as exc:
-        raise CorruptFileError(
-            f"{path.name} is not a valid ONNX model: {str(exc).splitlines()[0][:300]}"
-        ) from None
+        raise CorruptFileError(f"{path.name} is not a valid ONNX model: {first_line(exc)}") from None
     try:
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own Fail/InvalidGraph types
-        raise ValidationError(
-            f"{path.name}: ONNX Runtime cannot open it: {str(exc).splitlines()[0][:300]}"
-        ) from None
+        raise ValidationError(f"{path.name}: ONNX Runtime cannot open it: {first_line(exc)}") from None
     specs = list(options.input_specs) or onnx_input_specs(model)
     return LoadedModel(
         source=path,

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from tools.errors import InputSpecError, UnsafeFileError, ValidationError
+from tools.errors import InputSpecError, UnsafeFileError, ValidationError, first_line
 from tools.inputs import InputSpec
 from tools.intake.pickle_scan import classify_torch_pickle, is_dangerous_global
 from tools.intake.types import LoadedModel, LoadOptions, ModelFormat
@@ -29,7 +29,7 @@ def load_torchscript(path: Path, options: LoadOptions) -> LoadedModel:
         module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
     except Exception as exc:  # noqa: BLE001 - the TorchScript loader raises RuntimeError with C++ text
         raise ValidationError(
-            f"{path.name}: TorchScript archive cannot be loaded: {_first_line(exc)}"
+            f"{path.name}: TorchScript archive cannot be loaded: {first_line(exc)}"
         ) from None
     module.eval()
     sidecar = json.loads(extra[SIDECAR_NAME]) if extra[SIDECAR_NAME] else {}
@@ -60,7 +60,7 @@ def load_torch_file(path: Path, options: LoadOptions, detected: ModelFormat) -> 
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=False)
     except Exception as exc:  # noqa: BLE001 - weights-only unpickler raises UnpicklingError/RuntimeError
         raise UnsafeFileError(
-            f"{path.name} cannot be loaded weights-only: {_first_line(exc)}",
+            f"{path.name} cannot be loaded weights-only: {first_line(exc)}",
             hint="if you trust its source and it is a whole pickled module, pass --trust-pickle",
         ) from None
     return build_from_state_dict(
@@ -92,7 +92,7 @@ def _load_pickled_module(path: Path, options: LoadOptions) -> LoadedModel:
         module = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # noqa: BLE001 - arbitrary errors from user classes while unpickling
         raise ValidationError(
-            f"{path.name}: trusted unpickling failed: {_first_line(exc)}",
+            f"{path.name}: trusted unpickling failed: {first_line(exc)}",
             hint="the classes it was saved with must be importable",
         ) from None
     if not isinstance(module, torch.nn.Module):
@@ -234,8 +234,3 @@ def _read_json(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ValidationError(f"config file {Path(path).name} must hold a JSON object")
     return data
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:300]

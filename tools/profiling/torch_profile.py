@@ -15,7 +15,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-from tools.errors import MeasurementError
+from tools.errors import MeasurementError, first_line
 from tools.log import get_logger
 from tools.profiling.common import WeightRecord, conv_backbones, dtype_name
 from tools.profiling.components import (
@@ -163,7 +163,9 @@ def count_flops(module: torch.nn.Module, run: Callable[[], Any]) -> ForwardStats
                 outputs = run()
         except Exception as exc:  # noqa: BLE001 - the counter fails on some TorchScript graphs
             stats = ForwardStats(outputs=_plain_forward(run))
-            stats.warnings.append(f"FLOP counting failed ({_first_line(exc)}); FLOPs are unknown")
+            stats.warnings.append(
+                f"FLOP counting failed ({type(exc).__name__}: {first_line(exc)}); FLOPs are unknown"
+            )
             return stats
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)
@@ -194,13 +196,9 @@ def _plain_forward(run: Callable[[], Any]) -> Any:
         return run()
     except Exception as exc:  # noqa: BLE001 - any failure of the user's model is reported the same way
         raise MeasurementError(
-            f"the model's forward pass failed on its example inputs: {_first_line(exc)}",
+            f"the model's forward pass failed on its example inputs: {type(exc).__name__}: {first_line(exc)}",
             hint="check the input specs (--input-shape) against what the model's forward() expects",
         ) from exc
-
-
-def _first_line(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:300]}"
 
 
 def component_flops(index: ComponentIndex, by_module: dict[str, int]) -> dict[str, int]:
