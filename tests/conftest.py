@@ -53,3 +53,11 @@ def built_conv_policy(reference_cache: Path) -> Path:
     from tools.reference import build_reference
 
     return build_reference("conv_policy", reference_cache)
+
+
+@pytest.fixture
+def version_store(data_dir: Path) -> "VersionStore":
+    """An empty version store inside the test's data directory."""
+    from tools.versions import VersionStore
+
+    return VersionStore(data_dir / "versions")

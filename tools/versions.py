@@ -60,6 +60,10 @@ class VersionManifest(BaseModel):
     )
     size_bytes: int
     metrics: dict[str, Any] = Field(default_factory=dict)
+    load_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="`tools.intake.LoadOptions` (as JSON) that load this artifact: input specs, trust flags.",
+    )
     created: datetime
 
 
@@ -96,6 +100,7 @@ class VersionStore:
         parent: str | None = None,
         params: dict[str, Any] | None = None,
         metrics: dict[str, Any] | None = None,
+        load_options: dict[str, Any] | None = None,
         move: bool = False,
     ) -> VersionManifest:
         """Store `artifact` as the job's next version and return its manifest; `move` takes the file instead of copying."""
@@ -131,6 +136,7 @@ class VersionStore:
                 sha256=artifact_sha256(target),
                 size_bytes=artifact_size(target),
                 metrics=dict(metrics or {}),
+                load_options=dict(load_options or {}),
                 created=datetime.now(timezone.utc),
             )
             (staging / MANIFEST).write_text(manifest.model_dump_json(indent=2))

@@ -1,0 +1,192 @@
+"""Artifacts of versions: write a torch module or an ONNX model as a deployable file, load a stored version,
+run a loaded model and compare its outputs with another's.
+
+Torch outputs are stored as a whole pickled module (`model.pt`): the only format that keeps a pruned or
+quantized module's changed shapes and tensor subclasses. robopt loads its own versions with `trust_pickle`
+only after the version's sha256 is verified, and the pickle scan still refuses code-running globals.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from tools.errors import MeasurementError
+from tools.inputs import InputSpec
+from tools.intake import LoadedModel, LoadOptions, ModelFormat, load_model
+from tools.latency import make_runner
+from tools.versions import VersionManifest, VersionStore
+
+TORCH_ARTIFACT = "model.pt"
+ONNX_ARTIFACT = "model.onnx"
+
+
+def save_torch_module(
+    module: torch.nn.Module, work_dir: Path, input_specs: list[InputSpec], name: str = TORCH_ARTIFACT
+) -> tuple[Path, str, LoadOptions]:
+    """Write `module` whole into `work_dir`; return (path, format, the load options that read it back)."""
+    path = Path(work_dir) / name
+    torch.save(module.eval(), path)
+    return path, ModelFormat.TORCH_PICKLED_MODULE.value, torch_load_options(input_specs)
+
+
+def torch_load_options(input_specs: list[InputSpec]) -> LoadOptions:
+    """Load options for a robopt-written pickled module: trusted (robopt wrote it) with its input specs."""
+    return LoadOptions(trust_pickle=True, input_specs=tuple(input_specs))
+
+
+def save_onnx_model(
+    model: Any, work_dir: Path, input_specs: list[InputSpec], name: str = ONNX_ARTIFACT
+) -> tuple[Path, str, LoadOptions]:
+    """Write an `onnx.ModelProto` (or copy an .onnx file) into `work_dir`; return (path, format, options)."""
+    import shutil
+
+    import onnx
+
+    path = Path(work_dir) / name
+    if isinstance(model, (str, Path)):
+        if Path(model) != path:
+            shutil.copy2(model, path)
+    else:
+        onnx.save(model, str(path))
+    return path, ModelFormat.ONNX.value, LoadOptions(input_specs=tuple(input_specs))
+
+
+def load_version(store: VersionStore, job_id: str, version_id: str, data_dir: Path) -> LoadedModel:
+    """Verify a stored version's checksum and load it the way its manifest says."""
+    manifest = store.verify(job_id, version_id)
+    return load_manifest(store, manifest, data_dir)
+
+
+def load_manifest(store: VersionStore, manifest: VersionManifest, data_dir: Path) -> LoadedModel:
+    """Load the artifact a manifest describes (without re-hashing it)."""
+    options = LoadOptions.model_validate(manifest.load_options)
+    loaded = load_model(store.artifact_path(manifest.job_id, manifest.id), options, data_dir)
+    loaded.metadata.setdefault("version_id", manifest.id)
+    return loaded
+
+
+def run_outputs(model: LoadedModel, inputs: Mapping[str, torch.Tensor]) -> list[torch.Tensor]:
+    """Run one forward pass and return every output tensor, flattened in order, as float CPU tensors."""
+    if model.session is not None:
+        fed = {spec.name: inputs[spec.name] for spec in model.input_specs if spec.name in inputs}
+        raw = make_runner(model, fed or dict(inputs))()
+    else:
+        raw = make_runner(model, dict(inputs))()
+    found: list[torch.Tensor] = []
+    _collect(raw, found)
+    if not found:
+        raise MeasurementError("the model returned no tensor output")
+    return found
+
+
+def _collect(value: Any, found: list[torch.Tensor]) -> None:
+    if isinstance(value, torch.Tensor):
+        found.append(value.detach().to("cpu", torch.float32))
+    elif isinstance(value, np.ndarray):
+        found.append(torch.from_numpy(np.asarray(value, dtype=np.float32)))
+    elif isinstance(value, Mapping):
+        for item in value.values():
+            _collect(item, found)
+    elif isinstance(value, (tuple, list)):
+        for item in value:
+            _collect(item, found)
+    elif hasattr(value, "to_tuple"):
+        _collect(value.to_tuple(), found)
+
+
+@dataclass(frozen=True)
+class OutputAgreement:
+    """How closely one output of a candidate matches the reference's."""
+
+    index: int
+    max_abs_error: float
+    cosine: float
+    relative_l2: float
+
+    def as_dict(self) -> dict[str, float | int]:
+        """Return the fields as a JSON-ready dict."""
+        return {
+            "index": self.index,
+            "max_abs_error": self.max_abs_error,
+            "cosine": self.cosine,
+            "relative_l2": self.relative_l2,
+        }
+
+
+def output_agreement(reference: list[torch.Tensor], candidate: list[torch.Tensor]) -> list[OutputAgreement]:
+    """Compare outputs pairwise: max abs error, cosine similarity and relative L2 of the flattened tensors."""
+    if len(reference) != len(candidate):
+        raise MeasurementError(
+            f"the candidate returns {len(candidate)} outputs, the reference {len(reference)}"
+        )
+    results = []
+    for index, (ref, cand) in enumerate(zip(reference, candidate)):
+        if ref.shape != cand.shape:
+            raise MeasurementError(
+                f"output {index} has shape {tuple(cand.shape)}, the reference {tuple(ref.shape)}"
+            )
+        a = ref.reshape(-1).double()
+        b = cand.reshape(-1).double()
+        diff = (a - b).abs()
+        ref_norm = float(a.norm())
+        both = ref_norm * float(b.norm())
+        cosine = float(torch.dot(a, b) / both) if both > 0 else (1.0 if float(diff.max()) == 0 else 0.0)
+        rel = float((a - b).norm() / ref_norm) if ref_norm > 0 else float((a - b).norm())
+        results.append(
+            OutputAgreement(
+                index=index,
+                max_abs_error=float(diff.max()) if diff.numel() else 0.0,
+                cosine=cosine,
+                relative_l2=rel,
+            )
+        )
+    return results
+
+
+def store_original(
+    store: VersionStore,
+    job_id: str,
+    path: Path,
+    options: LoadOptions | None = None,
+    data_dir: Path = Path("data"),
+    work_dir: Path | None = None,
+) -> VersionManifest:
+    """Validate and load a user's model, then store it as the job's first version.
+
+    Self-contained formats (ONNX, TorchScript, HF directory, a pickled module) are stored as they are;
+    archives as their unpacked content. Weights that need an architecture and a config file from elsewhere
+    (state dict, SafeTensors) are stored as the loaded module, so the version does not depend on files
+    outside the store. The load options, with the input specs intake found, are recorded.
+    """
+    import tempfile
+
+    loaded = load_model(Path(path), options, data_dir)
+    base = (options or LoadOptions()).model_copy(update={"input_specs": tuple(loaded.input_specs)})
+    metrics = {"original_format": loaded.format.value, "original_path": str(Path(path))}
+    if loaded.format in (ModelFormat.TORCH_STATE_DICT, ModelFormat.SAFETENSORS) and loaded.module is not None:
+        staging = Path(work_dir or data_dir) / "work"
+        staging.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=staging) as tmp:
+            artifact, fmt, recorded = save_torch_module(loaded.module, Path(tmp), loaded.input_specs)
+            return store.save(
+                job_id,
+                artifact,
+                technique="intake",
+                format=fmt,
+                metrics=metrics,
+                load_options=recorded.model_dump(mode="json"),
+                move=True,
+            )
+    return store.save(
+        job_id,
+        loaded.path,
+        technique="intake",
+        format=loaded.format.value,
+        metrics=metrics,
+        load_options=base.model_dump(mode="json"),
+    )
