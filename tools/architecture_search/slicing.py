@@ -1,0 +1,1 @@
+"""Placeholder: architecture_search.slicing (being written)."""

@@ -1,0 +1,1 @@
+"""Placeholder: architecture_search.space (being written)."""

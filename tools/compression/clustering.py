@@ -1,0 +1,1 @@
+"""Placeholder: compression.clustering (being written)."""

@@ -1,0 +1,1 @@
+"""Placeholder: compression.lowrank (being written)."""

@@ -1,0 +1,1 @@
+"""Placeholder: compression.onnx_export (being written)."""

@@ -1,0 +1,1 @@
+"""Placeholder: pruning.depth (being written)."""

@@ -1,0 +1,1 @@
+"""Placeholder: pruning.structured (being written)."""

@@ -1,0 +1,1 @@
+"""Placeholder: pruning.unstructured (being written)."""

@@ -1,0 +1,1 @@
+"""Placeholder: quantization.bnb (being written)."""

@@ -1,0 +1,1 @@
+"""Placeholder: quantization.ort_int4 (being written)."""

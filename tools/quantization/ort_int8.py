@@ -1,0 +1,1 @@
+"""Placeholder: quantization.ort_int8 (being written)."""

@@ -1,0 +1,1 @@
+"""Placeholder: quantization.torchao_quant (being written)."""
