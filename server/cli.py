@@ -1,4 +1,4 @@
-"""The `robopt` command line: `robopt analyze MODEL`, `robopt reference list|build`.
+"""The `robopt` command line: `robopt analyze MODEL`, `robopt techniques`, `robopt reference list|build`.
 
 Exit codes: 0 success, 2 bad input (one line on stderr, from the project's exceptions), 1 unexpected failure.
 """
@@ -57,6 +57,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--threads", type=int, help="threads for the latency measurement (default: settings)"
     )
 
+    listing = commands.add_parser(
+        "techniques", help="list the optimization techniques, whether each can run here, and why not"
+    )
+    listing.add_argument("--json", action="store_true", help="print every technique's metadata as JSON")
+    listing.add_argument("--family", help="only this family (quantization, pruning, ...)")
+    listing.add_argument("--available", action="store_true", help="only techniques that can run here")
+
     reference = commands.add_parser("reference", help="build or list the bundled reference models")
     reference_commands = reference.add_subparsers(dest="reference_command", required=True)
     reference_commands.add_parser("list", help="list the reference models")
@@ -75,6 +82,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         configure_logging(settings.log_level)
         if args.command == "analyze":
             return _analyze(args, settings)
+        if args.command == "techniques":
+            return _techniques(args)
         return _reference(args, settings)
     except RoboptError as error:
         print(f"robopt: {error.one_line()}", file=sys.stderr)
@@ -121,6 +130,33 @@ def _analyze(args: argparse.Namespace, settings: Settings) -> int:
         data_dir=settings.data_dir,
     )
     print(profile.model_dump_json(indent=2) if args.json else format_profile_table(profile))
+    return 0
+
+
+def _techniques(args: argparse.Namespace) -> int:
+    from tools.techniques import Family, list_techniques
+
+    families = [family.value for family in Family]
+    if args.family is not None and args.family not in families:
+        raise ValidationError(f"unknown family {args.family!r}; known: {', '.join(families)}")
+    infos = [
+        info
+        for info in list_techniques()
+        if (args.family is None or info.spec.family.value == args.family)
+        and (info.available or not args.available)
+    ]
+    if args.json:
+        print(json.dumps([info.model_dump(mode="json") for info in infos], indent=2))
+        return 0
+    print(f"{'technique':28s} {'family':20s} {'output':22s} {'precision':9s} status")
+    for info in infos:
+        status = "available" if info.available else f"unavailable: {info.reason}"
+        spec = info.spec
+        print(
+            f"{spec.name:28s} {spec.family.value:20s} {spec.output_format:22s} {spec.precision:9s} {status}"
+        )
+    ready = sum(info.available for info in infos)
+    print(f"\n{ready} of {len(infos)} techniques can run on this machine")
     return 0
 
 
