@@ -1,6 +1,7 @@
 """Evaluation: accuracy at three levels, latency/memory/size, machine and edge targets, criteria, reports.
 
 Measures only; the graph decides. Submodules: `types` (shared result types), `fidelity`, `task_metrics`,
-`closed_loop` and `simulators/` (accuracy), `sensitivity`, `machine`, `targets`, `size`, `criteria`,
-`comparison`, `report`.
+`closed_loop` and `simulators/` (accuracy), `sensitivity`, `machine`, `targets`, `size`, `runners`
+(latency and memory per runtime), `measurement` (one version's figures), `criteria`, `comparison`,
+`report` and `report_plots`.
 """

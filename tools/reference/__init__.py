@@ -24,6 +24,7 @@ from tools.reference.build import (
     load_reference_module,
     read_reference_metadata,
 )
+from tools.reference.reacher import build_reference_reacher
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,12 @@ REFERENCE_MODELS: dict[str, ReferenceModel] = {
             "torch_policy",
             "ConvPolicy trained on single-target reaching",
             build_reference_conv_policy,
+        ),
+        ReferenceModel(
+            "reacher",
+            "torch_policy",
+            "MLP policy (5k) behaviour-cloned from a scripted expert on MuJoCo Reacher-v5",
+            build_reference_reacher,
         ),
         _hf("hf_llava_siglip", "LLaVA: SigLIP vision + Llama text (the OpenVLA shape)"),
         _hf("hf_smolvlm", "SmolVLM (SmolVLA's backbone)"),

@@ -1,0 +1,145 @@
+"""Fidelity to the original: exact for the same model, within float tolerance across torch and ONNX Runtime,
+lower for damaged copies (more damage, lower fidelity), with top-1 agreement and KL for class scores."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from tools.errors import MeasurementError, ValidationError
+from tools.evaluation.fidelity import measure_fidelity
+from tools.evaluation.types import AccuracyResult
+from tools.inputs import InputSpec
+from tools.intake import LoadedModel, LoadOptions, load_model
+from tools.reference import reference_model_file
+from tools.reference.build import read_reference_metadata
+from tools.reference.calibration import reaching_calibration
+from tools.techniques.artifacts import save_torch_module
+
+pytestmark = pytest.mark.integration
+
+TOKEN_SPECS = [InputSpec(name="input_ids", shape=(1, 8), dtype="int64", low=0, high=64)]
+
+
+def _noised(model: LoadedModel, scale: float, seed: int = 0) -> LoadedModel:
+    """A copy whose every parameter has Gaussian noise of `scale` times its own spread added."""
+    module = copy.deepcopy(model.module)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in module.parameters():
+            spread = float(parameter.std()) if parameter.numel() > 1 else 0.0
+            parameter.add_(torch.randn(parameter.shape, generator=generator) * scale * spread)
+    return dataclasses.replace(model, module=module)
+
+
+def _token_model(bins: int = 32) -> nn.Module:
+    """An action-token head: token ids in, scores over `bins` action bins per position out."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Embedding(64, 32), nn.Linear(32, 64), nn.GELU(), nn.Linear(64, bins)).eval()
+
+
+def _token_batches() -> list[dict[str, torch.Tensor]]:
+    return [
+        {"input_ids": torch.randint(0, 64, (16, 8), generator=torch.Generator().manual_seed(seed))}
+        for seed in range(2)
+    ]
+
+
+@pytest.fixture(scope="module")
+def vla_torch(reference_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> LoadedModel:
+    path, options = reference_model_file("vla", reference_cache)
+    return load_model(path, options, tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture(scope="module")
+def vla_onnx(built_vla: Path, tmp_path_factory: pytest.TempPathFactory) -> LoadedModel:
+    onnx_file = built_vla / read_reference_metadata(built_vla)["formats"]["onnx"]
+    return load_model(onnx_file, LoadOptions(), tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture(scope="module")
+def token_models(tmp_path_factory: pytest.TempPathFactory) -> tuple[LoadedModel, LoadedModel]:
+    """The token model loaded as a pickled torch module and as its ONNX export."""
+    directory = tmp_path_factory.mktemp("tokens")
+    module = _token_model()
+    path, _, options = save_torch_module(module, directory, TOKEN_SPECS)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            module,
+            (torch.randint(0, 64, (2, 8)),),
+            input_names=["input_ids"],
+            output_names=["scores"],
+            dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=1024)},),
+            dynamo=True,
+            verbose=False,
+        )
+    program.save(str(directory / "tokens.onnx"))
+    data = directory / "data"
+    return load_model(path, options, data), load_model(directory / "tokens.onnx", LoadOptions(), data)
+
+
+def test_unchanged_model_is_exactly_faithful(vla_torch: LoadedModel) -> None:
+    inputs = reaching_calibration(2, 16, seed=11).batches
+    result = measure_fidelity(vla_torch, vla_torch, inputs)
+    assert isinstance(result, AccuracyResult) and result.level == "fidelity" and result.higher_is_better
+    assert result.metric == "min_cosine" and result.value == pytest.approx(1.0, abs=1e-12)
+    assert result.samples == 32 and result.details["batches"] == 2
+    (output,) = result.details["outputs"]
+    assert output["max_abs_error"] == 0.0 and output["relative_l2"] == 0.0
+    assert "top1_agreement" not in output  # (B, 8, 2) action chunks are not class scores
+    assert "accuracy" not in result.label  # fidelity is never called accuracy
+    assert AccuracyResult.model_validate_json(result.model_dump_json()) == result
+
+
+def test_torch_and_its_onnx_export_agree_within_float_tolerance(
+    vla_torch: LoadedModel, vla_onnx: LoadedModel, token_models: tuple[LoadedModel, LoadedModel]
+) -> None:
+    actions = measure_fidelity(vla_torch, vla_onnx, reaching_calibration(2, 16, seed=12).batches)
+    assert actions.value > 0.99999 and actions.details["max_relative_l2"] < 1e-3
+    assert actions.details["max_abs_error"] < 1e-4
+    torch_tokens, onnx_tokens = token_models
+    scores = measure_fidelity(torch_tokens, onnx_tokens, _token_batches())
+    (output,) = scores.details["outputs"]
+    assert output["top1_agreement"] == 1.0 and output["positions"] == 2 * 16 * 8
+    assert 0.0 <= output["kl_divergence"] < 1e-9 and scores.value > 0.99999
+
+
+def test_damage_lowers_fidelity_in_proportion(vla_torch: LoadedModel) -> None:
+    inputs = reaching_calibration(2, 16, seed=13).batches
+    mild = measure_fidelity(vla_torch, _noised(vla_torch, 0.05), inputs)
+    heavy = measure_fidelity(vla_torch, _noised(vla_torch, 0.5), inputs)
+    assert 1.0 > mild.value > heavy.value
+    assert 0 < mild.details["max_relative_l2"] < heavy.details["max_relative_l2"]
+    assert heavy.details["max_abs_error"] > mild.details["max_abs_error"] > 0
+
+
+def test_damaged_token_scores_lose_top1_agreement_and_gain_kl(
+    token_models: tuple[LoadedModel, LoadedModel],
+) -> None:
+    torch_tokens, onnx_tokens = token_models
+    same = measure_fidelity(torch_tokens, torch_tokens, _token_batches())
+    assert same.details["min_top1_agreement"] == 1.0 and same.details["max_kl_divergence"] == 0.0
+    damaged = measure_fidelity(onnx_tokens, _noised(torch_tokens, 1.0), _token_batches())
+    assert damaged.details["min_top1_agreement"] < 0.9 and damaged.details["max_kl_divergence"] > 1e-3
+    explicit = measure_fidelity(torch_tokens, _noised(torch_tokens, 1.0), _token_batches(), logits_outputs=[])
+    assert "top1_agreement" not in explicit.details["outputs"][0]  # an explicit empty list turns scoring off
+
+
+def test_refuses_unusable_requests(
+    vla_torch: LoadedModel, token_models: tuple[LoadedModel, LoadedModel], tmp_path: Path
+) -> None:
+    with pytest.raises(ValidationError, match="no inputs"):
+        measure_fidelity(vla_torch, vla_torch, [])
+    with pytest.raises(ValidationError, match="logits_outputs"):
+        measure_fidelity(vla_torch, vla_torch, reaching_calibration(1, 4).batches, logits_outputs=[3])
+    path, _, options = save_torch_module(_token_model(bins=16), tmp_path, TOKEN_SPECS)
+    narrower = load_model(path, options, tmp_path / "data")
+    with pytest.raises(MeasurementError, match="shape"):
+        measure_fidelity(token_models[0], narrower, _token_batches())

@@ -1,0 +1,152 @@
+"""Per-layer sensitivity: a layer made fragile to quantization (same function, one outlier column) ranks
+first, pruning what is already dead costs nothing, the analysis leaves the model bit-identical, and it is
+deterministic and JSON-serializable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+import torch
+from pydantic import TypeAdapter
+from torch import nn
+
+from tools.errors import ValidationError
+from tools.evaluation.sensitivity import (
+    LayerSensitivity,
+    fake_quantize,
+    pruning_sensitivity,
+    quantization_sensitivity,
+)
+from tools.reference import load_reference_module
+from tools.reference.calibration import reaching_calibration
+from tools.reference.vla import TinyVLA
+
+pytestmark = pytest.mark.integration
+
+FRAGILE = "blocks.1.attn.o_proj"
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture
+def vla(built_vla: Path) -> TinyVLA:
+    return load_reference_module(built_vla)
+
+
+@pytest.fixture(scope="module")
+def inputs() -> list[dict[str, torch.Tensor]]:
+    return reaching_calibration(2, 16, seed=31).batches
+
+
+def _outputs(module: nn.Module, inputs: list[dict[str, torch.Tensor]]) -> list[torch.Tensor]:
+    with torch.inference_mode():
+        return [module(**batch) for batch in inputs]
+
+
+def _make_fragile(vla: TinyVLA, factor: float = 1000.0) -> None:
+    """Scale one value channel down and the matching o_proj column up: the same function, one dominant column.
+
+    Attention is linear in v, so the model computes the same actions, but each row of o_proj's per-channel
+    4-bit grid is now set by the outlier and every other weight of the row rounds to zero.
+    """
+    attention = vla.blocks[1].attn
+    with torch.no_grad():
+        attention.v_proj.weight[5] /= factor
+        attention.v_proj.bias[5] /= factor
+        attention.o_proj.weight[:, 5] *= factor
+
+
+def test_fake_quantize_is_a_per_channel_symmetric_grid() -> None:
+    weight = torch.tensor([[1.0, -0.45, 0.26, 0.0], [10.0, 3.0, -10.0, 0.4]])
+    quantized = fake_quantize(weight, bits=4)  # 7 levels a side: steps of 1/7 and 10/7
+    torch.testing.assert_close(quantized[0], torch.tensor([1.0, -3 / 7, 2 / 7, 0.0]))
+    torch.testing.assert_close(quantized[1], torch.tensor([10.0, 20 / 7, -10.0, 0.0]))
+    assert torch.equal(fake_quantize(torch.zeros(2, 3), 8), torch.zeros(2, 3))
+
+
+def test_a_layer_made_fragile_ranks_first_at_4_bits(vla: TinyVLA, inputs: list) -> None:
+    before = quantization_sensitivity(vla, inputs, bits=4)
+    assert before[0].name != FRAGILE
+    assert {item.name for item in before} >= {FRAGILE, "action_head.mlp.0", "vision_tower.stem.0.conv"}
+    reference = _outputs(vla, inputs)
+    _make_fragile(vla)
+    for old, new in zip(reference, _outputs(vla, inputs)):
+        torch.testing.assert_close(new, old, rtol=1e-3, atol=1e-5)  # still the same policy
+    after = quantization_sensitivity(vla, inputs, bits=4)
+    assert after[0].name == FRAGILE and after[0].analysis == "quantization"
+    assert after[0].score > 3 * after[1].score
+    assert after[0].params == 128 * 128 and after[0].layer_type == "Linear"
+    assert [item.score for item in after] == sorted((item.score for item in after), reverse=True)
+    eight_bit = {item.name: item.score for item in quantization_sensitivity(vla, inputs, bits=8)}
+    assert eight_bit[FRAGILE] < after[0].score  # finer grids hurt less
+
+
+def test_analysis_leaves_the_model_bit_identical(vla: TinyVLA, inputs: list) -> None:
+    vla.train()  # batch norm would update its running statistics if the analysis ran it in train mode
+    state = {name: tensor.clone() for name, tensor in vla.state_dict().items()}
+    quantization_sensitivity(vla, inputs, bits=4)
+    pruning_sensitivity(vla, inputs, ratio=0.5)
+    pruning_sensitivity(vla, inputs, mode="drop")
+    assert vla.training
+    after = vla.state_dict()
+    assert all(torch.equal(after[name], tensor) for name, tensor in state.items())
+    assert isinstance(vla.blocks[0], type(vla.blocks[1])) and type(vla.blocks[0]).__name__ == "Block"
+
+
+def test_analysis_is_deterministic_and_serializable(vla: TinyVLA, inputs: list) -> None:
+    first = pruning_sensitivity(vla, inputs, ratio=0.3)
+    assert first == pruning_sensitivity(vla, inputs, ratio=0.3)
+    adapter = TypeAdapter(list[LayerSensitivity])
+    assert adapter.validate_json(adapter.dump_json(first)) == first
+    assert all(item.analysis == "pruning" and item.layers for item in first)
+    units = {item.name: item for item in first}
+    assert set(units["blocks.0"].layers) == {
+        f"blocks.0.{layer}"
+        for layer in ("attn.q_proj", "attn.k_proj", "attn.v_proj", "attn.o_proj", "mlp.fc1", "mlp.fc2")
+    }
+
+
+def test_pruning_what_is_already_dead_costs_nothing(vla: TinyVLA, inputs: list) -> None:
+    hidden = vla.action_head.mlp[2]
+    with torch.no_grad():
+        weakest = hidden.weight.abs().sum(dim=1).argsort()[: hidden.out_features // 2]
+        hidden.weight[weakest] = 0.0
+        hidden.bias[weakest] = 0.0
+        block = vla.blocks[1]
+        for layer in (
+            block.attn.o_proj,
+            block.mlp.fc2,
+        ):  # both residual branches output zero: an identity block
+            layer.weight.zero_()
+            layer.bias.zero_()
+    layers = pruning_sensitivity(vla, inputs, ratio=0.5, granularity="layer")
+    free = {item.name for item in layers if item.score == 0.0}
+    assert free == {"action_head.mlp.2"} | {
+        name for name, _ in block.named_modules(prefix="blocks.1") if "_proj" in name or ".fc" in name
+    }
+    assert all(item.score > 0 for item in layers if item.name not in free)
+    assert layers[0].name == "action_head.mlp.6"  # half of the action outputs themselves
+    dropped = {item.name: item.score for item in pruning_sensitivity(vla, inputs, mode="drop")}
+    assert dropped["blocks.1"] == 0.0 < dropped["blocks.0"]
+    assert not any(name.startswith("vision_tower.stem") for name in dropped)  # shape-changing: not droppable
+
+
+def test_refuses_bad_settings(vla: TinyVLA, inputs: list) -> None:
+    with pytest.raises(ValidationError, match="bits"):
+        quantization_sensitivity(vla, inputs, bits=1)
+    with pytest.raises(ValidationError, match="ratio"):
+        pruning_sensitivity(vla, inputs, ratio=1.0)
+    with pytest.raises(ValidationError, match="metric"):
+        quantization_sensitivity(vla, inputs, metric="psnr")  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match="no layers"):
+        quantization_sensitivity(nn.Sequential(nn.ReLU()), {"input": torch.zeros(1, 2)})
+    with pytest.raises(ValidationError, match="no inputs"):
+        quantization_sensitivity(vla, [])

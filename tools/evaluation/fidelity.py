@@ -1,0 +1,141 @@
+"""Fidelity to the original model (no data needed): how closely a candidate's outputs match the reference's.
+
+Per output: cosine similarity, relative L2 and max absolute error over every batch together (the flattened
+outputs of all batches are compared as one vector, so the figures do not depend on how inputs were batched).
+Outputs that are class scores (logits, action-token scores) also get top-1 agreement and KL(ref || cand).
+The headline is the lowest cosine over the outputs. A fidelity figure is never called accuracy.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Mapping, Sequence
+
+import torch
+
+from tools.errors import MeasurementError, ValidationError
+from tools.evaluation.types import AccuracyResult
+from tools.intake import LoadedModel
+from tools.techniques.artifacts import OutputAgreement, output_agreement, run_outputs
+
+AUTO_LOGITS_MIN_CLASSES = 16
+"""With `logits_outputs="auto"`, a float output whose last axis has at least this many entries counts as
+class scores (vocabulary logits, action-token bins); action chunks (last axis 2-7) and the like do not."""
+
+Batches = Sequence[Mapping[str, torch.Tensor]]
+LogitsSelection = Sequence[int] | Literal["auto"]
+
+
+def as_batches(inputs: Batches | Mapping[str, torch.Tensor]) -> list[Mapping[str, torch.Tensor]]:
+    """Accept one batch (a dict of tensors) or a list of them; refuse an empty list."""
+    batches = [inputs] if isinstance(inputs, Mapping) else list(inputs)
+    if not batches:
+        raise ValidationError("no inputs given; pass at least one batch (a dict of input name -> tensor)")
+    return batches
+
+
+def collect_outputs(
+    model: LoadedModel, inputs: Batches | Mapping[str, torch.Tensor]
+) -> list[list[torch.Tensor]]:
+    """Run `model` on every batch; return per-batch lists of float32 CPU outputs."""
+    return [run_outputs(model, batch) for batch in as_batches(inputs)]
+
+
+def aggregate_agreement(
+    reference: Sequence[Sequence[torch.Tensor]], candidate: Sequence[Sequence[torch.Tensor]]
+) -> list[OutputAgreement]:
+    """Compare per-batch outputs over all batches at once: one `OutputAgreement` per output."""
+    if len(reference) != len(candidate):
+        raise MeasurementError(f"{len(candidate)} candidate batches for {len(reference)} reference batches")
+    counts = {len(batch) for batch in (*reference, *candidate)}
+    if len(counts) != 1:
+        raise MeasurementError(
+            f"the models return different numbers of outputs across batches: {sorted(counts)}"
+        )
+    for ref_batch, cand_batch in zip(reference, candidate):
+        output_agreement(list(ref_batch), list(cand_batch))  # raises on a shape mismatch, naming the output
+    joined_ref = [torch.cat([batch[i].reshape(-1) for batch in reference]) for i in range(counts.pop())]
+    joined_cand = [torch.cat([batch[i].reshape(-1) for batch in candidate]) for i in range(len(joined_ref))]
+    return output_agreement(joined_ref, joined_cand)
+
+
+def logits_agreement(
+    reference: Sequence[torch.Tensor], candidate: Sequence[torch.Tensor]
+) -> dict[str, float]:
+    """Top-1 agreement and mean KL(ref || cand) of class scores along the last axis, over all positions."""
+    ref = torch.cat([tensor.reshape(-1, tensor.shape[-1]) for tensor in reference]).double()
+    cand = torch.cat([tensor.reshape(-1, tensor.shape[-1]) for tensor in candidate]).double()
+    log_ref = torch.log_softmax(ref, dim=-1)
+    log_cand = torch.log_softmax(cand, dim=-1)
+    kl = (log_ref.exp() * (log_ref - log_cand)).sum(dim=-1)
+    return {
+        "top1_agreement": float((ref.argmax(dim=-1) == cand.argmax(dim=-1)).double().mean()),
+        "kl_divergence": max(0.0, float(kl.mean())),
+        "positions": int(ref.shape[0]),
+    }
+
+
+def logits_indices(
+    outputs: Sequence[torch.Tensor], selection: LogitsSelection, min_classes: int = AUTO_LOGITS_MIN_CLASSES
+) -> list[int]:
+    """Resolve which outputs are class scores: the given indices, or by shape with "auto"."""
+    if selection == "auto":
+        return [i for i, out in enumerate(outputs) if out.ndim >= 2 and out.shape[-1] >= min_classes]
+    if isinstance(selection, str):
+        raise ValidationError(f"logits_outputs must be 'auto' or a list of output indices, got {selection!r}")
+    indices = sorted(set(int(index) for index in selection))
+    bad = [index for index in indices if not 0 <= index < len(outputs) or outputs[index].ndim < 1]
+    if bad:
+        raise ValidationError(
+            f"logits_outputs {bad} do not name outputs; the model has {len(outputs)} output(s), "
+            "indexed from 0"
+        )
+    return indices
+
+
+def measure_fidelity(
+    reference: LoadedModel,
+    candidate: LoadedModel,
+    inputs: Batches | Mapping[str, torch.Tensor],
+    *,
+    logits_outputs: LogitsSelection = "auto",
+    min_classes: int = AUTO_LOGITS_MIN_CLASSES,
+) -> AccuracyResult:
+    """Measure how faithfully `candidate` reproduces `reference` on `inputs` (torch or ONNX Runtime, any mix).
+
+    The headline metric is `min_cosine` (higher is better); `details["outputs"]` holds the figures per output.
+    """
+    batches = as_batches(inputs)
+    ref_outputs = collect_outputs(reference, batches)
+    cand_outputs = collect_outputs(candidate, batches)
+    agreements = aggregate_agreement(ref_outputs, cand_outputs)
+    per_output = [agreement.as_dict() for agreement in agreements]
+    for index in logits_indices(ref_outputs[0], logits_outputs, min_classes):
+        per_output[index].update(
+            logits_agreement(
+                [batch[index] for batch in ref_outputs], [batch[index] for batch in cand_outputs]
+            )
+        )
+    details: dict[str, object] = {
+        "outputs": per_output,
+        "batches": len(batches),
+        "max_relative_l2": max(item["relative_l2"] for item in per_output),
+        "max_abs_error": max(item["max_abs_error"] for item in per_output),
+    }
+    scored = [item for item in per_output if "top1_agreement" in item]
+    if scored:
+        details["min_top1_agreement"] = min(item["top1_agreement"] for item in scored)
+        details["max_kl_divergence"] = max(item["kl_divergence"] for item in scored)
+    return AccuracyResult(
+        level="fidelity",
+        metric="min_cosine",
+        value=min(item["cosine"] for item in per_output),
+        higher_is_better=True,
+        samples=sum(_batch_rows(batch) for batch in batches),
+        details=details,
+    )
+
+
+def _batch_rows(batch: Mapping[str, torch.Tensor]) -> int:
+    """Rows (samples) in a batch: the leading size of its first input."""
+    first = next(iter(batch.values()), None)
+    return int(first.shape[0]) if first is not None and first.ndim else 1
