@@ -93,6 +93,11 @@ class LatencyRequest(BaseModel):
         default=DEFAULT_MAX_MEASURE_S, gt=0, le=3600, description="Time cap of the timed phase, in seconds."
     )
     seed: int = Field(default=0, ge=0, description="Seed of the synthetic inputs and of torch.")
+    device: Literal["cpu", "cuda"] = Field(
+        default="cpu",
+        description="'cuda' moves a torch module and its inputs to the GPU (synchronizing after every run) "
+        "or gives ONNX Runtime the CUDA execution provider.",
+    )
     timeout_s: float = Field(
         default=DEFAULT_TIMEOUT_S,
         gt=0,
@@ -106,6 +111,8 @@ class LatencyResult(BaseModel):
 
     runtime: Runtime = Field(description="What ran the model.")
     runtime_version: str = Field(description="Version of torch or onnxruntime in the child.")
+    device: str = Field(default="cpu", description="'cpu' or the CUDA device's name.")
+    gpu_peak_mb: float | None = Field(default=None, description="Peak CUDA memory allocated (torch on CUDA).")
     loader: str = Field(description="How the child loaded the model ('intake' or 'direct').")
     threads: int = Field(description="Intra-op threads (torch.set_num_threads / ORT intra_op_num_threads).")
     warmup_iterations: int = Field(description="Warm-up runs actually done.")
@@ -466,9 +473,19 @@ def _measure_here(request: LatencyRequest, data_dir: Path) -> LatencyResult:
     load_s = time.perf_counter() - t0
     gc.collect()
     rss_after = _rss_mb()
-    run = make_runner(model, model.example_inputs(seed=request.seed))
+    inputs = model.example_inputs(seed=request.seed)
+    device = "cpu"
+    if request.device == "cuda":
+        run, device = _cuda_runner(model, inputs, request.threads)
+    else:
+        run = make_runner(model, inputs)
 
     warmed, warmup_s, samples, measure_s, stopped_by = _time_runs(run, request)
+    gpu_peak = (
+        torch.cuda.max_memory_allocated() / 2**20
+        if request.device == "cuda" and model.runtime is Runtime.TORCH
+        else None
+    )
 
     ms = np.asarray(samples, dtype=np.float64) / 1e6
     p50, p95, p99 = (float(v) for v in np.percentile(ms, [50, 95, 99]))
@@ -482,6 +499,8 @@ def _measure_here(request: LatencyRequest, data_dir: Path) -> LatencyResult:
     return LatencyResult(
         runtime=model.runtime,
         runtime_version=version,
+        device=device,
+        gpu_peak_mb=gpu_peak,
         loader=request.loader,
         threads=request.threads,
         warmup_iterations=warmed,
@@ -506,6 +525,41 @@ def _measure_here(request: LatencyRequest, data_dir: Path) -> LatencyResult:
         peak_rss_source=peak_source,
         ru_maxrss_mb=ru_maxrss,
     )
+
+
+def _cuda_runner(model: LoadedModel, inputs: dict[str, torch.Tensor], threads: int) -> tuple[Callable, str]:
+    """Put the model on the GPU; return a run() that finishes its GPU work before returning, and the device."""
+    if not torch.cuda.is_available() and model.session is None:
+        raise MeasurementError("no CUDA device: torch.cuda.is_available() is False in the measuring process")
+    if model.session is None:
+        if model.module is None:
+            raise MeasurementError("the loaded model has neither a torch module nor an ONNX Runtime session")
+        model.module.to("cuda").eval()
+        run = make_runner(model, {name: tensor.to("cuda") for name, tensor in inputs.items()})
+        torch.cuda.reset_peak_memory_stats()
+
+        def synchronized() -> Any:
+            out = run()
+            torch.cuda.synchronize()
+            return out
+
+        return synchronized, torch.cuda.get_device_name(0)
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        raise MeasurementError("no CUDA device: this onnxruntime build has no CUDAExecutionProvider")
+    path = model.path if model.path.suffix == ".onnx" else next(iter(sorted(model.path.glob("*.onnx"))))
+    options = model.session.get_session_options()
+    options.intra_op_num_threads = threads
+    model.session = None
+    gc.collect()
+    model.session = ort.InferenceSession(
+        str(path), sess_options=options, providers=["CUDAExecutionProvider", "CPUExecutionProvider"]
+    )
+    if model.session.get_providers()[0] != "CUDAExecutionProvider":
+        raise MeasurementError(f"ONNX Runtime fell back to {model.session.get_providers()} for {path.name}")
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cuda"
+    return make_runner(model, inputs), device  # session.run copies outputs to the host: synchronized
 
 
 def _worker_main() -> int:

@@ -1,27 +1,21 @@
 """Measured latency and memory of a model on a named runtime, in a separate process, at a chosen batch size.
 
-`measure_runtime(path, options, runtime=...)` runs the CPU runtimes through `tools.latency.measure_latency`
-(child process, warm-up, fixed threads); a batch above 1 is measured by giving the child input specs whose
-first dimension is the batch. The CUDA runtimes run in this module's own child (`python -m
-tools.evaluation.runners`), which reuses tools.latency's loader and timing loop, moves the model to the GPU
-and synchronizes after every run; they raise MeasurementError("no CUDA device ...") where CUDA is absent.
+`measure_runtime(path, options, runtime=...)` runs every runtime through `tools.latency.measure_latency`
+(child process, warm-up, fixed threads; on CUDA the model moves to the GPU and each run is synchronized);
+a batch above 1 is measured by giving the child input specs whose first dimension is the batch. The CUDA
+runtimes raise MeasurementError("no CUDA device ...") where CUDA is absent.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Literal
 
-import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, computed_field
 
-from tools.errors import MeasurementError, NotFoundError, RoboptError, ValidationError, first_line
+from tools.errors import MeasurementError, NotFoundError, ValidationError
 from tools.inputs import InputSpec
 from tools.intake.types import LoadOptions
 from tools.latency import (
@@ -137,9 +131,8 @@ def measure_runtime(
         timeout_s=timeout_s,
     )
     if runtime.endswith("-cuda"):
-        figures = _measure_cuda(request, runtime, batch)
-    else:
-        figures = _from_latency(measure_latency(request), runtime, batch)
+        request = request.model_copy(update={"device": "cuda"})
+    figures = _from_latency(measure_latency(request), runtime, batch)
     if figures.runtime_version.split()[0] != engine:
         raise MeasurementError(f"{source.name} ran on {figures.runtime_version}, not on {runtime}")
     log.info(
@@ -194,7 +187,7 @@ def _from_latency(result: LatencyResult, runtime: RuntimeName, batch: int) -> Ru
     return RuntimeFigures(
         runtime=runtime,
         runtime_version=result.runtime_version,
-        device="cpu",
+        device=result.device,
         threads=result.threads,
         batch=batch,
         iterations=result.iterations,
@@ -207,155 +200,5 @@ def _from_latency(result: LatencyResult, runtime: RuntimeName, batch: int) -> Ru
         jitter_ms=result.jitter_ms,
         peak_rss_mb=result.peak_rss_mb,
         model_rss_mb=result.model_rss_mb,
+        gpu_peak_mb=result.gpu_peak_mb,
     )
-
-
-# --- CUDA: parent side -----------------------------------------------------------------------------------
-
-
-def _measure_cuda(request: LatencyRequest, runtime: RuntimeName, batch: int) -> RuntimeFigures:
-    """Run this module's CUDA child with the request and return its figures."""
-    from tools.latency import _child_environment, _kill_group, _last_line
-
-    payload = json.dumps({"request": request.model_dump(mode="json"), "runtime": runtime, "batch": batch})
-    child = subprocess.Popen(
-        [sys.executable, "-m", "tools.evaluation.runners"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=_child_environment(request.threads),
-        start_new_session=True,
-    )
-    try:
-        stdout, stderr = child.communicate(payload.encode(), timeout=request.timeout_s)
-    except subprocess.TimeoutExpired:
-        _kill_group(child)
-        child.communicate()
-        raise MeasurementError(
-            f"{runtime} measurement of {request.source.name} timed out after {request.timeout_s:g} s"
-        ) from None
-    except BaseException:
-        _kill_group(child)
-        child.communicate()
-        raise
-    try:
-        answer = json.loads(stdout.decode()) if stdout.strip() else {}
-    except ValueError:
-        answer = {}
-    if child.returncode != 0 or not answer.get("ok"):
-        error = answer.get("error") or {}
-        raise MeasurementError(
-            f"{runtime} child for {request.source.name} failed: "
-            f"{error.get('message') or _last_line(stderr) or child.returncode}",
-            detail={"returncode": child.returncode, "child_error": error},
-        )
-    return RuntimeFigures.model_validate(answer["result"])
-
-
-# --- CUDA: child side ------------------------------------------------------------------------------------
-
-
-def _cuda_runner(model: Any, inputs: dict[str, torch.Tensor], runtime: RuntimeName, threads: int) -> Callable:
-    """Put the model on the GPU and return a run() that finishes its GPU work before returning."""
-    from tools.latency import make_runner
-
-    if runtime == "torch-cuda":
-        if model.module is None:
-            raise MeasurementError("torch-cuda needs a torch module; this artifact loaded as ONNX")
-        model.module.to("cuda").eval()
-        run = make_runner(model, {k: v.to("cuda") for k, v in inputs.items()})
-
-        def synchronized() -> Any:
-            out = run()
-            torch.cuda.synchronize()
-            return out
-
-        return synchronized
-    import onnxruntime as ort
-
-    if model.session is None:
-        raise MeasurementError("onnxruntime-cuda needs an ONNX artifact; this one loaded as a torch module")
-    path = model.path if model.path.suffix == ".onnx" else next(iter(sorted(model.path.glob("*.onnx"))))
-    options = model.session.get_session_options()
-    options.intra_op_num_threads = threads
-    model.session = ort.InferenceSession(
-        str(path), sess_options=options, providers=["CUDAExecutionProvider", "CPUExecutionProvider"]
-    )
-    if model.session.get_providers()[0] != "CUDAExecutionProvider":
-        raise MeasurementError(f"ONNX Runtime fell back to {model.session.get_providers()} for {path.name}")
-    return make_runner(model, inputs)  # session.run copies outputs to the host, so it returns synchronized
-
-
-def _measure_cuda_here(
-    request: LatencyRequest, runtime: RuntimeName, batch: int, data_dir: Path
-) -> RuntimeFigures:
-    """Load, move to the GPU, warm up and time the model in this (child) process."""
-    from tools.latency import _load_for_measurement, _peak_rss_mb, _rss_mb, _time_runs
-
-    torch.set_num_threads(request.threads)
-    torch.manual_seed(request.seed)
-    before = _rss_mb()
-    model = _load_for_measurement(request, data_dir)
-    after = _rss_mb()
-    run = _cuda_runner(model, model.example_inputs(seed=request.seed), runtime, request.threads)
-    if runtime == "torch-cuda":
-        torch.cuda.reset_peak_memory_stats()
-    _, _, samples, _, _ = _time_runs(run, request)
-    ms = np.asarray(samples, dtype=np.float64) / 1e6
-    p50, p95, p99 = (float(v) for v in np.percentile(ms, [50, 95, 99]))
-    if runtime == "torch-cuda":
-        version, gpu_peak = f"torch {torch.__version__}", torch.cuda.max_memory_allocated() / 2**20
-        device = torch.cuda.get_device_name(0)
-    else:
-        import onnxruntime as ort
-
-        version, gpu_peak = f"onnxruntime {ort.__version__}", None
-        device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cuda"
-    return RuntimeFigures(
-        runtime=runtime,
-        runtime_version=version,
-        device=device,
-        threads=request.threads,
-        batch=batch,
-        iterations=len(samples),
-        p50_ms=p50,
-        p95_ms=p95,
-        p99_ms=p99,
-        mean_ms=float(ms.mean()),
-        min_ms=float(ms.min()),
-        hz=1000.0 / p50 if p50 > 0 else float("inf"),
-        jitter_ms=p95 - p50,
-        peak_rss_mb=_peak_rss_mb()[0],
-        model_rss_mb=after - before,
-        gpu_peak_mb=gpu_peak,
-    )
-
-
-def _worker_main() -> int:
-    """Run as `python -m tools.evaluation.runners`: read a CUDA request on stdin, answer one JSON line."""
-    from tools.log import configure_logging
-
-    answer_fd = os.dup(1)
-    os.dup2(2, 1)  # whatever the model prints goes to stderr, never into the answer
-    configure_logging("WARNING")
-    try:
-        payload = json.loads(sys.stdin.buffer.read())
-        request = LatencyRequest.model_validate(payload["request"])
-        with tempfile.TemporaryDirectory(prefix="robopt-cuda-") as scratch:
-            figures = _measure_cuda_here(
-                request, payload["runtime"], payload["batch"], request.data_dir or Path(scratch)
-            )
-        answer: dict[str, Any] = {"ok": True, "result": figures.model_dump(mode="json")}
-        code = 0
-    except Exception as exc:  # noqa: BLE001 - the parent turns any failure into a MeasurementError
-        error = exc.to_dict() if isinstance(exc, RoboptError) else {"code": type(exc).__name__}
-        error["message"] = f"{type(exc).__name__}: {first_line(exc, 400)}"
-        answer, code = {"ok": False, "error": error}, 1
-    sys.stderr.flush()
-    with os.fdopen(answer_fd, "w") as out:
-        out.write(json.dumps(answer))
-    return code
-
-
-if __name__ == "__main__":
-    sys.exit(_worker_main())

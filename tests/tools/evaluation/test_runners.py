@@ -106,16 +106,17 @@ def test_cuda_runtime_without_a_gpu_says_so(artifacts: dict[str, Path]) -> None:
 
 @pytest.mark.integration
 @pytest.mark.skipif(
-    torch.cuda.is_available(), reason="checks the CUDA child's failure path where CUDA is absent"
+    torch.cuda.is_available(), reason="checks the measuring child's failure path where CUDA is absent"
 )
 def test_the_cuda_child_reports_its_failure_as_a_measurement_error(artifacts: dict[str, Path]) -> None:
-    """Drive the CUDA child past the availability check: it loads the model, fails to reach CUDA, and says so."""
-    from tools.evaluation.runners import _measure_cuda
-    from tools.latency import LatencyRequest
+    """Drive the child past the parent's check: it loads the model, fails to reach CUDA, and says so."""
+    from tools.latency import LatencyRequest, measure_latency
 
-    request = LatencyRequest(source=artifacts["torch"], options=OPTIONS, threads=1, warmup=1, iterations=2)
-    with pytest.raises(MeasurementError, match="torch-cuda child for mlp.pt failed: .*(CUDA|cuda)"):
-        _measure_cuda(request, "torch-cuda", 1)
+    request = LatencyRequest(
+        source=artifacts["torch"], options=OPTIONS, threads=1, warmup=1, iterations=2, device="cuda"
+    )
+    with pytest.raises(MeasurementError, match="no CUDA device"):
+        measure_latency(request)
 
 
 @pytest.mark.integration
