@@ -1,0 +1,152 @@
+"""Float16 / bfloat16 casts of PyTorch models: half the bytes, norms and protected modules in float32, same
+interface (float32 in, float32 out), fidelity to float32 on held-out reaching inputs, and determinism."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import pydantic
+import pytest
+import torch
+
+from tests.technique_support import load, outputs, store_reference
+from tools.errors import OptimizationError, ValidationError
+from tools.quantization.torch_cast import (
+    TorchBf16CastConfig,
+    TorchFp16CastConfig,
+    is_norm_layer,
+    name_matches,
+)
+from tools.reference.calibration import reaching_calibration
+from tools.techniques import apply, output_agreement, parse_config, store_original
+from tools.versions import VersionStore
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    """One torch thread: these models are small, and on a busy 2-core test machine thread hand-offs cost
+    more than they save."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def held_out_inputs(specs: list, batches: int = 2) -> list[dict[str, torch.Tensor]]:
+    """Reaching-task observations never used for training or calibration, keyed by the model's inputs."""
+    data = reaching_calibration(batches, 16, seed=7000, with_labels=False)
+    return [{spec.name: batch[spec.name] for spec in specs} for batch in data.batches]
+
+
+def min_cosine(before, after, inputs: list[dict[str, torch.Tensor]]) -> float:
+    return min(
+        agreement.cosine
+        for batch in inputs
+        for agreement in output_agreement(outputs(before, batch), outputs(after, batch))
+    )
+
+
+@pytest.mark.parametrize("config_type", [TorchFp16CastConfig, TorchBf16CastConfig])
+def test_cast_configs_round_trip_and_refuse_bad_values(config_type: type) -> None:
+    config = config_type(keep_float32=("action_head",), keep_norm_layers=False, seed=3)
+    assert config_type.model_validate_json(config.model_dump_json()) == config
+    assert parse_config(config.model_dump(mode="json")) == config
+    with pytest.raises(pydantic.ValidationError, match="non-empty glob"):
+        config_type(keep_float32=("",))
+    with pytest.raises(pydantic.ValidationError, match="surprise"):
+        config_type(surprise=1)
+    with pytest.raises(ValidationError, match="keep_norm_layers"):
+        parse_config({"type": config.type, "keep_norm_layers": "sometimes"})
+
+
+def test_name_patterns_match_a_module_and_everything_inside_it() -> None:
+    assert name_matches("action_head.mlp.6", ("action_head",))
+    assert name_matches("model.layers.0.input_layernorm", ("*layernorm",))
+    assert not name_matches("action_headless.fc", ("action_head",))
+    assert is_norm_layer(torch.nn.BatchNorm2d(4)) and not is_norm_layer(torch.nn.Linear(2, 2))
+
+
+def test_fp16_cast_halves_the_vla_keeps_norms_and_the_head_float32_and_stays_faithful(
+    version_store: VersionStore, reference_cache: Path, data_dir: Path
+) -> None:
+    source = store_reference(version_store, "vla", reference_cache, data_dir)
+    config = TorchFp16CastConfig(keep_float32=("action_head.mlp.6",))
+    result = apply(version_store, source.job_id, source.id, config, data_dir=data_dir)
+    facts = result.facts
+    assert result.version.format == "torch_pickled_module"
+    assert facts["state_bytes_before"]["float32"] == facts["state_bytes_total_before"] - 32  # int64 counter
+    assert 1.9 < facts["state_compression"] < 2.0, facts["state_compression"]
+    assert facts["unmatched_patterns"] == []
+
+    original, cast = load(version_store, source, data_dir), load(version_store, result.version, data_dir)
+    modules = dict(cast.module.named_modules())
+    for name, module in modules.items():
+        own = list(module.parameters(recurse=False))
+        if not own:
+            continue
+        expected = torch.float32 if is_norm_layer(module) or name == "action_head.mlp.6" else torch.float16
+        assert {p.dtype for p in own} == {expected}, name
+    assert "vision_tower.stem.0.norm" in facts["modules_kept_float32"]
+
+    inputs = held_out_inputs(original.input_specs)
+    with torch.inference_mode():
+        assert cast.module(**inputs[0]).dtype == torch.float32, "the interface stays float32"
+    # fp16 keeps 11 significant bits (relative rounding 2^-11 ~ 5e-4); measured cosine 0.999999+
+    assert min_cosine(original, cast, inputs) > 0.9999
+
+
+def test_bf16_cast_of_hf_llama_and_conv_policy_runs_and_stays_close(
+    version_store: VersionStore, reference_cache: Path, data_dir: Path
+) -> None:
+    for name in ("hf_llama", "conv_policy"):
+        source = store_reference(version_store, name, reference_cache, data_dir)
+        result = apply(version_store, source.job_id, source.id, TorchBf16CastConfig(), data_dir=data_dir)
+        original, cast = load(version_store, source, data_dir), load(version_store, result.version, data_dir)
+        assert "bfloat16" in result.facts["state_bytes_after"]
+        assert result.facts["state_compression"] > 1.9
+        norms = [m for m in cast.module.modules() if is_norm_layer(m)]
+        assert norms and all(p.dtype == torch.float32 for m in norms for p in m.parameters())
+        inputs = (
+            [original.example_inputs(seed) for seed in range(2)]
+            if name == "hf_llama"
+            else held_out_inputs(original.input_specs)
+        )
+        # bf16 keeps 8 significant bits (relative rounding 2^-8 ~ 4e-3); measured cosine 0.9998-0.99999
+        assert min_cosine(original, cast, inputs) > 0.999, name
+
+
+def test_cast_is_deterministic_and_reloads_identically(
+    version_store: VersionStore, reference_cache: Path, data_dir: Path
+) -> None:
+    source = store_reference(version_store, "conv_policy", reference_cache, data_dir)
+    first, second = (
+        apply(version_store, source.job_id, source.id, TorchFp16CastConfig(seed=5), data_dir=data_dir)
+        for _ in range(2)
+    )
+    a, b = load(version_store, first.version, data_dir), load(version_store, second.version, data_dir)
+    state_a, state_b = a.module.state_dict(), b.module.state_dict()
+    assert state_a.keys() == state_b.keys()
+    assert all(torch.equal(state_a[key], state_b[key]) for key in state_a)
+    batch = held_out_inputs(a.input_specs, batches=1)[0]
+    assert all(torch.equal(x, y) for x, y in zip(outputs(a, batch), outputs(b, batch)))
+
+
+def test_cast_refuses_what_it_cannot_cast(
+    version_store: VersionStore, reference_cache: Path, data_dir: Path, built_vla: Path
+) -> None:
+    source = store_reference(version_store, "conv_policy", reference_cache, data_dir)
+    with pytest.raises(OptimizationError, match="no floating parameter is left"):
+        apply(
+            version_store,
+            source.job_id,
+            source.id,
+            TorchFp16CastConfig(keep_float32=("*",)),
+            data_dir=data_dir,
+        )
+    scripted = store_original(
+        version_store, "scripted", built_vla / "model_torchscript.pt", data_dir=data_dir
+    )
+    with pytest.raises(OptimizationError, match="TorchScript"):
+        apply(version_store, scripted.job_id, scripted.id, TorchFp16CastConfig(), data_dir=data_dir)
+    assert len(version_store.list(source.job_id)) == 1, "a refused cast stores nothing"
