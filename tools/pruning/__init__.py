@@ -4,6 +4,6 @@ Each submodule registers its techniques in `tools.techniques.registry` when impo
 are imported inside the handlers only.
 """
 
-from tools.pruning import unstructured  # noqa: F401  (registers techniques)
-from tools.pruning import structured  # noqa: F401  (registers techniques)
 from tools.pruning import depth  # noqa: F401  (registers techniques)
+from tools.pruning import structured  # noqa: F401  (registers techniques)
+from tools.pruning import unstructured  # noqa: F401  (registers techniques)

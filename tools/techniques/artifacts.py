@@ -30,8 +30,25 @@ def save_torch_module(
 ) -> tuple[Path, str, LoadOptions]:
     """Write `module` whole into `work_dir`; return (path, format, the load options that read it back)."""
     path = Path(work_dir) / name
+    drop_output_capturing_hooks(module)
     torch.save(module.eval(), path)
     return path, ModelFormat.TORCH_PICKLED_MODULE.value, torch_load_options(input_specs)
+
+
+def drop_output_capturing_hooks(model: torch.nn.Module) -> None:
+    """Remove the forward hooks transformers 5 installs on a first forward to record outputs.
+
+    They are local functions, which pickle cannot store; clearing the model's "installed" mark makes
+    transformers install them again on the next forward after loading.
+    """
+    for module in model.modules():
+        for key, hook in list(module._forward_hooks.items()):
+            if getattr(hook, "__qualname__", "").endswith("output_capturing_hook"):
+                del module._forward_hooks[key]
+                module._forward_hooks_with_kwargs.pop(key, None)
+                module._forward_hooks_always_called.pop(key, None)
+        if getattr(module, "_output_capturing_hooks_installed", False):
+            module._output_capturing_hooks_installed = False
 
 
 def torch_load_options(input_specs: list[InputSpec]) -> LoadOptions:
