@@ -68,6 +68,7 @@ class BenchmarkRow:
     fidelity_cosine: float | None = None
     max_abs_error: float | None = None
     apply_s: float | None = None
+    progress: list[float] = field(default_factory=list)
     facts: dict[str, Any] = field(default_factory=dict)
 
 
@@ -172,7 +173,15 @@ def benchmark_model(
                 ).version
             config: TechniqueConfig = parse_config({"type": technique, **settings})
             started = time.perf_counter()
-            result = apply(store, job, source.id, config, data_dir=data_dir, calibration=calibration)
+            result = apply(
+                store,
+                job,
+                source.id,
+                config,
+                data_dir=data_dir,
+                calibration=calibration,
+                progress=lambda percent, message: row.progress.append(percent),
+            )
             row.apply_s = time.perf_counter() - started
         except MissingDependencyError as error:
             row.status, row.reason = "unavailable", error.one_line()

@@ -49,6 +49,11 @@ def get_logger(component: str, **context: Any) -> ComponentAdapter:
     return ComponentAdapter(logging.getLogger(f"robopt.{component}"), {"component": component, **context})
 
 
+NOISY_LIBRARY_LOGGERS = ("torchao", "bitsandbytes", "torch.utils._pytree")
+"""Libraries that warn at import about optional kernels they could not load (CUDA-only builds on a CPU machine);
+their warnings say nothing about the user's model, so the CLI shows only their errors."""
+
+
 def configure_logging(level: str = "WARNING") -> None:
     """Send robopt's logs to stderr as JSON lines at `level`; idempotent."""
     root = logging.getLogger("robopt")
@@ -59,3 +64,5 @@ def configure_logging(level: str = "WARNING") -> None:
         handler._robopt = True  # type: ignore[attr-defined]
         root.addHandler(handler)
     root.propagate = False
+    for name in NOISY_LIBRARY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)

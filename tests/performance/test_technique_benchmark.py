@@ -29,3 +29,9 @@ def test_every_technique_on_the_reference_models(reference_cache: Path, tmp_path
     broken = [row for row in rows if row.status == "refused" and not (row.reason or "").startswith("takes ")]
     assert not broken, "\n".join(f"{row.model} {row.technique}: {row.reason}" for row in broken)
     assert any(row.status == "ok" for row in rows)
+    for row in rows:
+        if row.status == "ok":
+            quarters = [(0, 0), (25, 50), (50, 75), (75, 100), (100, 100)]
+            missing = [low for low, high in quarters if not any(low <= p <= high for p in row.progress)]
+            assert not missing, f"{row.technique}: no progress report at {missing}% ({row.progress})"
+            assert row.progress == sorted(row.progress), (row.technique, "progress went backwards")

@@ -209,3 +209,22 @@ def test_the_original_is_stored_self_contained(
     with torch.inference_mode():
         expected = reference(**inputs)
     assert torch.equal(outputs(model, inputs)[0], expected)
+
+
+def test_user_data_becomes_calibration_batches_with_labels() -> None:
+    from tools.errors import InputSpecError
+    from tools.inputs import InputSpec
+    from tools.techniques import calibration_from_data
+
+    specs = [InputSpec(name="state", shape=(1, 4), dtype="float32")]
+    data = {"state": torch.arange(40.0).reshape(10, 4), "action": torch.arange(10.0).reshape(10, 1)}
+    calibration = calibration_from_data(data, specs, label_key="action", batch_size=4)
+    assert [batch["state"].shape[0] for batch in calibration.batches] == [4, 4, 2]
+    assert torch.equal(calibration.labels[2], torch.tensor([[8.0], [9.0]]))
+    assert calibration.source == "user"
+    with pytest.raises(InputSpecError, match="'proprio'"):
+        calibration_from_data(data, specs + [InputSpec(name="proprio", shape=(1, 2), dtype="float32")])
+    with pytest.raises(InputSpecError, match="'reward'"):
+        calibration_from_data(data, specs, label_key="reward")
+    with pytest.raises(InputSpecError, match="expects"):
+        calibration_from_data({"state": torch.zeros(10, 5)}, specs)

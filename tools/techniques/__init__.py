@@ -25,6 +25,7 @@ from tools.techniques.base import (
     TechniqueContext,
     TechniqueProduct,
     TechniqueSpec,
+    calibration_from_data,
     synthetic_calibration,
 )
 from tools.techniques.registry import (
@@ -53,6 +54,7 @@ __all__ = [
     "TechniqueProduct",
     "TechniqueSpec",
     "apply",
+    "calibration_from_data",
     "get_technique",
     "list_techniques",
     "load_manifest",

@@ -190,3 +190,45 @@ def synthetic_calibration(
         sized = [spec.model_copy(update={"shape": (batch_size, *spec.shape[1:])}) for spec in specs]
         batches.append(synthesize_inputs(sized, seed=seed + index))
     return CalibrationData(batches, None, source="synthetic")
+
+
+def calibration_from_data(
+    data: dict[str, torch.Tensor],
+    specs: list[Any],
+    *,
+    label_key: str | None = None,
+    batch_size: int = 16,
+    max_batches: int | None = None,
+) -> CalibrationData:
+    """Split a user's tensor dict (N samples per array, e.g. from `tools.inputs.load_input_data`) into batches.
+
+    Arrays are matched to the model's inputs by name (checked against the specs); `label_key`, when given,
+    names the array of targets.
+    """
+    from tools.errors import InputSpecError
+    from tools.inputs import check_data_matches
+
+    check_data_matches(specs, data)
+    names = [spec.name for spec in specs]
+    count = int(data[names[0]].shape[0])
+    if any(int(data[name].shape[0]) != count for name in names):
+        raise InputSpecError("the data arrays hold different numbers of samples")
+    if label_key is not None and label_key not in data:
+        raise InputSpecError(
+            f"data has no array named {label_key!r} for labels (has: {', '.join(sorted(data))})"
+        )
+    if label_key is not None and int(data[label_key].shape[0]) != count:
+        raise InputSpecError(
+            f"labels {label_key!r} hold {int(data[label_key].shape[0])} samples, inputs {count}"
+        )
+    if batch_size <= 0:
+        raise InputSpecError(f"batch_size must be positive, got {batch_size}")
+    batches, labels = [], []
+    for start in range(0, count, batch_size):
+        if max_batches is not None and len(batches) >= max_batches:
+            break
+        part = slice(start, start + batch_size)
+        batches.append({name: data[name][part] for name in names})
+        if label_key is not None:
+            labels.append(data[label_key][part])
+    return CalibrationData(batches, labels if label_key is not None else None, source="user")
