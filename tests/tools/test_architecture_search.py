@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Iterator
 
 import pydantic
 import pytest
 import torch
 from torch import nn
 
-from tests.technique_support import load, store_reference
+from tests.technique_support import load, store_reference, store_vla_onnx
 from tools.architecture_search.search import (
     DIRECTIONS,
     ArchitectureSearchConfig,
@@ -31,22 +30,14 @@ from tools.architecture_search.slicing import (
 from tools.architecture_search.space import derive_search_space
 from tools.distillation import fidelity
 from tools.errors import OptimizationError, ValidationError
-from tools.intake import LoadOptions
 from tools.reference import build_reference
 from tools.reference.calibration import reaching_calibration
 from tools.reference.conv_policy import ConvPolicy
 from tools.reference.vla import TinyVLA
-from tools.techniques import apply, store_original
+from tools.techniques import apply
 from tools.versions import VersionStore
 
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Keep timings and results stable on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _params(module: nn.Module) -> int:
@@ -278,13 +269,7 @@ def test_search_refuses_onnx_unknown_protected_modules_and_unreachable_floors(
     version_store: VersionStore, reference_cache: Path, data_dir: Path
 ) -> None:
     calibration = reaching_calibration(4, 4)
-    onnx = store_original(
-        version_store,
-        "vla-onnx",
-        build_reference("vla", reference_cache) / "model.onnx",
-        LoadOptions(),
-        data_dir,
-    )
+    onnx = store_vla_onnx(version_store, reference_cache, data_dir)
     with pytest.raises(OptimizationError, match="eager PyTorch"):
         apply(
             version_store,

@@ -9,16 +9,22 @@ from __future__ import annotations
 import copy
 import io
 import statistics
-import time
 from pathlib import Path
-from typing import Iterator
 
 import pydantic
 import pytest
 import torch
 from torch import nn
 
-from tests.technique_support import load, outputs, store_reference
+from tests.technique_support import (
+    interleaved_median_ms,
+    load,
+    outputs,
+    policy_actions,
+    store_reference,
+    store_vla_onnx,
+    tensor_cosine,
+)
 from tools.compression.clustering import (
     PalettizedLinear,
     WeightClusteringConfig,
@@ -28,19 +34,11 @@ from tools.compression.clustering import (
     unpack_indices,
 )
 from tools.errors import OptimizationError
-from tools.reference import build_reference, read_reference_metadata
 from tools.reference.calibration import reaching_calibration
-from tools.techniques import apply, output_agreement, store_original
+from tools.techniques import apply, output_agreement
 from tools.versions import VersionStore
 
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Run on one thread: the machine's 2 cores are shared, and latency is compared single-threaded."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")
@@ -48,32 +46,6 @@ def holdout() -> tuple[list[dict[str, torch.Tensor]], torch.Tensor]:
     """Held-out reaching observations and the expert's actions for them."""
     data = reaching_calibration(num_batches=2, batch_size=32, with_labels=True)
     return data.batches, torch.cat(data.labels)
-
-
-def _actions(model: nn.Module, batches: list[dict[str, torch.Tensor]]) -> torch.Tensor:
-    with torch.inference_mode():
-        return torch.cat([model(**batch) for batch in batches])
-
-
-def _cosine(reference: torch.Tensor, candidate: torch.Tensor) -> float:
-    return output_agreement([reference], [candidate])[0].cosine
-
-
-def _interleaved_median_ms(
-    models: list[nn.Module], inputs: dict[str, torch.Tensor], runs: int = 25
-) -> list[float]:
-    """Median batch-1 latency of each model (one thread here), runs interleaved so load noise hits all alike."""
-    times: list[list[float]] = [[] for _ in models]
-    with torch.inference_mode():
-        for model in models:
-            for _ in range(3):
-                model(**inputs)
-        for _ in range(runs):
-            for index, model in enumerate(models):
-                start = time.perf_counter()
-                model(**inputs)
-                times[index].append((time.perf_counter() - start) * 1e3)
-    return [statistics.median(series) for series in times]
 
 
 @pytest.mark.parametrize(
@@ -125,7 +97,7 @@ def test_indices_pack_into_the_fewest_bits_and_round_trip(clusters: int) -> None
     assert torch.allclose(module(hidden), dense(hidden), atol=1e-6)
 
 
-def test_16_clusters_shrink_the_vla_artifact_and_keep_its_actions(
+def test_16_clusters_shrink_the_vla_artifact_and_keep_itspolicy_actions(
     version_store: VersionStore, reference_cache: Path, data_dir: Path, holdout: tuple
 ) -> None:
     batches, expert = holdout
@@ -165,8 +137,8 @@ def test_16_clusters_shrink_the_vla_artifact_and_keep_its_actions(
 
     # Fidelity on held-out inputs. Measured: cosine 0.9983 and action MSE to the expert 8.4e-5 vs 7.6e-5 for
     # the original (16 per-layer levels of a near-Gaussian weight leave ~6% relative weight error).
-    reference, candidate = _actions(old, batches), _actions(new, batches)
-    assert _cosine(reference, candidate) >= 0.995
+    reference, candidate = policy_actions(old, batches), policy_actions(new, batches)
+    assert tensor_cosine(reference, candidate) >= 0.995
     assert float(((candidate - expert) ** 2).mean()) <= 1.5 * float(((reference - expert) ** 2).mean())
 
     # Latency, batch 1, one thread. decode="once" rebuilds dense weights at the first call, so it runs like
@@ -177,7 +149,7 @@ def test_16_clusters_shrink_the_vla_artifact_and_keep_its_actions(
         if isinstance(module, PalettizedLinear):
             module.decode = "every_call"
     single = {name: tensor[:1] for name, tensor in batches[0].items()}
-    original_ms, once_ms, every_call_ms = _interleaved_median_ms([old, new, every_call], single, runs=15)
+    original_ms, once_ms, every_call_ms = interleaved_median_ms([old, new, every_call], single, runs=15)
     assert once_ms <= 1.5 * original_ms, (original_ms, once_ms)
     assert every_call_ms > once_ms, (once_ms, every_call_ms)
 
@@ -189,7 +161,7 @@ def test_more_clusters_give_higher_fidelity(reference_cache: Path, data_dir: Pat
     batches, _expert = holdout
     path, options = reference_model_file("vla", reference_cache)
     base = load_model(path, options, data_dir).module.eval()
-    reference = _actions(base, batches)
+    reference = policy_actions(base, batches)
     cosines, errors = {}, {}
     for clusters, granularity in (
         (4, "per_layer"),
@@ -202,7 +174,7 @@ def test_more_clusters_give_higher_fidelity(reference_cache: Path, data_dir: Pat
             facts = cluster_linear_layers(
                 model, WeightClusteringConfig(clusters=clusters, granularity=granularity)
             )
-        cosines[clusters, granularity] = _cosine(reference, _actions(model, batches))
+        cosines[clusters, granularity] = tensor_cosine(reference, policy_actions(model, batches))
         errors[clusters, granularity] = statistics.mean(
             layer["relative_error"] for layer in facts["layers"].values()
         )
@@ -251,9 +223,7 @@ def test_hf_llama_clustering_is_seeded_and_the_artifact_holds_only_the_packed_fo
 def test_refusals_say_what_is_wrong(
     version_store: VersionStore, reference_cache: Path, data_dir: Path
 ) -> None:
-    directory = build_reference("vla", reference_cache)
-    onnx_path = directory / read_reference_metadata(directory)["formats"]["onnx"]
-    onnx_version = store_original(version_store, "vla_onnx", onnx_path, data_dir=data_dir)
+    onnx_version = store_vla_onnx(version_store, reference_cache, data_dir)
     with pytest.raises(OptimizationError, match="ONNX"):
         apply(
             version_store, onnx_version.job_id, onnx_version.id, WeightClusteringConfig(), data_dir=data_dir

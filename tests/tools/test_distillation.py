@@ -4,22 +4,21 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Iterator
 
 import pydantic
 import pytest
 import torch
 from torch import nn
 
-from tests.technique_support import load, store_reference
+from tests.technique_support import load, store_reference, store_vla_onnx
 from tools.architecture_search.slicing import slice_architecture
 from tools.architecture_search.space import derive_search_space
-from tools.distillation import DistillConfig, call_module, choose_output_losses, distill_module, fidelity
+from tools.distillation import DistillConfig, choose_output_losses, distill_module, fidelity
 from tools.errors import NotFoundError, OptimizationError, ValidationError
-from tools.intake import LoadOptions
 from tools.reference import build_reference
 from tools.reference.calibration import reaching_calibration
-from tools.techniques import CalibrationData, apply, save_torch_module, store_original
+from tools.techniques import CalibrationData, apply, save_torch_module
+from tools.techniques.module_io import call_module
 from tools.versions import VersionManifest, VersionStore
 
 NARROW = {
@@ -33,13 +32,7 @@ NARROW = {
 }
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Keep timings and results stable on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _store_module(
@@ -269,13 +262,7 @@ def test_distill_refuses_a_missing_teacher_an_original_and_an_onnx_source(
         )
     with pytest.raises(OptimizationError, match="needs calibration"):
         apply(version_store, original.job_id, original.id, DistillConfig(steps=1), data_dir=data_dir)
-    onnx = store_original(
-        version_store,
-        "vla-onnx",
-        build_reference("vla", reference_cache) / "model.onnx",
-        LoadOptions(),
-        data_dir,
-    )
+    onnx = store_vla_onnx(version_store, reference_cache, data_dir)
     with pytest.raises(OptimizationError, match="eager PyTorch"):
         apply(
             version_store,

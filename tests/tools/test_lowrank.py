@@ -7,64 +7,35 @@ Fidelity is the cosine of the reference VLA's actions against the original's on 
 from __future__ import annotations
 
 import copy
-import statistics
-import time
 from pathlib import Path
-from typing import Iterator
 
 import pydantic
 import pytest
 import torch
 from torch import nn
 
-from tests.technique_support import load, outputs, store_reference
+from tests.technique_support import (
+    interleaved_median_ms,
+    load,
+    outputs,
+    policy_actions,
+    store_reference,
+    store_vla_onnx,
+    tensor_cosine,
+)
 from tools.compression.lowrank import LowRankConfig, LowRankLinear, factorize_linear_layers
 from tools.errors import OptimizationError
-from tools.reference import build_reference, read_reference_metadata
 from tools.reference.calibration import reaching_calibration
-from tools.techniques import apply, output_agreement, store_original
+from tools.techniques import apply, output_agreement
 from tools.versions import VersionStore
 
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Run on one thread: on a shared 2-core machine the eigensolver is 3x slower with two."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")
 def holdout() -> list[dict[str, torch.Tensor]]:
     """Held-out reaching observations (the calibration default seed, apart from the training draws)."""
     return reaching_calibration(num_batches=2, batch_size=32, with_labels=False).batches
-
-
-def _actions(model: nn.Module, batches: list[dict[str, torch.Tensor]]) -> torch.Tensor:
-    with torch.inference_mode():
-        return torch.cat([model(**batch) for batch in batches])
-
-
-def _cosine(reference: torch.Tensor, candidate: torch.Tensor) -> float:
-    return output_agreement([reference], [candidate])[0].cosine
-
-
-def _interleaved_median_ms(
-    models: list[nn.Module], inputs: dict[str, torch.Tensor], runs: int = 25
-) -> list[float]:
-    """Median batch-1 latency of each model (one thread here), runs interleaved so load noise hits all alike."""
-    times: list[list[float]] = [[] for _ in models]
-    with torch.inference_mode():
-        for model in models:
-            for _ in range(3):
-                model(**inputs)
-        for _ in range(runs):
-            for index, model in enumerate(models):
-                start = time.perf_counter()
-                model(**inputs)
-                times[index].append((time.perf_counter() - start) * 1e3)
-    return [statistics.median(series) for series in times]
 
 
 @pytest.mark.parametrize(
@@ -184,7 +155,7 @@ def test_energy_095_on_vla_keeps_fidelity_and_skips_layers_where_rank_does_not_p
 
     # Measured on the reference: cosine 0.9992-0.9995 (only FiLM layers factorize, each keeps >= 95% energy,
     # i.e. <= 22% relative weight error on layers that modulate the stem); 0.995 leaves margin for drift.
-    cosine = _cosine(_actions(old, holdout), _actions(new, holdout))
+    cosine = tensor_cosine(policy_actions(old, holdout), policy_actions(new, holdout))
     assert cosine >= 0.995, cosine
 
 
@@ -209,13 +180,13 @@ def test_budget_mode_respects_the_parameter_budget_on_vla(
     assert facts["param_reduction"] > 0.4  # measured 0.49: the action head holds most weights
 
     # Measured: cosine 0.995 at half the parameters (energy 0.8 reached only 0.993 with 27% fewer); 0.98 bound.
-    reference = _actions(old, holdout)
-    assert _cosine(reference, _actions(new, holdout)) >= 0.98
+    reference = policy_actions(old, holdout)
+    assert tensor_cosine(reference, policy_actions(new, holdout)) >= 0.98
 
     # Latency, batch 1, one thread: the factorized head does less arithmetic; an extra matmul per layer must
     # not make the model markedly slower (measured within +-15% of the original on a loaded 2-core machine).
     single = {name: tensor[:1] for name, tensor in holdout[0].items()}
-    original_ms, factorized_ms = _interleaved_median_ms([old, new], single)
+    original_ms, factorized_ms = interleaved_median_ms([old, new], single)
     assert factorized_ms <= 1.5 * original_ms, (original_ms, factorized_ms)
 
 
@@ -227,13 +198,13 @@ def test_lower_energy_gives_fewer_parameters_and_lower_fidelity(
 
     path, options = reference_model_file("vla", reference_cache)
     base = load_model(path, options, data_dir).module.eval()
-    reference = _actions(base, holdout)
+    reference = policy_actions(base, holdout)
     results = []
     for energy in (0.95, 0.8, 0.6):
         model = copy.deepcopy(base)
         with torch.no_grad():
             facts = factorize_linear_layers(model, LowRankConfig(energy=energy))
-        results.append((facts["params_after"], _cosine(reference, _actions(model, holdout))))
+        results.append((facts["params_after"], tensor_cosine(reference, policy_actions(model, holdout))))
     params = [p for p, _ in results]
     cosines = [c for _, c in results]
     # Measured: params 5.876M > 4.348M > 2.644M (of 5.926M), cosine 0.9995 > 0.993 > 0.65.
@@ -271,9 +242,7 @@ def test_refusals_say_what_is_wrong(
     version_store: VersionStore, reference_cache: Path, data_dir: Path
 ) -> None:
     # An ONNX source cannot be factorized in torch.
-    directory = build_reference("vla", reference_cache)
-    onnx_path = directory / read_reference_metadata(directory)["formats"]["onnx"]
-    onnx_version = store_original(version_store, "vla_onnx", onnx_path, data_dir=data_dir)
+    onnx_version = store_vla_onnx(version_store, reference_cache, data_dir)
     with pytest.raises(OptimizationError, match="ONNX"):
         apply(version_store, onnx_version.job_id, onnx_version.id, LowRankConfig(), data_dir=data_dir)
 

@@ -10,14 +10,8 @@ import pydantic
 import pytest
 import torch
 
-from tests.technique_support import load, outputs
-from tests.tools.pruning_support import (
-    faster,
-    mean_cosine,
-    reference_store,
-    store_module,
-    store_vla_onnx,
-)
+from tests.technique_support import load, outputs, reference_store, store_vla_onnx
+from tests.tools.pruning_support import faster, mean_cosine, store_module
 from tools.errors import OptimizationError
 from tools.pruning.common import count_parameters
 from tools.pruning.depth import DepthPruneConfig, find_block_lists

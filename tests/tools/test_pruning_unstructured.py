@@ -12,8 +12,8 @@ import pytest
 import torch
 from torch import nn
 
-from tests.technique_support import load, outputs
-from tests.tools.pruning_support import mean_cosine, reference_store, store_vla_onnx
+from tests.technique_support import load, outputs, reference_store, store_vla_onnx
+from tests.tools.pruning_support import mean_cosine
 from tools.errors import OptimizationError
 from tools.pruning.unstructured import MagnitudePruneConfig, magnitude_prune
 from tools.reference.calibration import reaching_calibration

@@ -6,8 +6,6 @@ from __future__ import annotations
 import importlib.util
 import json
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Iterator
 
 import pydantic
 import pytest
@@ -15,42 +13,13 @@ import torch
 
 pytest.importorskip("bitsandbytes")
 
-from tests.technique_support import load, outputs, store_reference  # noqa: E402
+from tests.technique_support import load, min_cosine, store_reference  # noqa: E402
 from tools.quantization.bnb import Bnb4BitConfig, BnbInt8Config, cpu_backend_reason  # noqa: E402
-from tools.reference.calibration import reaching_calibration  # noqa: E402
-from tools.techniques import apply, output_agreement, parse_config, unavailable_reason  # noqa: E402
+from tools.techniques import apply, parse_config, unavailable_reason  # noqa: E402
 from tools.techniques.registry import get_technique  # noqa: E402
 from tools.versions import VersionStore  # noqa: E402
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """One torch thread: these models are small, and on a busy 2-core test machine thread hand-offs cost
-    more than they save."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def vla(tmp_path_factory: pytest.TempPathFactory, reference_cache: Path) -> SimpleNamespace:
-    """The reference VLA stored once for this module, with held-out reaching inputs."""
-    data_dir = tmp_path_factory.mktemp("bnb") / "data"
-    data_dir.mkdir()
-    store = VersionStore(data_dir / "versions")
-    source = store_reference(store, "vla", reference_cache, data_dir)
-    original = load(store, source, data_dir)
-    held_out = reaching_calibration(2, 16, seed=7000, with_labels=False).batches
-    return SimpleNamespace(store=store, data_dir=data_dir, source=source, original=original, inputs=held_out)
-
-
-def min_cosine(reference, model, inputs: list[dict[str, torch.Tensor]]) -> float:
-    return min(
-        agreement.cosine
-        for batch in inputs
-        for agreement in output_agreement(outputs(reference, batch), outputs(model, batch))
-    )
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def test_bnb_configs_round_trip_and_refuse_bad_values() -> None:
@@ -72,39 +41,41 @@ def test_both_kernels_run_on_this_cpu_so_bnb_is_listed_available() -> None:
     assert unavailable_reason(get_technique("bnb_4bit")) is None
 
 
-def test_int8_on_the_vla_is_4x_smaller_faithful_and_reloads(vla) -> None:
-    result = apply(vla.store, vla.source.job_id, vla.source.id, BnbInt8Config(), data_dir=vla.data_dir)
+def test_int8_on_the_vla_is_4x_smaller_faithful_and_reloads(vla_job) -> None:
+    result = apply(
+        vla_job.store, vla_job.source.job_id, vla_job.source.id, BnbInt8Config(), data_dir=vla_job.data_dir
+    )
     facts = result.facts
     assert result.version.format == "torch_pickled_module"
     assert facts["quantized_weight_compression"] > 3.9  # int8 rows + one float32 scale per row
     assert facts["skipped"] == {"action_head.mlp.6": "protected: the model's output layer"}
-    model = load(vla.store, result.version, vla.data_dir)
+    model = load(vla_job.store, result.version, vla_job.data_dir)
     modules = dict(model.module.named_modules())
     assert type(modules["blocks.0.attn.q_proj"]).__name__ == "Linear8bitLt"
     assert modules["blocks.0.attn.q_proj"].weight.dtype == torch.int8
     assert type(modules["action_head.mlp.6"]) is torch.nn.Linear
     # row-wise int8 weights, float16 activations: measured cosine 0.99998
-    assert min_cosine(vla.original, model, vla.inputs) > 0.999
+    assert min_cosine(vla_job.original, model, vla_job.inputs) > 0.999
 
 
 @pytest.mark.parametrize(("quant_type", "bound"), [("nf4", 0.999), ("fp4", 0.998)])
-def test_4bit_on_the_vla_is_7x_smaller_and_close(vla, quant_type: str, bound: float) -> None:
+def test_4bit_on_the_vla_is_7x_smaller_and_close(vla_job, quant_type: str, bound: float) -> None:
     config = Bnb4BitConfig(quant_type=quant_type)
-    result = apply(vla.store, vla.source.job_id, vla.source.id, config, data_dir=vla.data_dir)
+    result = apply(vla_job.store, vla_job.source.job_id, vla_job.source.id, config, data_dir=vla_job.data_dir)
     facts = result.facts
     # 4 bits a weight + an 8-bit absmax per 64 weights (double quant) -> 7.7x on the quantized layers
     assert facts["quantized_weight_compression"] > 7.0
     assert facts["skipped"]["proprio_encoder.0"].startswith("shape:")
-    model = load(vla.store, result.version, vla.data_dir)
+    model = load(vla_job.store, result.version, vla_job.data_dir)
     assert type(dict(model.module.named_modules())["action_head.mlp.0"]).__name__ == "Linear4bit"
     # measured cosine: nf4 0.9996, fp4 0.9992 on these inputs
-    assert min_cosine(vla.original, model, vla.inputs) > bound
+    assert min_cosine(vla_job.original, model, vla_job.inputs) > bound
 
 
-def test_bnb_on_the_vla_is_deterministic_byte_for_byte(vla) -> None:
+def test_bnb_on_the_vla_is_deterministic_byte_for_byte(vla_job) -> None:
     config = Bnb4BitConfig(double_quant=False)
-    first = apply(vla.store, vla.source.job_id, vla.source.id, config, data_dir=vla.data_dir)
-    second = apply(vla.store, vla.source.job_id, vla.source.id, config, data_dir=vla.data_dir)
+    first = apply(vla_job.store, vla_job.source.job_id, vla_job.source.id, config, data_dir=vla_job.data_dir)
+    second = apply(vla_job.store, vla_job.source.job_id, vla_job.source.id, config, data_dir=vla_job.data_dir)
     assert first.version.sha256 == second.version.sha256
 
 

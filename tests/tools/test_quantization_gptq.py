@@ -7,7 +7,6 @@ import statistics
 import time
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Iterator
 
 import pydantic
 import pytest
@@ -23,40 +22,33 @@ from tools.quantization.gptq import (
     int4_kernel_fits,
     quantize_rtn,
 )
-from tools.quantization.torch_cast import select_linear_layers
 from tools.reference.calibration import reaching_calibration
 from tools.techniques import apply, parse_config, synthetic_calibration
+from tools.techniques.selection import select_linear_layers
 from tools.versions import VersionStore
 
 CONFIG = GptqConfig(bits=4, group_size=64, calibration_batches=4)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """One torch thread: GPTQ's partial forward passes are small, and a busy 2-core test machine makes
-    thread hand-offs cost more than they save."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")
-def vla(tmp_path_factory: pytest.TempPathFactory, reference_cache: Path) -> SimpleNamespace:
+def vla(vla_job: SimpleNamespace) -> SimpleNamespace:
     """The VLA quantized once with GPTQ on reaching calibration batches, and held-out batches."""
-    data_dir = tmp_path_factory.mktemp("gptq") / "data"
-    data_dir.mkdir()
-    store = VersionStore(data_dir / "versions")
-    source = store_reference(store, "vla", reference_cache, data_dir)
     calibration = reaching_calibration(4, 16, seed=1000, with_labels=False)
-    result = apply(store, source.job_id, source.id, CONFIG, data_dir=data_dir, calibration=calibration)
+    result = apply(
+        vla_job.store,
+        vla_job.source.job_id,
+        vla_job.source.id,
+        CONFIG,
+        data_dir=vla_job.data_dir,
+        calibration=calibration,
+    )
     return SimpleNamespace(
-        store=store,
-        data_dir=data_dir,
-        source=source,
+        **vars(vla_job),
         result=result,
-        original=load(store, source, data_dir),
-        quantized=load(store, result.version, data_dir),
+        quantized=load(vla_job.store, result.version, vla_job.data_dir),
         held_out=reaching_calibration(2, 32, seed=5000, with_labels=False).batches,
     )
 

@@ -4,47 +4,19 @@ interface (float32 in, float32 out), fidelity to float32 on held-out reaching in
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator
 
 import pydantic
 import pytest
 import torch
 
-from tests.technique_support import load, outputs, store_reference
+from tests.technique_support import held_out_inputs, load, min_cosine, outputs, store_reference
 from tools.errors import OptimizationError, ValidationError
-from tools.quantization.torch_cast import (
-    TorchBf16CastConfig,
-    TorchFp16CastConfig,
-    is_norm_layer,
-    name_matches,
-)
-from tools.reference.calibration import reaching_calibration
-from tools.techniques import apply, output_agreement, parse_config, store_original
+from tools.quantization.torch_cast import TorchBf16CastConfig, TorchFp16CastConfig, is_norm_layer
+from tools.techniques import apply, parse_config, store_original
+from tools.techniques.selection import is_protected
 from tools.versions import VersionStore
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """One torch thread: these models are small, and on a busy 2-core test machine thread hand-offs cost
-    more than they save."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def held_out_inputs(specs: list, batches: int = 2) -> list[dict[str, torch.Tensor]]:
-    """Reaching-task observations never used for training or calibration, keyed by the model's inputs."""
-    data = reaching_calibration(batches, 16, seed=7000, with_labels=False)
-    return [{spec.name: batch[spec.name] for spec in specs} for batch in data.batches]
-
-
-def min_cosine(before, after, inputs: list[dict[str, torch.Tensor]]) -> float:
-    return min(
-        agreement.cosine
-        for batch in inputs
-        for agreement in output_agreement(outputs(before, batch), outputs(after, batch))
-    )
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.mark.parametrize("config_type", [TorchFp16CastConfig, TorchBf16CastConfig])
@@ -61,9 +33,9 @@ def test_cast_configs_round_trip_and_refuse_bad_values(config_type: type) -> Non
 
 
 def test_name_patterns_match_a_module_and_everything_inside_it() -> None:
-    assert name_matches("action_head.mlp.6", ("action_head",))
-    assert name_matches("model.layers.0.input_layernorm", ("*layernorm",))
-    assert not name_matches("action_headless.fc", ("action_head",))
+    assert is_protected("action_head.mlp.6", ("action_head",))
+    assert is_protected("model.layers.0.input_layernorm", ("*layernorm",))
+    assert not is_protected("action_headless.fc", ("action_head",))
     assert is_norm_layer(torch.nn.BatchNorm2d(4)) and not is_norm_layer(torch.nn.Linear(2, 2))
 
 

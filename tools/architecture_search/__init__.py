@@ -4,6 +4,6 @@ Each submodule registers its techniques in `tools.techniques.registry` when impo
 are imported inside the handlers only.
 """
 
-from tools.architecture_search import space  # noqa: F401  (registers techniques)
-from tools.architecture_search import slicing  # noqa: F401  (registers techniques)
 from tools.architecture_search import search  # noqa: F401  (registers techniques)
+from tools.architecture_search import slicing  # noqa: F401  (registers techniques)
+from tools.architecture_search import space  # noqa: F401  (registers techniques)

@@ -19,12 +19,12 @@ from torch import nn
 
 from tools.architecture_search.slicing import block_importance, slice_architecture, verify_space
 from tools.architecture_search.space import KEEP_FRACTIONS, SearchSpace, derive_search_space
-from tools.distillation import call_module, distill_module
+from tools.distillation import distill_module
 from tools.distillation.core import Milestones
 from tools.errors import OptimizationError, ValidationError, first_line
 from tools.intake import ModelFormat
 from tools.log import get_logger
-from tools.techniques.artifacts import save_torch_module
+from tools.techniques.artifacts import TORCH_INPUTS, save_module_product
 from tools.techniques.base import (
     CalibrationData,
     Family,
@@ -35,6 +35,7 @@ from tools.techniques.base import (
     TechniqueProduct,
     TechniqueSpec,
 )
+from tools.techniques.module_io import call_module
 from tools.techniques.registry import register
 
 Objective = Literal["latency", "fidelity", "params"]
@@ -482,12 +483,7 @@ def _facts(result: SearchResult, config: ArchitectureSearchConfig) -> dict[str, 
         summary="Search depth, heads, MLP widths and conv channels sliced from the trained weights (NSGA-II), "
         "distil each candidate briefly, and keep a Pareto-optimal smaller model.",
         needs=Needs(calibration_data=True, packages=("optuna",), install_hint="pip install optuna"),
-        input_formats=(
-            ModelFormat.TORCH_PICKLED_MODULE.value,
-            ModelFormat.TORCH_STATE_DICT.value,
-            ModelFormat.SAFETENSORS.value,
-            ModelFormat.HF_DIRECTORY.value,
-        ),
+        input_formats=TORCH_INPUTS,
         output_format=ModelFormat.TORCH_PICKLED_MODULE.value,
         runtimes=("torch-cpu", "torch-cuda"),
         precision="fp32",
@@ -503,5 +499,4 @@ def _apply_architecture_search(ctx: TechniqueContext, config: ArchitectureSearch
         ctx.progress(min(percent, 95.0), message)
 
     result = search_architectures(module, data, config, time_budget_s=ctx.time_budget_s, progress=progress)
-    path, fmt, options = save_torch_module(result.picked.module, ctx.work_dir, ctx.source.input_specs)  # type: ignore[arg-type]
-    return TechniqueProduct(path, fmt, options, facts=_facts(result, config))
+    return save_module_product(ctx, result.picked.module, _facts(result, config))  # type: ignore[arg-type]

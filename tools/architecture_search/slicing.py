@@ -16,9 +16,9 @@ import torch
 from torch import nn
 
 from tools.architecture_search.space import Dimension, SearchSpace, WidthGroup
-from tools.distillation.outputs import call_module, named_outputs
 from tools.errors import OptimizationError
 from tools.log import get_logger
+from tools.techniques.module_io import call_module, output_tensors
 
 _log = get_logger("architecture_search")
 BlockScores = dict[str, list[float]]
@@ -184,9 +184,9 @@ def block_importance(
 
 def _update_recorder(target: list[float], index: int) -> Callable[..., None]:
     def record(_module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
-        outputs = named_outputs(output)
-        if args and isinstance(args[0], torch.Tensor) and outputs and outputs[0][1].shape == args[0].shape:
-            change = (outputs[0][1] - args[0]).norm() / args[0].norm().clamp_min(1e-12)
+        outputs = output_tensors(output)
+        if args and isinstance(args[0], torch.Tensor) and outputs and outputs[0].shape == args[0].shape:
+            change = (outputs[0] - args[0]).norm() / args[0].norm().clamp_min(1e-12)
             target[index] = float(change)
 
     return record
@@ -239,7 +239,7 @@ def verify_space(
         choice = dim.choices[0]
         handles = _masking_hooks(module, dim, choice, block_scores)
         try:
-            expected = [t for _, t in named_outputs(call_module(module, inputs))]
+            expected = output_tensors(call_module(module, inputs))
         except Exception as exc:  # noqa: BLE001 - a hook the model cannot take rules the dimension out
             dropped[dim.name] = f"masking failed: {exc}"
             continue
@@ -248,7 +248,7 @@ def verify_space(
                 handle.remove()
         try:
             sliced = slice_architecture(module, space, {dim.name: choice}, block_scores)
-            actual = [t for _, t in named_outputs(call_module(sliced, inputs))]
+            actual = output_tensors(call_module(sliced, inputs))
         except Exception as exc:  # noqa: BLE001 - a layer the slicer misreads rules the dimension out
             dropped[dim.name] = f"slicing failed: {exc}"
             continue

@@ -4,6 +4,6 @@ Each submodule registers its techniques in `tools.techniques.registry` when impo
 are imported inside the handlers only.
 """
 
-from tools.compression import lowrank  # noqa: F401  (registers techniques)
 from tools.compression import clustering  # noqa: F401  (registers techniques)
+from tools.compression import lowrank  # noqa: F401  (registers techniques)
 from tools.compression import onnx_export  # noqa: F401  (registers techniques)

@@ -15,26 +15,25 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from tools.compression.lowrank import reason_summary, select_linear_layers
 from tools.errors import OptimizationError
 from tools.log import get_logger
-from tools.techniques.artifacts import save_torch_module
+from tools.techniques.artifacts import TORCH_INPUTS, save_module_product
 from tools.techniques.base import (
     Family,
     ProgressCallback,
-    TechniqueConfig,
     TechniqueContext,
     TechniqueProduct,
     TechniqueSpec,
 )
 from tools.techniques.registry import register
+from tools.techniques.selection import ProtectedLayersConfig, reason_summary, select_linear_layers
 
 _log = get_logger("compression.clustering")
 
 Granularity = Literal["per_layer", "per_output_channel"]
 
 
-class WeightClusteringConfig(TechniqueConfig):
+class WeightClusteringConfig(ProtectedLayersConfig):
     """Palettize Linear weights: k-means clusters per layer or per output channel, stored as packed indices."""
 
     type: Literal["weight_clustering"] = "weight_clustering"
@@ -326,7 +325,7 @@ def _layer_facts(weight: torch.Tensor, module: PalettizedLinear) -> dict[str, An
         name="weight_clustering",
         family=Family.COMPRESSION,
         summary="Palettize Linear weights with k-means (2..256 clusters): packed indices plus a small palette.",
-        input_formats=("torch_state_dict", "torch_pickled_module", "safetensors", "hf_directory"),
+        input_formats=TORCH_INPUTS,
         output_format="torch_pickled_module",
         runtimes=("torch-cpu", "torch-cuda"),
         precision="mixed",
@@ -350,5 +349,4 @@ def _apply_weight_clustering(ctx: TechniqueContext, config: WeightClusteringConf
             "weight_compression": facts["weight_compression"],
         },
     )
-    path, fmt, options = save_torch_module(model, ctx.work_dir, ctx.source.input_specs)
-    return TechniqueProduct(path, fmt, options, facts)
+    return save_module_product(ctx, model, facts)

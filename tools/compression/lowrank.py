@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import heapq
 from dataclasses import dataclass
-from fnmatch import fnmatchcase
 from typing import Any, Literal
 
 import torch
@@ -18,21 +17,21 @@ from torch import nn
 
 from tools.errors import OptimizationError
 from tools.log import get_logger
-from tools.techniques.artifacts import save_torch_module
+from tools.techniques.artifacts import TORCH_INPUTS, save_module_product
 from tools.techniques.base import (
     Family,
     ProgressCallback,
-    TechniqueConfig,
     TechniqueContext,
     TechniqueProduct,
     TechniqueSpec,
 )
 from tools.techniques.registry import register
+from tools.techniques.selection import ProtectedLayersConfig, reason_summary, select_linear_layers
 
 _log = get_logger("compression.lowrank")
 
 
-class LowRankConfig(TechniqueConfig):
+class LowRankConfig(ProtectedLayersConfig):
     """Factorize Linear layers into two thin Linear layers initialised from their truncated SVD."""
 
     type: Literal["low_rank"] = "low_rank"
@@ -182,35 +181,6 @@ class _Candidate:
         return float(self.energy_shares()[:rank].sum())
 
 
-def select_linear_layers(
-    model: nn.Module,
-    protected: tuple[str, ...],
-    protect_output_layer: bool,
-    min_layer_params: int,
-) -> tuple[list[tuple[str, nn.Linear]], dict[str, str]]:
-    """Split the model's plain `nn.Linear` layers into (eligible, {name: why skipped})."""
-    linears = [(name, module) for name, module in model.named_modules() if type(module) is nn.Linear]
-    owners: dict[int, int] = {}
-    for _name, parameter in model.named_parameters(remove_duplicate=False):
-        owners[id(parameter)] = owners.get(id(parameter), 0) + 1
-    output_name = linears[-1][0] if linears else None
-    eligible, skipped = [], {}
-    for name, linear in linears:
-        if any(fnmatchcase(name, pattern) for pattern in protected):
-            skipped[name] = "protected: matches a protected name pattern"
-        elif protect_output_layer and name == output_name:
-            skipped[name] = "protected: the model's output layer"
-        elif owners.get(id(linear.weight), 0) > 1:
-            skipped[name] = "tied: its weight is shared with another parameter"
-        elif linear.weight.numel() < min_layer_params:
-            skipped[name] = (
-                f"too small: {linear.weight.numel()} weights < min_layer_params {min_layer_params}"
-            )
-        else:
-            eligible.append((name, linear))
-    return eligible, skipped
-
-
 def ranks_by_energy(candidates: list[_Candidate], energy: float) -> tuple[dict[str, int], dict[str, str]]:
     """Per layer, the smallest rank keeping `energy`; layers where that rank saves nothing are skipped."""
     ranks, skipped = {}, {}
@@ -336,22 +306,13 @@ def factorize_linear_layers(
     }
 
 
-def reason_summary(skipped: dict[str, str]) -> str:
-    """Count skip reasons by their category (the text before ':'), e.g. '3 no saving; 1 protected'."""
-    counts: dict[str, int] = {}
-    for reason in skipped.values():
-        category = reason.split(":", 1)[0]
-        counts[category] = counts.get(category, 0) + 1
-    return "; ".join(f"{count} {category}" for category, count in sorted(counts.items()))
-
-
 @register(
     LowRankConfig,
     TechniqueSpec(
         name="low_rank",
         family=Family.COMPRESSION,
         summary="Replace Linear layers by two thin Linear layers from a truncated SVD (energy or budget ranks).",
-        input_formats=("torch_state_dict", "torch_pickled_module", "safetensors", "hf_directory"),
+        input_formats=TORCH_INPUTS,
         output_format="torch_pickled_module",
         runtimes=("torch-cpu", "torch-cuda"),
         precision="fp32",
@@ -375,5 +336,4 @@ def _apply_low_rank(ctx: TechniqueContext, config: LowRankConfig) -> TechniquePr
             "param_reduction": facts["param_reduction"],
         },
     )
-    path, fmt, options = save_torch_module(model, ctx.work_dir, ctx.source.input_specs)
-    return TechniqueProduct(path, fmt, options, facts)
+    return save_module_product(ctx, model, facts)

@@ -27,7 +27,7 @@ from torch import nn
 from tools.errors import OptimizationError
 from tools.inputs import InputSpec, synthesize_inputs
 from tools.log import get_logger
-from tools.techniques.artifacts import output_agreement, save_onnx_model
+from tools.techniques.artifacts import TORCH_INPUTS, output_agreement, save_onnx_model
 from tools.techniques.base import (
     Family,
     Needs,
@@ -43,7 +43,6 @@ _log = get_logger("compression.onnx_export")
 DEFAULT_OPSET = 18
 ROBOPT_METADATA_KEY = "robopt.json"
 OptimizationLevel = Literal["disabled", "basic", "extended", "all"]
-TORCH_FORMATS = ("torch_pickled_module", "torch_state_dict", "safetensors", "hf_directory")
 _EXPORT_BATCH = 2  # a batch of 1 would let torch.export specialize the batch dimension to a constant
 _PROTOBUF_LIMIT = 2**31 - 2**26  # protobuf's 2 GiB cap, less room for the graph itself
 _BULKY_NODE_METADATA = frozenset({"pkg.torch.onnx.stack_trace", "pkg.torch.onnx.fx_node"})
@@ -509,7 +508,7 @@ def onnx_source_path(ctx: TechniqueContext, technique: str) -> tuple[Path, dict[
             packages=("onnx", "onnxruntime", "onnxscript"),
             install_hint="pip install onnx onnxruntime onnxscript",
         ),
-        input_formats=TORCH_FORMATS,
+        input_formats=TORCH_INPUTS,
         output_format="onnx",
         runtimes=("onnxruntime-cpu", "onnxruntime-cuda", "tensorrt"),
         precision="fp32",

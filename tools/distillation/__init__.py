@@ -3,7 +3,7 @@ accuracy a structural change (pruning, slicing) cost, with the model before the 
 """
 
 from tools.distillation.core import OutputLoss, choose_output_losses, distill_module
-from tools.distillation.outputs import call_module, fidelity, named_outputs, output_tensors
+from tools.distillation.outputs import fidelity
 from tools.distillation.report import DistillationReport, HeldOutMetrics
 from tools.distillation.technique import DistillConfig
 
@@ -12,10 +12,7 @@ __all__ = [
     "DistillationReport",
     "HeldOutMetrics",
     "OutputLoss",
-    "call_module",
     "choose_output_losses",
     "distill_module",
     "fidelity",
-    "named_outputs",
-    "output_tensors",
 ]

@@ -17,11 +17,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tools.distillation.outputs import FeatureTaps, call_module, fidelity, named_outputs, output_tensors
+from tools.distillation.outputs import FeatureTaps, fidelity
 from tools.distillation.report import DistillationReport, HeldOutMetrics
 from tools.errors import OptimizationError, ValidationError
 from tools.log import get_logger
 from tools.techniques.base import CalibrationData, ProgressCallback
+from tools.techniques.module_io import call_module, named_outputs, output_tensors
 
 OutputLoss = Literal["auto", "mse", "kl"]
 TEACHER_CACHE_BYTES = 256 * 2**20
@@ -174,7 +175,7 @@ class _Targets:
         self, inputs: Mapping[str, torch.Tensor]
     ) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
         """Run the teacher once: (outputs, features by module name), detached."""
-        outputs = [_target(t) for t in output_tensors(self.teacher, inputs)]
+        outputs = [_target(t) for t in output_tensors(call_module(self.teacher, inputs))]
         features = {k: _target(v) for k, v in self.taps.values.items()} if self.taps else {}
         return outputs, features
 
@@ -211,7 +212,7 @@ def _task_loss(prediction: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 def _evaluate(
     student: Callable[..., Any], held: CalibrationData, teacher_outputs: list[list[torch.Tensor]]
 ) -> HeldOutMetrics:
-    student_outputs = [output_tensors(student, batch) for batch in held.batches]
+    student_outputs = [output_tensors(call_module(student, batch)) for batch in held.batches]
     flat_teacher = [t for batch in teacher_outputs for t in batch]
     flat_student = [t for batch in student_outputs for t in batch]
     if [t.shape for t in flat_teacher] != [t.shape for t in flat_student]:
@@ -426,7 +427,7 @@ def _train(
             group["lr"] = settings.lr * min(1.0, (step + 1) / warmup) * decay
         inputs, labels, key = train_set.draw()
         teacher_out, teacher_features = targets.get(key, inputs)
-        student_out = output_tensors(student, inputs)
+        student_out = output_tensors(call_module(student, inputs))
         loss = torch.zeros(())
         for kind, s_out, t_out, scale in zip(kinds, student_out, teacher_out, output_scales):
             if kind == "kl":

@@ -14,7 +14,7 @@ from pydantic import Field, model_validator
 from tools.distillation.core import distill_module
 from tools.errors import NotFoundError, OptimizationError, ValidationError
 from tools.intake import LoadedModel, ModelFormat
-from tools.techniques.artifacts import load_version, run_outputs, save_torch_module
+from tools.techniques.artifacts import TORCH_INPUTS, load_version, run_outputs, save_module_product
 from tools.techniques.base import (
     Family,
     Needs,
@@ -25,13 +25,6 @@ from tools.techniques.base import (
 )
 from tools.techniques.registry import register
 from tools.versions import VersionStore
-
-TORCH_INPUTS = (
-    ModelFormat.TORCH_PICKLED_MODULE.value,
-    ModelFormat.TORCH_STATE_DICT.value,
-    ModelFormat.SAFETENSORS.value,
-    ModelFormat.HF_DIRECTORY.value,
-)
 
 
 class DistillConfig(TechniqueConfig):
@@ -191,11 +184,10 @@ def _apply_distill(ctx: TechniqueContext, config: DistillConfig) -> TechniquePro
         seed=config.seed,
         progress=lambda percent, message: ctx.progress(min(percent, 95.0), message),
     )
-    path, fmt, options = save_torch_module(student, ctx.work_dir, ctx.source.input_specs)
     facts = {
         "teacher_version": teacher_id,
         "parameters": sum(p.numel() for p in student.parameters()),
         "calibration_source": data.source,
         **report.as_facts(),
     }
-    return TechniqueProduct(path, fmt, options, facts)
+    return save_module_product(ctx, student, facts)

@@ -1,80 +1,16 @@
-"""Helpers shared by the pruning techniques: protected-name matching, parameter counts, running a module on
-named inputs, and the fidelity of a pruned module to the original on the same inputs.
+"""Helpers shared by the pruning techniques: parameter counts, calibration inputs, the outputs of a module on
+them, the fidelity of a pruned module to the original, and attention layouts whose heads can be removed.
 """
 
 from __future__ import annotations
 
-import fnmatch
-import inspect
-import re
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Iterable, Mapping
 
 import torch
 from torch import nn
 
-from tools.intake.types import LoadOptions, ModelFormat
-from tools.techniques.artifacts import save_torch_module
 from tools.techniques.base import TechniqueContext
-
-TORCH_INPUTS = (
-    ModelFormat.TORCH_PICKLED_MODULE.value,
-    ModelFormat.TORCH_STATE_DICT.value,
-    ModelFormat.SAFETENSORS.value,
-    ModelFormat.HF_DIRECTORY.value,
-)
-REGEX_PREFIX = "re:"
-PROTECTED_DESCRIPTION = (
-    "Module-name patterns left untouched with everything inside them: fnmatch globs on qualified names "
-    "('action_head', 'action_head*', '*embed*'), or a regular expression after 're:' ('re:blocks\\.0\\.')."
-)
-
-
-def check_patterns(patterns: tuple[str, ...]) -> tuple[str, ...]:
-    """Refuse empty patterns and regular expressions that do not compile (pydantic field validator body)."""
-    for pattern in patterns:
-        if not pattern.strip():
-            raise ValueError("a protected pattern must not be empty")
-        if pattern.startswith(REGEX_PREFIX):
-            try:
-                re.compile(pattern[len(REGEX_PREFIX) :])
-            except re.error as exc:
-                raise ValueError(f"protected pattern {pattern!r} is not a valid regular expression: {exc}")
-    return patterns
-
-
-def name_matches(name: str, pattern: str) -> bool:
-    """Whether qualified module name `name` matches one glob or 're:'-regex pattern."""
-    if pattern.startswith(REGEX_PREFIX):
-        return re.search(pattern[len(REGEX_PREFIX) :], name) is not None
-    return fnmatch.fnmatchcase(name, pattern)
-
-
-def is_protected(name: str, patterns: Iterable[str]) -> bool:
-    """Whether module `name` or one of the modules containing it matches a protected pattern."""
-    parts = name.split(".") if name else []
-    scopes = [".".join(parts[: index + 1]) for index in range(len(parts))]
-    return any(name_matches(scope, pattern) for scope in scopes for pattern in patterns)
-
-
-def protected_module_names(model: nn.Module, patterns: Iterable[str]) -> set[str]:
-    """Names of every module covered by `patterns` (a match protects all the modules inside it)."""
-    patterns = tuple(patterns)
-    if not patterns:
-        return set()
-    return {name for name, _ in model.named_modules() if name and is_protected(name, patterns)}
-
-
-def unmatched_patterns(model: nn.Module, patterns: Iterable[str]) -> list[str]:
-    """Patterns that match no module name (likely typos; reported in the facts, not fatal)."""
-    names = [name for name, _ in model.named_modules() if name]
-    return [pattern for pattern in patterns if not any(is_protected(name, (pattern,)) for name in names)]
-
-
-def save_pruned_module(model: nn.Module, ctx: TechniqueContext) -> tuple[Path, str, LoadOptions]:
-    """Write the pruned module whole (see `save_torch_module`, which drops unpicklable HF hooks)."""
-    return save_torch_module(model, ctx.work_dir, ctx.source.input_specs)
+from tools.techniques.module_io import call_module, output_tensors
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -104,45 +40,11 @@ def calibration_labels(ctx: TechniqueContext, limit: int) -> list[torch.Tensor] 
     return list(ctx.calibration.labels[:limit])
 
 
-def call_model(model: nn.Module, inputs: Mapping[str, torch.Tensor]) -> Any:
-    """Call `model` with named inputs: by keyword when forward() accepts the names, else positionally."""
-    try:
-        parameters = inspect.signature(model.forward).parameters.values()
-    except (TypeError, ValueError):
-        return model(*inputs.values())
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
-        return model(**inputs)
-    if set(inputs) <= {p.name for p in parameters}:
-        return model(**inputs)
-    return model(*inputs.values())
-
-
-def output_tensors(raw: Any) -> list[torch.Tensor]:
-    """Every floating-point tensor in a model's output, in order (HF outputs, tuples and dicts flattened)."""
-    found: list[torch.Tensor] = []
-    _collect(raw, found)
-    return found
-
-
-def _collect(value: Any, found: list[torch.Tensor]) -> None:
-    if isinstance(value, torch.Tensor):
-        if value.is_floating_point():
-            found.append(value)
-    elif isinstance(value, Mapping):
-        for item in value.values():
-            _collect(item, found)
-    elif isinstance(value, (tuple, list)):
-        for item in value:
-            _collect(item, found)
-    elif hasattr(value, "to_tuple"):
-        _collect(value.to_tuple(), found)
-
-
 @torch.inference_mode()
 def model_outputs(model: nn.Module, batches: list[dict[str, torch.Tensor]]) -> list[list[torch.Tensor]]:
     """Run `model` on each batch and return its float outputs as CPU float32 tensors."""
     model.eval()
-    return [[t.detach().float().cpu() for t in output_tensors(call_model(model, b))] for b in batches]
+    return [[t.detach().float().cpu() for t in output_tensors(call_module(model, b))] for b in batches]
 
 
 def output_shapes(outputs: list[list[torch.Tensor]]) -> list[list[tuple[int, ...]]]:

@@ -13,40 +13,36 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import torch
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 from torch import nn
 
 from tools.errors import OptimizationError
 from tools.intake.types import ModelFormat
 from tools.log import get_logger
 from tools.pruning.common import (
-    PROTECTED_DESCRIPTION,
-    TORCH_INPUTS,
     calibration_inputs,
-    call_model,
-    check_patterns,
     count_parameters,
     fidelity,
     is_attention,
-    is_protected,
     model_outputs,
     output_shapes,
-    save_pruned_module,
 )
+from tools.techniques.artifacts import TORCH_INPUTS, save_module_product
 from tools.techniques.base import (
     Family,
-    TechniqueConfig,
     TechniqueContext,
     TechniqueProduct,
     TechniqueSpec,
 )
+from tools.techniques.module_io import call_module
 from tools.techniques.registry import register
+from tools.techniques.selection import PROTECTED_DESCRIPTION, ProtectedModulesConfig, is_protected
 
 _log = get_logger("pruning.depth")
 _DEFAULT_FRACTION = 0.25
 
 
-class DepthPruneConfig(TechniqueConfig):
+class DepthPruneConfig(ProtectedModulesConfig):
     """Drop the least important transformer blocks, measured on calibration inputs."""
 
     type: Literal["depth_prune"] = "depth_prune"
@@ -83,11 +79,6 @@ class DepthPruneConfig(TechniqueConfig):
     calibration_batches: int = Field(
         default=4, ge=1, le=64, description="Calibration batches the importance is measured on."
     )
-
-    @field_validator("protected")
-    @classmethod
-    def _patterns(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        return check_patterns(value)
 
     @model_validator(mode="after")
     def _one_amount(self) -> "DepthPruneConfig":
@@ -154,7 +145,7 @@ def block_influence(
     handles = [block.register_forward_hook(hook_for(name), with_kwargs=True) for name, block in blocks]
     try:
         for batch in batches:
-            call_model(model, batch)
+            call_module(model, batch)
     finally:
         for handle in handles:
             handle.remove()
@@ -316,6 +307,6 @@ def _apply_depth_prune(ctx: TechniqueContext, config: DepthPruneConfig) -> Techn
     }
     facts["removed_fraction"] = round(1 - facts["parameters_after"] / params_before, 6)
     facts.update(fidelity(reference, after))
-    path, fmt, options = save_pruned_module(model, ctx)
+    product = save_module_product(ctx, model, facts)
     _log.info("depth pruned", extra={"job_id": ctx.job_id, "technique": config.type, "dropped": len(dropped)})
-    return TechniqueProduct(path, fmt, options, facts)
+    return product

@@ -17,46 +17,45 @@ import warnings
 from typing import Any, Callable, Literal
 
 import torch
-from pydantic import Field, field_validator
+from pydantic import Field
 from torch import nn
 
 from tools.errors import OptimizationError
 from tools.intake.types import ModelFormat
 from tools.log import get_logger
 from tools.pruning.common import (
-    PROTECTED_DESCRIPTION,
-    TORCH_INPUTS,
     AttentionLayout,
     calibration_inputs,
     calibration_labels,
-    call_model,
-    check_patterns,
     count_parameters,
     fidelity,
     find_attention,
     model_outputs,
     output_shapes,
-    output_tensors,
-    protected_module_names,
-    save_pruned_module,
-    unmatched_patterns,
 )
+from tools.techniques.artifacts import TORCH_INPUTS, save_module_product
 from tools.techniques.base import (
     Family,
     Needs,
-    TechniqueConfig,
     TechniqueContext,
     TechniqueProduct,
     TechniqueSpec,
 )
+from tools.techniques.module_io import call_module, output_tensors
 from tools.techniques.registry import register
+from tools.techniques.selection import (
+    PROTECTED_DESCRIPTION,
+    ProtectedModulesConfig,
+    protected_module_names,
+    unmatched_patterns,
+)
 
 _log = get_logger("pruning.structured")
 _CALIBRATION_BATCHES = 4
 _FIDELITY_BATCHES = 2
 
 
-class StructuredPruneConfig(TechniqueConfig):
+class StructuredPruneConfig(ProtectedModulesConfig):
     """Remove the least important conv channels, MLP neurons and attention heads (the model gets smaller)."""
 
     type: Literal["structured_prune"] = "structured_prune"
@@ -98,11 +97,6 @@ class StructuredPruneConfig(TechniqueConfig):
         json_schema_extra={"search": [[], ["action_head"]]},
     )
 
-    @field_validator("protected")
-    @classmethod
-    def _patterns(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        return check_patterns(value)
-
 
 def _layer_widths(model: nn.Module) -> dict[str, tuple[int, int, int]]:
     """(out width, in width, parameter count) of every Linear and Conv layer, by name."""
@@ -129,7 +123,7 @@ def accumulate_gradients(
     used = "output_energy"
     with torch.enable_grad():
         for index, batch in enumerate(batches):
-            output = output_tensors(call_model(model, batch))[0]
+            output = output_tensors(call_module(model, batch))[0]
             label = labels[index] if labels is not None else None
             if label is not None and label.shape == output.shape:
                 loss = torch.nn.functional.mse_loss(output, label.to(output.dtype))
@@ -286,7 +280,7 @@ def prune_channels(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "unwrapped parameters": their groups are never pruned
             graph = tp.DependencyGraph().build_dependency(
-                model, example_inputs=example, forward_fn=call_model, output_transform=output_tensors
+                model, example_inputs=example, forward_fn=call_module, output_transform=output_tensors
             )
         feeders = _split_feeders(graph)
         visited: set[nn.Module] = set()
@@ -436,12 +430,12 @@ def _apply_structured_prune(ctx: TechniqueContext, config: StructuredPruneConfig
     if loss_used:
         facts["taylor_loss"] = loss_used[-1]
     facts.update(fidelity(reference, model_outputs(model, batches[:_FIDELITY_BATCHES])))
-    path, fmt, options = save_pruned_module(model, ctx)
+    product = save_module_product(ctx, model, facts)
     _log.info(
         "structured pruned",
         extra={"job_id": ctx.job_id, "technique": config.type, "removed": facts["removed_fraction"]},
     )
-    return TechniqueProduct(path, fmt, options, facts)
+    return product
 
 
 def _attention_to_prune(

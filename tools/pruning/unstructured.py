@@ -12,32 +12,28 @@ import zlib
 from typing import Literal
 
 import torch
-from pydantic import Field, field_validator
+from pydantic import Field
 from torch import nn
 from torch.nn.utils import prune
 
 from tools.errors import OptimizationError
 from tools.intake.types import ModelFormat
 from tools.log import get_logger
-from tools.pruning.common import (
-    PROTECTED_DESCRIPTION,
-    TORCH_INPUTS,
-    calibration_inputs,
-    check_patterns,
-    fidelity,
-    is_protected,
-    model_outputs,
-    save_pruned_module,
-    unmatched_patterns,
-)
+from tools.pruning.common import calibration_inputs, fidelity, model_outputs
+from tools.techniques.artifacts import TORCH_INPUTS, save_module_product
 from tools.techniques.base import (
     Family,
-    TechniqueConfig,
     TechniqueContext,
     TechniqueProduct,
     TechniqueSpec,
 )
 from tools.techniques.registry import register
+from tools.techniques.selection import (
+    PROTECTED_DESCRIPTION,
+    ProtectedModulesConfig,
+    is_protected,
+    unmatched_patterns,
+)
 
 _log = get_logger("pruning.unstructured")
 _LAYER_TYPES: dict[str, tuple[type[nn.Module], ...]] = {
@@ -47,7 +43,7 @@ _LAYER_TYPES: dict[str, tuple[type[nn.Module], ...]] = {
 _FIDELITY_BATCHES = 2
 
 
-class MagnitudePruneConfig(TechniqueConfig):
+class MagnitudePruneConfig(ProtectedModulesConfig):
     """Zero the given fraction of the smallest-magnitude weights of Linear/Conv layers (shapes unchanged)."""
 
     type: Literal["magnitude_prune"] = "magnitude_prune"
@@ -72,11 +68,6 @@ class MagnitudePruneConfig(TechniqueConfig):
         description=PROTECTED_DESCRIPTION,
         json_schema_extra={"search": [[], ["action_head"], ["*embed*", "*lm_head*"]]},
     )
-
-    @field_validator("protected")
-    @classmethod
-    def _patterns(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        return check_patterns(value)
 
 
 def select_weights(
@@ -189,9 +180,9 @@ def _apply_magnitude_prune(ctx: TechniqueContext, config: MagnitudePruneConfig) 
     facts["dense_size_note"] = (
         "shapes unchanged: the dense artifact keeps its size and dense kernels their speed"
     )
-    path, fmt, options = save_pruned_module(model, ctx)
+    product = save_module_product(ctx, model, facts)
     _log.info(
         "magnitude pruned",
         extra={"job_id": ctx.job_id, "technique": config.type, "sparsity": facts["measured_sparsity"]},
     )
-    return TechniqueProduct(path, fmt, options, facts)
+    return product

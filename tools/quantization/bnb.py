@@ -17,31 +17,21 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import Field, field_validator
+from pydantic import Field
 from torch import nn
 
 from tools.errors import MissingDependencyError, OptimizationError, first_line
 from tools.intake.types import LoadOptions, ModelFormat
 from tools.log import get_logger
-from tools.quantization.torch_cast import (
-    TORCH_INPUTS,
-    byte_facts,
-    check_patterns,
-    select_linear_layers,
-    state_bytes_by_dtype,
-    tensor_bytes,
-    unmatched_patterns,
-)
-from tools.techniques.artifacts import save_torch_module
+from tools.quantization.torch_cast import byte_facts, quantization_spec, state_bytes_by_dtype, tensor_bytes
+from tools.techniques.artifacts import save_module_product
 from tools.techniques.base import (
-    Family,
     Needs,
-    TechniqueConfig,
     TechniqueContext,
     TechniqueProduct,
-    TechniqueSpec,
 )
 from tools.techniques.registry import register
+from tools.techniques.selection import ProtectedLayersConfig, select_linear_layers, unmatched_patterns
 
 _log = get_logger("quantization.bnb")
 _NEEDS = Needs(
@@ -63,24 +53,8 @@ _HF_SIDE_FILES = (
 )
 
 
-class BnbLinearConfig(TechniqueConfig):
+class BnbLinearConfig(ProtectedLayersConfig):
     """Which Linear layers bitsandbytes quantizes."""
-
-    protected: tuple[str, ...] = Field(
-        default=("*lm_head*",),
-        description="Glob patterns (fnmatch) of qualified module names left in float32 with everything "
-        "inside them, e.g. 'action_head' to keep the whole action head.",
-        json_schema_extra={"search": [["*lm_head*"], ["*lm_head*", "action_head"]]},
-    )
-    protect_output_layer: bool = Field(
-        default=True,
-        description="Leave the model's last Linear layer (the action or logits output) in float32.",
-    )
-
-    @field_validator("protected")
-    @classmethod
-    def _patterns(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        return check_patterns(value)
 
 
 class BnbInt8Config(BnbLinearConfig):
@@ -239,8 +213,7 @@ def _apply_bnb(ctx: TechniqueContext, config: BnbLinearConfig) -> TechniqueProdu
             facts = replace_linear_layers(model, config)
         facts.update(byte_facts(before, state_bytes_by_dtype(model)))
         ctx.progress(75, f"{config.type}: saving the quantized module")
-        path, fmt, options = save_torch_module(model, ctx.work_dir, ctx.source.input_specs)
-        product = TechniqueProduct(path, fmt, options, facts)
+        product = save_module_product(ctx, model, facts)
     product.facts["unmatched_patterns"] = unmatched
     _log.info(
         "quantized with bitsandbytes",
@@ -310,23 +283,9 @@ def _quantize_hf_directory(
     return TechniqueProduct(target, ModelFormat.HF_DIRECTORY.value, options, facts)
 
 
-def _spec(name: str, summary: str, precision: Any, effect: str) -> TechniqueSpec:
-    return TechniqueSpec(
-        name=name,
-        family=Family.QUANTIZATION,
-        summary=summary,
-        needs=_NEEDS,
-        input_formats=TORCH_INPUTS,
-        output_format=ModelFormat.TORCH_PICKLED_MODULE.value,
-        runtimes=("torch-cpu", "torch-cuda"),
-        precision=precision,
-        expected_effect=effect,
-    )
-
-
 @register(
     BnbInt8Config,
-    _spec(
+    quantization_spec(
         "bnb_int8",
         "bitsandbytes LLM.int8() Linear layers (a Hugging Face directory stays a Hugging Face directory).",
         "int8",
@@ -335,6 +294,7 @@ def _spec(name: str, summary: str, precision: Any, effect: str) -> TechniqueSpec
         "2.5-4.4x slower than float32, conv policy 4.1x (the CPU path casts to float16 and dequantizes "
         "per call); a speed-up "
         "needs a CUDA GPU.",
+        _NEEDS,
     ),
     check=cpu_backend_reason,
 )
@@ -344,7 +304,7 @@ def _apply_bnb_int8(ctx: TechniqueContext, config: BnbInt8Config) -> TechniquePr
 
 @register(
     Bnb4BitConfig,
-    _spec(
+    quantization_spec(
         "bnb_4bit",
         "bitsandbytes 4-bit NF4/FP4 Linear layers (a Hugging Face directory stays a Hugging Face directory).",
         "nf4",
@@ -352,6 +312,7 @@ def _apply_bnb_int8(ctx: TechniqueContext, config: BnbInt8Config) -> TechniquePr
         "0.999 on the reaching task. CPU batch-1 latency measured on the reference VLA (1 thread, in "
         "process, median of interleaved runs, AVX512-BF16 CPU): 0.84-1.35x of float32 (conv policy 1.0x), "
         "from bitsandbytes' bf16 CPU kernel; a clear speed-up needs a CUDA GPU.",
+        _NEEDS,
     ),
     check=cpu_backend_reason,
 )

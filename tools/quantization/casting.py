@@ -13,7 +13,7 @@ from pydantic import Field
 from tools.compression.onnx_export import onnx_source_path, robopt_metadata, set_robopt_metadata
 from tools.inputs import InputSpec
 from tools.quantization.ort_int8 import resolve_excluded_nodes, weight_coverage
-from tools.techniques.artifacts import save_onnx_model
+from tools.techniques.artifacts import ONNX_OR_TORCH_INPUTS, save_onnx_model
 from tools.techniques.base import (
     Family,
     Needs,
@@ -78,7 +78,7 @@ def _fp16_specs(specs: list[InputSpec]) -> list[InputSpec]:
         summary="Cast an ONNX graph to FP16 (weights and compute) with ONNX Runtime's float16 converter, "
         "keeping float32 I/O and sensitive ops.",
         needs=Needs(packages=("onnx", "onnxruntime"), install_hint="pip install onnx onnxruntime"),
-        input_formats=("onnx", "torch_pickled_module", "torch_state_dict", "safetensors", "hf_directory"),
+        input_formats=ONNX_OR_TORCH_INPUTS,
         output_format="onnx",
         runtimes=("onnxruntime-cuda", "tensorrt", "onnxruntime-cpu"),
         precision="fp16",

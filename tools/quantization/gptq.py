@@ -21,40 +21,29 @@ from contextlib import contextmanager
 from typing import Any, Iterator, Literal
 
 import torch
-from pydantic import Field, field_validator
+from pydantic import Field
 from torch import nn
 from torch.nn import functional as F
 
 from tools.errors import OptimizationError
-from tools.intake.types import ModelFormat
 from tools.log import get_logger
-from tools.quantization.torch_cast import (
-    TORCH_INPUTS,
-    byte_facts,
-    check_patterns,
-    select_linear_layers,
-    state_bytes_by_dtype,
-    tensor_bytes,
-    unmatched_patterns,
-)
-from tools.techniques.artifacts import save_torch_module
+from tools.quantization.torch_cast import byte_facts, quantization_spec, state_bytes_by_dtype, tensor_bytes
+from tools.techniques.artifacts import save_module_product
 from tools.techniques.base import (
     CalibrationData,
-    Family,
     Needs,
-    TechniqueConfig,
     TechniqueContext,
     TechniqueProduct,
-    TechniqueSpec,
 )
 from tools.techniques.registry import register
+from tools.techniques.selection import ProtectedLayersConfig, select_linear_layers, unmatched_patterns
 
 _log = get_logger("quantization.gptq")
 _LAZY_BATCH = 128
 _SAMPLE_ROWS = 4096
 
 
-class GptqConfig(TechniqueConfig):
+class GptqConfig(ProtectedLayersConfig):
     """Quantize Linear weights with GPTQ on calibration inputs: group-wise grid, error compensation."""
 
     type: Literal["gptq"] = "gptq"
@@ -84,21 +73,6 @@ class GptqConfig(TechniqueConfig):
         description="Run 4-bit layers that fit it with torch's int4 CPU kernel (bfloat16 activations, "
         "faster than float32); False dequantizes to the input dtype on every call (exact, slow).",
     )
-    protected: tuple[str, ...] = Field(
-        default=("*lm_head*",),
-        description="Glob patterns (fnmatch) of qualified module names left in float32 with everything "
-        "inside them, e.g. 'action_head' to keep the whole action head.",
-        json_schema_extra={"search": [["*lm_head*"], ["*lm_head*", "action_head"]]},
-    )
-    protect_output_layer: bool = Field(
-        default=True,
-        description="Leave the model's last Linear layer (the action or logits output) in float32.",
-    )
-
-    @field_validator("protected")
-    @classmethod
-    def _patterns(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        return check_patterns(value)
 
 
 class GroupQuantizedLinear(nn.Module):
@@ -467,14 +441,10 @@ def gptq_quantize_model(
 
 @register(
     GptqConfig,
-    TechniqueSpec(
+    quantization_spec(
         name="gptq",
-        family=Family.QUANTIZATION,
         summary="GPTQ 4/8-bit group-wise Linear weights with Hessian-based error compensation (calibrated).",
         needs=Needs(calibration_data=True),
-        input_formats=TORCH_INPUTS,
-        output_format=ModelFormat.TORCH_PICKLED_MODULE.value,
-        runtimes=("torch-cpu", "torch-cuda"),
         precision="int4",
         expected_effect="4-bit group-64 Linear weights 7.3x smaller (codes packed two a byte, fp16 scales); "
         "on held-out reaching inputs the VLA's action error vs float32 is 0.017 relative L2 against 0.029 "
@@ -495,9 +465,9 @@ def _apply_gptq(ctx: TechniqueContext, config: GptqConfig) -> TechniqueProduct:
     facts.update(byte_facts(before, state_bytes_by_dtype(model)))
     facts["unmatched_patterns"] = unmatched_patterns(model, config.protected)
     ctx.progress(75, "gptq: saving the quantized module")
-    path, fmt, options = save_torch_module(model, ctx.work_dir, ctx.source.input_specs)
+    product = save_module_product(ctx, model, facts)
     _log.info(
         "gptq quantized",
         extra={"job_id": ctx.job_id, "technique": "gptq", "layers": facts["layers_quantized"]},
     )
-    return TechniqueProduct(path, fmt, options, facts)
+    return product

@@ -18,6 +18,7 @@ from tools.quantization.ort_int8 import (
     quiet_ort_quantization,
     resolve_excluded_nodes,
 )
+from tools.techniques.artifacts import ONNX_OR_TORCH_INPUTS
 from tools.techniques.base import (
     Family,
     Needs,
@@ -92,7 +93,7 @@ def _hqq_available() -> str | None:
         summary="ONNX Runtime 4-bit weight-only quantization (MatMulNBits, block-wise RTN or HQQ) of constant "
         "MatMul/Gemm weights; no calibration data.",
         needs=Needs(packages=("onnx", "onnxruntime"), install_hint="pip install onnx onnxruntime"),
-        input_formats=("onnx", "torch_pickled_module", "torch_state_dict", "safetensors", "hf_directory"),
+        input_formats=ONNX_OR_TORCH_INPUTS,
         output_format="onnx",
         runtimes=("onnxruntime-cpu", "onnxruntime-cuda"),
         precision="int4",

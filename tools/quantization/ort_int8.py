@@ -24,7 +24,7 @@ from pydantic import Field, model_validator
 from tools.compression.onnx_export import onnx_source_path, robopt_metadata, set_robopt_metadata
 from tools.errors import ValidationError
 from tools.log import get_logger
-from tools.techniques.artifacts import save_onnx_model
+from tools.techniques.artifacts import ONNX_OR_TORCH_INPUTS, save_onnx_model
 from tools.techniques.base import (
     CalibrationData,
     Family,
@@ -48,7 +48,6 @@ StaticOpType = Literal[
 ]  # fmt: skip
 _ONNX_INPUT_DTYPES = {1: np.float32, 10: np.float16, 11: np.float64, 7: np.int64, 6: np.int32, 9: np.bool_}
 _ORT_PKGS = Needs(packages=("onnx", "onnxruntime"), install_hint="pip install onnx onnxruntime")
-_INPUT_FORMATS = ("onnx", "torch_pickled_module", "torch_state_dict", "safetensors", "hf_directory")
 
 _EXCLUDE_FIELD = Field(
     default=(),
@@ -376,7 +375,7 @@ def _quant_type(name: str) -> Any:
         summary="ONNX Runtime dynamic INT8: MatMul/Gemm weights stored as int8, activations quantized per call; "
         "no calibration data.",
         needs=_ORT_PKGS,
-        input_formats=_INPUT_FORMATS,
+        input_formats=ONNX_OR_TORCH_INPUTS,
         output_format="onnx",
         runtimes=("onnxruntime-cpu",),
         precision="int8",
@@ -418,7 +417,7 @@ def _apply_ort_int8_dynamic(ctx: TechniqueContext, config: OrtInt8DynamicConfig)
         summary="ONNX Runtime static INT8 in QDQ format: weights and activations int8, activation ranges "
         "calibrated (minmax/entropy/percentile); int8 symmetric activations suit TensorRT.",
         needs=Needs(calibration_data=True, packages=_ORT_PKGS.packages, install_hint=_ORT_PKGS.install_hint),
-        input_formats=_INPUT_FORMATS,
+        input_formats=ONNX_OR_TORCH_INPUTS,
         output_format="onnx",
         runtimes=("onnxruntime-cpu", "onnxruntime-cuda", "tensorrt"),
         precision="int8",

@@ -4,14 +4,13 @@ Mixed precision needs dtype boundaries, or a float32 input meets a float16 weigh
 Every module that owns floating parameters gets a forward pre-hook casting its floating inputs to its own
 parameter dtype, and the root a hook returning float32 outputs. The hooks are module-level functions, so
 they pickle with the model (`torch_pickled_module`): the artifact keeps the original interface, float32 in
-and float32 out, and module names stay as they were. Also home of the module-selection and byte-counting
-helpers the other torch quantization techniques share.
+and float32 out, and module names stay as they were. Also home of the byte-counting helpers the other torch
+quantization techniques share.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from fnmatch import fnmatchcase
 from typing import Any, Literal
 
 import torch
@@ -22,70 +21,21 @@ from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 from tools.errors import OptimizationError
 from tools.intake.types import ModelFormat
 from tools.log import get_logger
-from tools.techniques.artifacts import save_torch_module
+from tools.techniques.artifacts import TORCH_INPUTS, save_module_product
 from tools.techniques.base import (
     Family,
+    Needs,
     TechniqueConfig,
     TechniqueContext,
     TechniqueProduct,
     TechniqueSpec,
 )
 from tools.techniques.registry import register
+from tools.techniques.selection import check_patterns, is_protected, unmatched_patterns
 
 _log = get_logger("quantization.torch_cast")
 
-TORCH_INPUTS = (
-    ModelFormat.TORCH_PICKLED_MODULE.value,
-    ModelFormat.TORCH_STATE_DICT.value,
-    ModelFormat.SAFETENSORS.value,
-    ModelFormat.HF_DIRECTORY.value,
-)
 _NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.RMSNorm)
-
-
-def check_patterns(patterns: tuple[str, ...]) -> tuple[str, ...]:
-    """Refuse empty or blank module-name patterns (a pydantic field validator body)."""
-    blank = [pattern for pattern in patterns if not pattern.strip()]
-    if blank:
-        raise ValueError("module name patterns must be non-empty glob patterns such as 'action_head.*'")
-    return patterns
-
-
-def name_matches(name: str, patterns: tuple[str, ...]) -> bool:
-    """Whether a qualified module name, or one of its parents, matches a glob pattern (fnmatch, case kept)."""
-    parts = name.split(".") if name else []
-    prefixes = {".".join(parts[: index + 1]) for index in range(len(parts))}
-    return any(fnmatchcase(prefix, pattern) for prefix in prefixes for pattern in patterns)
-
-
-def unmatched_patterns(model: nn.Module, patterns: tuple[str, ...]) -> list[str]:
-    """Patterns that match no module of `model` (reported, so that a typo does not pass silently)."""
-    names = [name for name, _ in model.named_modules() if name]
-    return [pattern for pattern in patterns if not any(name_matches(name, (pattern,)) for name in names)]
-
-
-def select_linear_layers(
-    model: nn.Module, protected: tuple[str, ...], protect_output_layer: bool
-) -> tuple[list[tuple[str, nn.Linear]], dict[str, str]]:
-    """Split the model's plain `nn.Linear` layers into (eligible, {name: why it is left alone})."""
-    linears = [(name, module) for name, module in model.named_modules() if type(module) is nn.Linear]
-    owners: dict[int, int] = {}
-    for _name, parameter in model.named_parameters(remove_duplicate=False):
-        owners[id(parameter)] = owners.get(id(parameter), 0) + 1
-    output_name = linears[-1][0] if linears else None
-    eligible, skipped = [], {}
-    for name, linear in linears:
-        if name_matches(name, protected):
-            skipped[name] = "protected: matches a protected name pattern"
-        elif protect_output_layer and name == output_name:
-            skipped[name] = "protected: the model's output layer"
-        elif owners.get(id(linear.weight), 0) > 1:
-            skipped[name] = "tied: its weight is shared with another parameter"
-        elif not linear.weight.is_floating_point() or is_traceable_wrapper_subclass(linear.weight):
-            skipped[name] = f"already quantized: its weight is {type(linear.weight).__name__}"
-        else:
-            eligible.append((name, linear))
-    return eligible, skipped
 
 
 def _tensor_parts(tensor: torch.Tensor) -> list[torch.Tensor]:
@@ -215,7 +165,7 @@ def cast_module(
     owners: dict[int, list[tuple[nn.Module, str, bool]]] = {}
     kept_modules: list[str] = []
     for name, module in model.named_modules():
-        kept = name_matches(name, keep_float32) or (keep_norm_layers and is_norm_layer(module))
+        kept = is_protected(name, keep_float32) or (keep_norm_layers and is_norm_layer(module))
         if kept and name and any(True for _ in module.parameters(recurse=False)):
             kept_modules.append(name)
         for parameter_name, parameter in module.named_parameters(recurse=False):
@@ -263,12 +213,29 @@ def _apply_cast(ctx: TechniqueContext, config: _CastConfigBase, dtype: torch.dty
         cast = cast_module(model, dtype, config.keep_float32, config.keep_norm_layers)
     facts = {**byte_facts(before, state_bytes_by_dtype(model)), **cast, "unmatched_patterns": unmatched}
     ctx.progress(75, f"{name}: saving the cast module")
-    path, fmt, options = save_torch_module(model, ctx.work_dir, ctx.source.input_specs)
+    product = save_module_product(ctx, model, facts)
     _log.info(
         "cast module",
         extra={"job_id": ctx.job_id, "technique": name, "state_compression": facts["state_compression"]},
     )
-    return TechniqueProduct(path, fmt, options, facts)
+    return product
+
+
+def quantization_spec(
+    name: str, summary: str, precision: Any, expected_effect: str, needs: Needs = Needs()
+) -> TechniqueSpec:
+    """Registry metadata of a technique that quantizes an eager PyTorch module and stores it whole."""
+    return TechniqueSpec(
+        name=name,
+        family=Family.QUANTIZATION,
+        summary=summary,
+        needs=needs,
+        input_formats=TORCH_INPUTS,
+        output_format=ModelFormat.TORCH_PICKLED_MODULE.value,
+        runtimes=("torch-cpu", "torch-cuda"),
+        precision=precision,
+        expected_effect=expected_effect,
+    )
 
 
 _CAST_EFFECT = (
@@ -279,13 +246,9 @@ _CAST_EFFECT = (
 
 @register(
     TorchFp16CastConfig,
-    TechniqueSpec(
+    quantization_spec(
         name="torch_fp16_cast",
-        family=Family.QUANTIZATION,
         summary="Cast PyTorch weights to float16, keeping modules matching keep_float32 in float32.",
-        input_formats=TORCH_INPUTS,
-        output_format=ModelFormat.TORCH_PICKLED_MODULE.value,
-        runtimes=("torch-cpu", "torch-cuda"),
         precision="fp16",
         expected_effect=_CAST_EFFECT.format(
             latency="CPU batch-1 latency measured on the reference VLA (1 thread, in process, median of "
@@ -300,13 +263,9 @@ def _apply_fp16_cast(ctx: TechniqueContext, config: TorchFp16CastConfig) -> Tech
 
 @register(
     TorchBf16CastConfig,
-    TechniqueSpec(
+    quantization_spec(
         name="torch_bf16_cast",
-        family=Family.QUANTIZATION,
         summary="Cast PyTorch weights to bfloat16, keeping modules matching keep_float32 in float32.",
-        input_formats=TORCH_INPUTS,
-        output_format=ModelFormat.TORCH_PICKLED_MODULE.value,
-        runtimes=("torch-cpu", "torch-cuda"),
         precision="bf16",
         expected_effect=_CAST_EFFECT.replace("0.9999", "0.999").format(
             latency="CPU batch-1 latency measured on the reference VLA (1 thread, in process, median of "

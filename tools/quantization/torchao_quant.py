@@ -12,54 +12,27 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import torch
-from pydantic import Field, field_validator
+from pydantic import Field
 from torch import nn
 
 from tools.errors import OptimizationError
-from tools.intake.types import ModelFormat
 from tools.log import get_logger
-from tools.quantization.torch_cast import (
-    TORCH_INPUTS,
-    byte_facts,
-    check_patterns,
-    select_linear_layers,
-    state_bytes_by_dtype,
-    tensor_bytes,
-    unmatched_patterns,
-)
-from tools.techniques.artifacts import save_torch_module
+from tools.quantization.torch_cast import byte_facts, quantization_spec, state_bytes_by_dtype, tensor_bytes
+from tools.techniques.artifacts import save_module_product
 from tools.techniques.base import (
-    Family,
     Needs,
-    TechniqueConfig,
     TechniqueContext,
     TechniqueProduct,
-    TechniqueSpec,
 )
 from tools.techniques.registry import register
+from tools.techniques.selection import ProtectedLayersConfig, select_linear_layers, unmatched_patterns
 
 _log = get_logger("quantization.torchao")
 _NEEDS = Needs(packages=("torchao",), install_hint="pip install 'torchao>=0.14'")
 
 
-class TorchaoLinearConfig(TechniqueConfig):
+class TorchaoLinearConfig(ProtectedLayersConfig):
     """Which Linear layers a torchao technique quantizes."""
-
-    protected: tuple[str, ...] = Field(
-        default=("*lm_head*",),
-        description="Glob patterns (fnmatch) of qualified module names left in float32 with everything "
-        "inside them, e.g. 'action_head' to keep the whole action head.",
-        json_schema_extra={"search": [["*lm_head*"], ["*lm_head*", "action_head"]]},
-    )
-    protect_output_layer: bool = Field(
-        default=True,
-        description="Leave the model's last Linear layer (the action or logits output) in float32.",
-    )
-
-    @field_validator("protected")
-    @classmethod
-    def _patterns(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        return check_patterns(value)
 
 
 class TorchaoInt8WeightOnlyConfig(TorchaoLinearConfig):
@@ -200,31 +173,17 @@ def _apply_torchao(ctx: TechniqueContext, config: TorchaoLinearConfig) -> Techni
         facts = quantize_linear_layers(model, config)
     facts.update(byte_facts(before, state_bytes_by_dtype(model)))
     ctx.progress(75, f"{config.type}: saving the quantized module")
-    path, fmt, options = save_torch_module(model, ctx.work_dir, ctx.source.input_specs)
+    product = save_module_product(ctx, model, facts)
     _log.info(
         "quantized linear layers",
         extra={"job_id": ctx.job_id, "technique": config.type, "layers": facts["layers_quantized"]},
     )
-    return TechniqueProduct(path, fmt, options, facts)
-
-
-def _spec(name: str, summary: str, precision: Any, effect: str) -> TechniqueSpec:
-    return TechniqueSpec(
-        name=name,
-        family=Family.QUANTIZATION,
-        summary=summary,
-        needs=_NEEDS,
-        input_formats=TORCH_INPUTS,
-        output_format=ModelFormat.TORCH_PICKLED_MODULE.value,
-        runtimes=("torch-cpu", "torch-cuda"),
-        precision=precision,
-        expected_effect=effect,
-    )
+    return product
 
 
 @register(
     TorchaoInt8WeightOnlyConfig,
-    _spec(
+    quantization_spec(
         "torchao_int8_weight_only",
         "torchao int8 weight-only quantization of Linear layers (per-channel or per-group scales).",
         "int8",
@@ -233,6 +192,7 @@ def _spec(name: str, summary: str, precision: Any, effect: str) -> TechniqueSpec
         "interleaved runs): 1.1-1.6x slower than float32, conv policy 1.0x (eager dequantize + matmul); "
         "faster only "
         "where torch.compile or a GPU int8 kernel is used.",
+        _NEEDS,
     ),
 )
 def _apply_int8_weight_only(ctx: TechniqueContext, config: TorchaoInt8WeightOnlyConfig) -> TechniqueProduct:
@@ -241,7 +201,7 @@ def _apply_int8_weight_only(ctx: TechniqueContext, config: TorchaoInt8WeightOnly
 
 @register(
     TorchaoInt8DynamicConfig,
-    _spec(
+    quantization_spec(
         "torchao_int8_dynamic",
         "torchao int8 weights with int8 activations quantized per token at run time.",
         "int8",
@@ -249,6 +209,7 @@ def _apply_int8_weight_only(ctx: TechniqueContext, config: TorchaoInt8WeightOnly
         "batch-1 latency measured on the reference VLA (1 thread, in process, median of interleaved runs): "
         "3-3.9x slower than float32 (conv policy 4.9x); quantizing activations per call costs more than "
         "the int8 matmul saves.",
+        _NEEDS,
     ),
 )
 def _apply_int8_dynamic(ctx: TechniqueContext, config: TorchaoInt8DynamicConfig) -> TechniqueProduct:
@@ -257,7 +218,7 @@ def _apply_int8_dynamic(ctx: TechniqueContext, config: TorchaoInt8DynamicConfig)
 
 @register(
     TorchaoIntxWeightOnlyConfig,
-    _spec(
+    quantization_spec(
         "torchao_intx_weight_only",
         "torchao 1..8-bit weight-only quantization of Linear layers with group-wise scales.",
         "int4",
@@ -265,6 +226,7 @@ def _apply_int8_dynamic(ctx: TechniqueContext, config: TorchaoInt8DynamicConfig)
         "group 32, scales included); 4-bit fidelity cosine > 0.998 on the reaching task. CPU batch-1 "
         "latency measured on the reference VLA (1 thread, in process, median of interleaved runs): "
         "2.2-5.6x slower than float32, conv policy 1.5x (eager dequantize on every call).",
+        _NEEDS,
     ),
 )
 def _apply_intx_weight_only(ctx: TechniqueContext, config: TorchaoIntxWeightOnlyConfig) -> TechniqueProduct:

@@ -12,17 +12,27 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-import numpy as np
 import torch
 
 from tools.errors import MeasurementError
 from tools.inputs import InputSpec
 from tools.intake import LoadedModel, LoadOptions, ModelFormat, load_model
 from tools.latency import make_runner
+from tools.techniques.base import TechniqueContext, TechniqueProduct
+from tools.techniques.module_io import output_tensors
 from tools.versions import VersionManifest, VersionStore
 
 TORCH_ARTIFACT = "model.pt"
 ONNX_ARTIFACT = "model.onnx"
+# Source formats that load as an eager torch module: what a technique transforming modules accepts.
+TORCH_INPUTS = (
+    ModelFormat.TORCH_PICKLED_MODULE.value,
+    ModelFormat.TORCH_STATE_DICT.value,
+    ModelFormat.SAFETENSORS.value,
+    ModelFormat.HF_DIRECTORY.value,
+)
+# What a technique that exports to ONNX Runtime first (or takes ONNX as it is) accepts.
+ONNX_OR_TORCH_INPUTS = (ModelFormat.ONNX.value, *TORCH_INPUTS)
 
 
 def save_torch_module(
@@ -33,6 +43,14 @@ def save_torch_module(
     drop_output_capturing_hooks(module)
     torch.save(module.eval(), path)
     return path, ModelFormat.TORCH_PICKLED_MODULE.value, torch_load_options(input_specs)
+
+
+def save_module_product(
+    ctx: TechniqueContext, module: torch.nn.Module, facts: dict[str, Any]
+) -> TechniqueProduct:
+    """Save a handler's transformed `module` whole in `ctx.work_dir`; return it as the handler's product."""
+    path, fmt, options = save_torch_module(module, ctx.work_dir, ctx.source.input_specs)
+    return TechniqueProduct(path, fmt, options, facts)
 
 
 def drop_output_capturing_hooks(model: torch.nn.Module) -> None:
@@ -88,32 +106,17 @@ def load_manifest(store: VersionStore, manifest: VersionManifest, data_dir: Path
 
 
 def run_outputs(model: LoadedModel, inputs: Mapping[str, torch.Tensor]) -> list[torch.Tensor]:
-    """Run one forward pass and return every output tensor, flattened in order, as float CPU tensors."""
-    if model.session is not None:
-        fed = {spec.name: inputs[spec.name] for spec in model.input_specs if spec.name in inputs}
-        raw = make_runner(model, fed or dict(inputs))()
-    else:
-        raw = make_runner(model, dict(inputs))()
-    found: list[torch.Tensor] = []
-    _collect(raw, found)
+    """Run one forward pass and return every output tensor, flattened in order, as float CPU tensors.
+
+    Only the inputs the model declares (its input specs) are fed, so one batch of task data serves models
+    that take different subsets of it (the reference VLA and the conv policy).
+    """
+    fed = {spec.name: inputs[spec.name] for spec in model.input_specs if spec.name in inputs}
+    raw = make_runner(model, fed or dict(inputs))()
+    found = [tensor.detach().to("cpu", torch.float32) for tensor in output_tensors(raw, floating_only=False)]
     if not found:
         raise MeasurementError("the model returned no tensor output")
     return found
-
-
-def _collect(value: Any, found: list[torch.Tensor]) -> None:
-    if isinstance(value, torch.Tensor):
-        found.append(value.detach().to("cpu", torch.float32))
-    elif isinstance(value, np.ndarray):
-        found.append(torch.from_numpy(np.asarray(value, dtype=np.float32)))
-    elif isinstance(value, Mapping):
-        for item in value.values():
-            _collect(item, found)
-    elif isinstance(value, (tuple, list)):
-        for item in value:
-            _collect(item, found)
-    elif hasattr(value, "to_tuple"):
-        _collect(value.to_tuple(), found)
 
 
 @dataclass(frozen=True)
