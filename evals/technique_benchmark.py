@@ -18,7 +18,7 @@ from typing import Any, Iterable
 
 import torch
 
-from tools.errors import MissingDependencyError, RoboptError
+from tools.errors import MissingDependencyError, NotApplicableError, RoboptError
 from tools.intake import LoadOptions
 from tools.latency import LatencyRequest, measure_latency
 from tools.log import get_logger
@@ -46,8 +46,15 @@ BENCHMARK_MODELS = ("vla", "conv_policy", "hf_llama")
 # Technique name -> config used by the benchmark (fields not given keep their defaults). Techniques that
 # need a prior step name it under "_after" (e.g. distillation runs on a pruned model).
 BENCHMARK_CONFIGS: dict[str, dict[str, Any]] = {
-    "architecture_search": {"n_trials": 4, "time_budget_s": 60, "distill_steps": 20},
-    "distill": {"steps": 150, "_after": {"type": "structured_prune", "ratio": 0.5}},
+    "architecture_search": {
+        "n_trials": 3,
+        "time_budget_s": 20,
+        "distill_steps": 10,
+        "final_distill_steps": 20,
+    },
+    "distill": {"steps": 60, "_after": {"type": "structured_prune", "ratio": 0.5}},
+    "gptq": {"calibration_batches": 2},
+    "low_rank": {"rank_selection": "budget", "budget": 0.5},
 }
 
 
@@ -57,7 +64,7 @@ class BenchmarkRow:
 
     model: str
     technique: str
-    status: str  # "ok" | "baseline" | "unavailable" | "refused"
+    status: str  # "ok" | "baseline" | "unavailable" | "n/a" (nothing in the model to work on) | "refused"
     reason: str | None = None
     config: dict[str, Any] = field(default_factory=dict)
     format: str | None = None
@@ -91,9 +98,10 @@ def measure_version(
             options=LoadOptions.model_validate(manifest.load_options),
             data_dir=data_dir,
             threads=threads,
-            warmup=10,
+            warmup=5,
             iterations=iterations,
-            max_measure_s=10,
+            min_iterations=10,
+            max_measure_s=4,
         )
     )
     return result.p50_ms
@@ -123,7 +131,7 @@ def benchmark_model(
     *,
     only: Iterable[str] | None = None,
     threads: int = 1,
-    iterations: int = 50,
+    iterations: int = 30,
 ) -> list[BenchmarkRow]:
     """Apply every selected technique to reference `name`, measuring each result against the original."""
     store = VersionStore(data_dir / "versions")
@@ -185,6 +193,9 @@ def benchmark_model(
             row.apply_s = time.perf_counter() - started
         except MissingDependencyError as error:
             row.status, row.reason = "unavailable", error.one_line()
+            continue
+        except NotApplicableError as error:
+            row.status, row.reason = "n/a", error.one_line()
             continue
         except RoboptError as error:
             row.status, row.reason = "refused", error.one_line()

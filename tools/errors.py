@@ -113,6 +113,15 @@ class OptimizationError(RoboptError):
     code = "optimization_error"
 
 
+class NotApplicableError(OptimizationError):
+    """The technique finds nothing in this model to work on (no transformer blocks, no layer that qualifies).
+
+    Not a failure of the technique: the planner should choose another one for this model.
+    """
+
+    code = "not_applicable"
+
+
 class MeasurementError(RoboptError):
     """A measurement (latency, memory, accuracy) could not be taken."""
 

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.performance
 def test_every_technique_on_the_reference_models(reference_cache: Path, tmp_path: Path) -> None:
     rows = []
     for name in BENCHMARK_MODELS:
-        rows.extend(benchmark_model(name, reference_cache, tmp_path / name, threads=1, iterations=50))
+        rows.extend(benchmark_model(name, reference_cache, tmp_path / name, threads=1, iterations=30))
     print("\n" + format_rows(rows))
     out_dir = Path(os.environ.get("ROBOPT_BENCHMARK_OUT", tmp_path / "results"))
     written = write_results(

@@ -33,7 +33,7 @@ from tools.compression.clustering import (
     pack_indices,
     unpack_indices,
 )
-from tools.errors import OptimizationError
+from tools.errors import NotApplicableError, OptimizationError
 from tools.reference.calibration import reaching_calibration
 from tools.techniques import apply, output_agreement
 from tools.versions import VersionStore
@@ -230,7 +230,7 @@ def test_refusals_say_what_is_wrong(
         )
 
     v0 = store_reference(version_store, "hf_llama", reference_cache, data_dir)
-    with pytest.raises(OptimizationError, match="clustered nothing") as refused:
+    with pytest.raises(NotApplicableError, match="clustered nothing") as refused:
         apply(
             version_store, v0.job_id, v0.id, WeightClusteringConfig(min_layer_params=10**9), data_dir=data_dir
         )

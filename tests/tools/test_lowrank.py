@@ -24,7 +24,7 @@ from tests.technique_support import (
     tensor_cosine,
 )
 from tools.compression.lowrank import LowRankConfig, LowRankLinear, factorize_linear_layers
-from tools.errors import OptimizationError
+from tools.errors import NotApplicableError, OptimizationError
 from tools.reference.calibration import reaching_calibration
 from tools.techniques import apply, output_agreement
 from tools.versions import VersionStore
@@ -248,7 +248,7 @@ def test_refusals_say_what_is_wrong(
 
     # Random weights at energy 0.95: no layer's rank pays, so nothing is factorized, and the error says why.
     v0 = store_reference(version_store, "hf_llama", reference_cache, data_dir)
-    with pytest.raises(OptimizationError, match="factorized nothing") as refused:
+    with pytest.raises(NotApplicableError, match="factorized nothing") as refused:
         apply(version_store, v0.job_id, v0.id, LowRankConfig(energy=0.95), data_dir=data_dir)
     assert "no saving" in str(refused.value) and "protected" in str(refused.value)
     assert "lm_head" in refused.value.detail["skipped"]

@@ -12,7 +12,7 @@ import torch
 
 from tests.technique_support import load, outputs, reference_store, store_vla_onnx
 from tests.tools.pruning_support import faster, mean_cosine, store_module
-from tools.errors import OptimizationError
+from tools.errors import NotApplicableError, OptimizationError
 from tools.pruning.common import count_parameters
 from tools.pruning.depth import DepthPruneConfig, find_block_lists
 from tools.reference.calibration import reaching_calibration
@@ -60,7 +60,7 @@ def test_unprunable_sources_are_refused_clearly(vla, reference_cache: Path) -> N
     with pytest.raises(OptimizationError, match="transforms eager PyTorch modules.*ONNX"):
         apply(vla.store, onnx_version.job_id, onnx_version.id, DROP_ONE, data_dir=vla.data_dir)
     conv = vla.versions["conv_policy"]
-    with pytest.raises(OptimizationError, match="no transformer block list"):
+    with pytest.raises(NotApplicableError, match="no transformer block list"):
         apply(vla.store, conv.job_id, conv.id, DROP_ONE, data_dir=vla.data_dir)
     with pytest.raises(OptimizationError, match="not a transformer block list") as caught:
         apply(

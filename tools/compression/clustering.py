@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from tools.errors import OptimizationError
+from tools.errors import NotApplicableError
 from tools.log import get_logger
 from tools.techniques.artifacts import TORCH_INPUTS, save_module_product
 from tools.techniques.base import (
@@ -267,7 +267,7 @@ def cluster_linear_layers(
         model, config.protected, config.protect_output_layer, config.min_layer_params
     )
     if not eligible:
-        raise OptimizationError(
+        raise NotApplicableError(
             f"weight_clustering clustered nothing: of {len(skipped)} Linear layers none qualified "
             f"({reason_summary(skipped) or 'the model has no nn.Linear layers'})",
             hint="lower min_layer_params or protect fewer layers",

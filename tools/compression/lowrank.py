@@ -15,7 +15,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from tools.errors import OptimizationError
+from tools.errors import NotApplicableError, OptimizationError
 from tools.log import get_logger
 from tools.techniques.artifacts import TORCH_INPUTS, save_module_product
 from tools.techniques.base import (
@@ -261,7 +261,7 @@ def factorize_linear_layers(
     skipped.update(unprofitable)
     if not ranks:
         considered = len(skipped)
-        raise OptimizationError(
+        raise NotApplicableError(
             f"low_rank factorized nothing: of {considered} Linear layers none qualified "
             f"({reason_summary(skipped) or 'the model has no nn.Linear layers'})",
             hint="lower `energy`, use rank_selection='budget', lower min_layer_params or protect fewer layers",

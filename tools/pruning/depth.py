@@ -16,7 +16,7 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
-from tools.errors import OptimizationError
+from tools.errors import NotApplicableError, OptimizationError
 from tools.intake.types import ModelFormat
 from tools.log import get_logger
 from tools.pruning.common import (
@@ -272,7 +272,7 @@ def _apply_depth_prune(ctx: TechniqueContext, config: DepthPruneConfig) -> Techn
                 hint=f"block lists found: {known}",
             )
     if not lists:
-        raise OptimizationError(
+        raise NotApplicableError(
             "depth_prune found no transformer block list (an nn.ModuleList of same-class attention blocks)",
             hint="depth pruning needs a transformer; use structured_prune for other architectures",
         )

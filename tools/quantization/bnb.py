@@ -20,7 +20,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from tools.errors import MissingDependencyError, OptimizationError, first_line
+from tools.errors import MissingDependencyError, NotApplicableError, OptimizationError, first_line
 from tools.intake.types import LoadOptions, ModelFormat
 from tools.log import get_logger
 from tools.quantization.torch_cast import byte_facts, quantization_spec, state_bytes_by_dtype, tensor_bytes
@@ -163,7 +163,7 @@ def select_layers(
                 )
                 eligible.remove((name, linear))
     if not eligible:
-        raise OptimizationError(
+        raise NotApplicableError(
             f"{config.type}: the model has no Linear layer left to quantize ({len(skipped)} left alone)",
             hint="narrow `protected` or set protect_output_layer=false",
             detail={"skipped": skipped},

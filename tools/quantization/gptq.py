@@ -25,7 +25,7 @@ from pydantic import Field
 from torch import nn
 from torch.nn import functional as F
 
-from tools.errors import OptimizationError
+from tools.errors import NotApplicableError, OptimizationError
 from tools.log import get_logger
 from tools.quantization.torch_cast import byte_facts, quantization_spec, state_bytes_by_dtype, tensor_bytes
 from tools.techniques.artifacts import save_module_product
@@ -382,7 +382,7 @@ def gptq_quantize_model(
         if name not in order:
             skipped[name] = "unused: the calibration inputs never reach it"
     if not order:
-        raise OptimizationError(
+        raise NotApplicableError(
             f"gptq: no Linear layer to quantize is reached by the inputs ({len(skipped)} left alone)",
             hint="narrow `protected` or set protect_output_layer=false",
             detail={"skipped": skipped},

@@ -15,7 +15,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from tools.errors import OptimizationError
+from tools.errors import NotApplicableError, OptimizationError
 from tools.log import get_logger
 from tools.quantization.torch_cast import byte_facts, quantization_spec, state_bytes_by_dtype, tensor_bytes
 from tools.techniques.artifacts import save_module_product
@@ -142,7 +142,7 @@ def quantize_linear_layers(model: nn.Module, config: TorchaoLinearConfig) -> dic
                 )
                 eligible.remove((name, linear))
     if not eligible:
-        raise OptimizationError(
+        raise NotApplicableError(
             f"{config.type}: the model has no Linear layer left to quantize ({len(skipped)} left alone)",
             hint="narrow `protected`, set protect_output_layer=false, or pick a group size that divides "
             "the layers' input widths",
