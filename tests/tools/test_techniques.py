@@ -228,3 +228,25 @@ def test_user_data_becomes_calibration_batches_with_labels() -> None:
         calibration_from_data(data, specs, label_key="reward")
     with pytest.raises(InputSpecError, match="expects"):
         calibration_from_data({"state": torch.zeros(10, 5)}, specs)
+
+
+def test_a_source_format_the_technique_does_not_take_is_refused_before_work(
+    test_techniques: None, version_store: VersionStore, data_dir: Path, built_vla: Path
+) -> None:
+    from tools.techniques import store_original
+
+    onnx_version = store_original(version_store, "onnx-job", built_vla / "model.onnx", None, data_dir)
+    assert onnx_version.format == "onnx"
+    seen: list[float] = []
+    with pytest.raises(
+        OptimizationError, match="transforms eager PyTorch modules, but version v0001 is an ONNX"
+    ):
+        apply(
+            version_store,
+            "onnx-job",
+            onnx_version.id,
+            ScaleWeightsConfig(),
+            data_dir=data_dir,
+            progress=lambda percent, message: seen.append(percent),
+        )
+    assert seen == [] and len(version_store.list("onnx-job")) == 1

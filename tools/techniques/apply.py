@@ -19,7 +19,13 @@ import torch
 from tools.errors import MissingDependencyError, OptimizationError, ResourceError, RoboptError, first_line
 from tools.log import get_logger
 from tools.techniques.artifacts import load_version
-from tools.techniques.base import CalibrationData, ProgressCallback, TechniqueConfig, TechniqueContext
+from tools.techniques.base import (
+    CalibrationData,
+    ProgressCallback,
+    TechniqueConfig,
+    TechniqueContext,
+    TechniqueSpec,
+)
 from tools.techniques.registry import entry_for_config, unavailable_reason
 from tools.versions import VersionManifest, VersionStore
 
@@ -75,6 +81,7 @@ def apply(
         raise MissingDependencyError(
             f"{config.type} cannot run here: {reason}", hint=entry.spec.needs.install_hint or None
         )
+    _check_input_format(entry.spec, store.get(job_id, version_id).format, version_id)
     report = _Progress(progress, config.type, job_id)
     report(0, f"{config.type}: loading version {version_id}")
     seed_everything(config.seed)
@@ -129,6 +136,31 @@ def apply(
         extra={"job_id": job_id, "technique": config.type, "parent": version_id, "version_id": manifest.id},
     )
     return AppliedTechnique(version=manifest, facts=facts)
+
+
+_FORMAT_NAMES = {"onnx": "an ONNX model", "torchscript": "a TorchScript archive"}
+
+
+def _check_input_format(spec: TechniqueSpec, source_format: str, version_id: str) -> None:
+    """Refuse a source the technique does not take, saying what it takes and what the version is."""
+    if source_format in spec.input_formats:
+        return
+    takes_onnx = "onnx" in spec.input_formats
+    takes_torch = any(fmt != "onnx" for fmt in spec.input_formats)
+    accepted = " or ".join(
+        kind for kind, ok in (("ONNX models", takes_onnx), ("eager PyTorch modules", takes_torch)) if ok
+    )
+    raise OptimizationError(
+        f"{spec.name} transforms {accepted}, but version {version_id} is "
+        f"{_FORMAT_NAMES.get(source_format, source_format)}",
+        hint=(
+            "apply it to an earlier PyTorch version of this job (TorchScript and ONNX cannot be changed "
+            "back into eager modules)"
+            if takes_torch
+            else "export the version with onnx_export first"
+        ),
+        detail={"takes": list(spec.input_formats), "version_format": source_format},
+    )
 
 
 def _json_ready(value: Any) -> Any:
