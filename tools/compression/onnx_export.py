@@ -19,11 +19,17 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Iterator, Literal, Mapping
 
-import numpy as np
 import torch
 from pydantic import Field
 from torch import nn
 
+from tools.compression.onnx_sessions import (
+    OptimizationLevel,
+    cpu_session,
+    optimize_onnx_offline,
+    run_session,
+    set_metadata_props,
+)
 from tools.errors import OptimizationError
 from tools.inputs import InputSpec, synthesize_inputs
 from tools.log import get_logger
@@ -42,7 +48,6 @@ _log = get_logger("compression.onnx_export")
 
 DEFAULT_OPSET = 18
 ROBOPT_METADATA_KEY = "robopt.json"
-OptimizationLevel = Literal["disabled", "basic", "extended", "all"]
 _EXPORT_BATCH = 2  # a batch of 1 would let torch.export specialize the batch dimension to a constant
 _PROTOBUF_LIMIT = 2**31 - 2**26  # protobuf's 2 GiB cap, less room for the graph itself
 _BULKY_NODE_METADATA = frozenset({"pkg.torch.onnx.stack_trace", "pkg.torch.onnx.fx_node"})
@@ -240,15 +245,9 @@ def graph_opset(proto: Any) -> int:
 def _drop_bulky_node_metadata(proto: Any) -> None:
     """Drop per-node stack traces and FX text (machine paths, most of a tiny model's bytes); keep scopes."""
     for node in proto.graph.node:
-        _set_props(node, [(p.key, p.value) for p in node.metadata_props if p.key not in _BULKY_NODE_METADATA])
-
-
-def _set_props(holder: Any, pairs: list[tuple[str, str]]) -> None:
-    """Replace the metadata_props of a model or node with `pairs`."""
-    del holder.metadata_props[:]
-    for key, value in pairs:
-        entry = holder.metadata_props.add()
-        entry.key, entry.value = key, value
+        set_metadata_props(
+            node, [(p.key, p.value) for p in node.metadata_props if p.key not in _BULKY_NODE_METADATA]
+        )
 
 
 def _extra_translations() -> dict[Any, Any]:
@@ -336,7 +335,9 @@ def _quiet_exporter() -> Iterator[None]:
 def set_robopt_metadata(proto: Any, description: dict[str, Any]) -> None:
     """Write (or replace) the `robopt.json` metadata entry of an ONNX model."""
     kept = [(p.key, p.value) for p in proto.metadata_props if p.key != ROBOPT_METADATA_KEY]
-    _set_props(proto, kept + [(ROBOPT_METADATA_KEY, json.dumps(description, sort_keys=True, default=str))])
+    set_metadata_props(
+        proto, kept + [(ROBOPT_METADATA_KEY, json.dumps(description, sort_keys=True, default=str))]
+    )
 
 
 def robopt_metadata(proto: Any) -> dict[str, Any]:
@@ -362,54 +363,6 @@ def describe_export(ctx: TechniqueContext, technique: str, **extra: Any) -> dict
         "technique": technique,
         **extra,
     }
-
-
-_LEVELS = {"disabled": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED"}
-
-
-def session_options(level: OptimizationLevel, threads: int = 1) -> Any:
-    """ONNX Runtime session options at `level` with fixed thread counts (reproducible numerics)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = getattr(
-        ort.GraphOptimizationLevel, _LEVELS.get(level, "ORT_ENABLE_ALL")
-    )
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    return options
-
-
-def cpu_session(path: Path, level: OptimizationLevel = "extended", threads: int = 1) -> Any:
-    """An ONNX Runtime CPU session on `path`."""
-    import onnxruntime as ort
-
-    return ort.InferenceSession(
-        str(path), session_options(level, threads), providers=["CPUExecutionProvider"]
-    )
-
-
-def optimize_onnx_offline(src: Path, dst: Path, level: OptimizationLevel = "extended") -> Path:
-    """Let ONNX Runtime optimize `src` at `level` and write the optimized graph to `dst` (CPU provider)."""
-    import onnx
-    import onnxruntime as ort
-
-    options = session_options(level)
-    options.optimized_model_filepath = str(dst)
-    ort.InferenceSession(str(src), options, providers=["CPUExecutionProvider"])
-    source = onnx.load(str(src), load_external_data=False)
-    optimized = onnx.load(str(dst))  # ONNX Runtime drops the model's metadata when it saves: put it back
-    _set_props(optimized, [(p.key, p.value) for p in source.metadata_props])
-    onnx.save(optimized, str(dst))
-    return Path(dst)
-
-
-def run_session(session: Any, inputs: Mapping[str, torch.Tensor]) -> list[torch.Tensor]:
-    """Run an ONNX Runtime session on the inputs it declares; return its outputs as float32 tensors."""
-    names = [item.name for item in session.get_inputs()]
-    feeds = {name: inputs[name].detach().cpu().numpy() for name in names}
-    return [torch.from_numpy(np.asarray(out, dtype=np.float32)) for out in session.run(None, feeds)]
 
 
 def parity_batches(
