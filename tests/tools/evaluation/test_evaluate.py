@@ -1,0 +1,71 @@
+"""evaluate_version: one stored version measured end to end, then judged and reported with the others."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.technique_support import load, store_reference
+from tools.errors import ValidationError
+from tools.evaluation.criteria import Criteria, check_criteria
+from tools.evaluation.evaluate import AccuracyPlan, evaluate_version, measure_accuracy
+from tools.evaluation.machine import machine_profile
+from tools.evaluation.report import build_report, write_report
+from tools.reference.calibration import reaching_calibration
+from tools.techniques import apply, parse_config
+from tools.versions import VersionStore
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+def test_original_and_int8_measured_judged_and_reported(
+    version_store: VersionStore, reference_cache: Path, data_dir: Path, tmp_path: Path
+) -> None:
+    original = store_reference(version_store, "vla", reference_cache, data_dir)
+    int8 = apply(
+        version_store, "vla", original.id, parse_config({"type": "ort_int8_dynamic"}), data_dir=data_dir
+    ).version
+    reference = load(version_store, original, data_dir)
+    held_out = reaching_calibration(num_batches=2, batch_size=16, seed=4242)
+    machine = machine_profile(data_dir)
+    plan = AccuracyPlan(level="fidelity")
+    common = dict(data_dir=data_dir, reference=reference, data=held_out, machine=machine, iterations=20)
+    before = evaluate_version(version_store, original, plan, targets=["orin nano"], **common)
+    after = evaluate_version(version_store, int8, plan, targets=["orin nano"], **common)
+
+    assert before.accuracy.level == "fidelity" and before.accuracy.value == pytest.approx(1.0, abs=1e-9)
+    assert 0.999 < after.accuracy.value < 1.0
+    assert after.size.artifact_bytes < 0.35 * before.size.artifact_bytes
+    assert before.runtime.runtime == "torch-cpu" and after.runtime.runtime == "onnxruntime-cpu"
+    assert before.flops and before.flops > 1e7
+    (projection,) = after.projections
+    assert projection.target == "jetson-orin-nano-8gb" and projection.estimated
+
+    criteria = Criteria(max_size_mb=10, accuracy_floor=0.999, accuracy_level="fidelity")
+    assert check_criteria(criteria, before, after).passed
+    refused = check_criteria(criteria, before, before)
+    assert [result.name for result in refused.missing] == ["max_size_mb"]
+
+    report = build_report("under 10 MB, fidelity 0.999", criteria, before, after, machine=machine)
+    files = write_report(report, tmp_path / "report")
+    assert report.goal_met and files.images
+    assert "estimated" in files.markdown_path.read_text()
+
+
+def test_task_metric_needs_labels_and_uses_them(
+    version_store: VersionStore, reference_cache: Path, data_dir: Path
+) -> None:
+    original = store_reference(version_store, "vla", reference_cache, data_dir)
+    model = load(version_store, original, data_dir)
+    labelled = reaching_calibration(num_batches=2, batch_size=32, seed=4243)
+    result = measure_accuracy(AccuracyPlan(level="task"), model, data=labelled)
+    assert result.level == "task" and result.metric == "action_mse" and not result.higher_is_better
+    assert result.value < 2e-4  # the trained policy; zero actions score about 1e-3
+    unlabelled = reaching_calibration(num_batches=1, batch_size=8, seed=1, with_labels=False)
+    with pytest.raises(ValidationError, match="labelled data"):
+        measure_accuracy(AccuracyPlan(level="task"), model, data=unlabelled)
+    with pytest.raises(ValidationError, match="simulator"):
+        measure_accuracy(AccuracyPlan(level="closed_loop"), model)
+    with pytest.raises(ValidationError, match="reference"):
+        measure_accuracy(AccuracyPlan(level="fidelity"), model)

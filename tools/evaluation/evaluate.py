@@ -1,0 +1,136 @@
+"""Measure one stored version end to end: accuracy at the planned level, latency and memory here, size,
+FLOPs and projections to the requested targets, as one `Measurement` the graph can store.
+
+This is what the optimization loop's evaluate step calls for every version, the original included, so that
+baseline and candidate are always measured the same way.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from tools.errors import ValidationError
+from tools.evaluation.closed_loop import evaluate_closed_loop
+from tools.evaluation.fidelity import measure_fidelity
+from tools.evaluation.machine import MachineProfile
+from tools.evaluation.measurement import Measurement
+from tools.evaluation.runners import RuntimeName, measure_runtime
+from tools.evaluation.size import size_of_loaded
+from tools.evaluation.targets import THIS_MACHINE, canonical_target_name, project_latency, resolve_target
+from tools.evaluation.task_metrics import TaskKind, measure_task
+from tools.evaluation.types import AccuracyLevel, AccuracyResult
+from tools.intake import LoadedModel, LoadOptions
+from tools.log import get_logger
+from tools.techniques.artifacts import load_manifest
+from tools.techniques.base import CalibrationData
+from tools.versions import VersionManifest, VersionStore
+
+_log = get_logger("evaluation")
+
+
+class AccuracyPlan(BaseModel):
+    """Which accuracy to measure, chosen once per job so every version is judged the same way."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    level: AccuracyLevel = Field(description="fidelity (no data), task (labelled data) or closed_loop.")
+    task_kind: TaskKind = Field(default="actions", description="For 'task': actions, tokens or classes.")
+    tolerance: float | None = Field(default=None, gt=0, description="For 'task' actions: success tolerance.")
+    simulator: str | None = Field(default=None, description="For 'closed_loop': a simulator plugin name.")
+    episodes: int = Field(default=100, ge=1, le=100_000, description="For 'closed_loop': episodes.")
+    seed: int = Field(default=10_000, ge=0, description="For 'closed_loop': seed of the first episode.")
+
+
+def measure_accuracy(
+    plan: AccuracyPlan,
+    model: LoadedModel,
+    *,
+    reference: LoadedModel | None = None,
+    data: CalibrationData | None = None,
+) -> AccuracyResult:
+    """Measure `model`'s accuracy as the plan says; fidelity needs the original as `reference`."""
+    if plan.level == "fidelity":
+        if reference is None:
+            raise ValidationError("fidelity needs the original model as the reference")
+        batches = (
+            data.batches if data is not None else [reference.example_inputs(seed=1000 + i) for i in range(4)]
+        )
+        return measure_fidelity(reference, model, batches)
+    if plan.level == "task":
+        if data is None or data.labels is None:
+            raise ValidationError(
+                "a task metric needs labelled data and none was given",
+                hint="give inputs with targets (e.g. an .npz with an 'actions' array), or measure fidelity",
+            )
+        return measure_task(model, data.batches, data.labels, plan.task_kind, tolerance=plan.tolerance)
+    if plan.simulator is None:
+        raise ValidationError("closed-loop accuracy needs a simulator plugin name (e.g. 'reaching')")
+    return evaluate_closed_loop(model, plan.simulator, plan.episodes, plan.seed)
+
+
+def evaluate_version(
+    store: VersionStore,
+    manifest: VersionManifest,
+    plan: AccuracyPlan,
+    *,
+    data_dir: Path,
+    reference: LoadedModel | None = None,
+    data: CalibrationData | None = None,
+    targets: Sequence[str] = (),
+    machine: MachineProfile | None = None,
+    threads: int = 1,
+    iterations: int = 50,
+) -> Measurement:
+    """Measure a stored version: accuracy, batch-1 latency and memory here (child process), size, FLOPs and
+    the latency projected to each named target (estimated; this machine's figure is measured)."""
+    model = load_manifest(store, manifest, data_dir)
+    accuracy = measure_accuracy(plan, model, reference=reference, data=data)
+    path = store.artifact_path(manifest.job_id, manifest.id)
+    runtime_name: RuntimeName = "onnxruntime-cpu" if model.session is not None else "torch-cpu"
+    runtime = measure_runtime(
+        path,
+        LoadOptions.model_validate(manifest.load_options),
+        runtime_name,
+        threads=threads,
+        iterations=iterations,
+        data_dir=data_dir,
+    )
+    size = size_of_loaded(model)
+    flops = _flops(model)
+    projections = []
+    for name in dict.fromkeys(canonical_target_name(target) for target in targets):
+        if name == THIS_MACHINE:
+            continue
+        if machine is None:
+            raise ValidationError("projecting latency to other targets needs the measured machine profile")
+        projections.append(project_latency(runtime, size, flops, resolve_target(name, machine), machine))
+    _log.info(
+        "evaluated version",
+        extra={"job_id": manifest.job_id, "version_id": manifest.id, "p50_ms": runtime.p50_ms},
+    )
+    return Measurement(
+        version_id=manifest.id,
+        technique=manifest.technique,
+        params=manifest.params,
+        accuracy=accuracy,
+        runtime=runtime,
+        size=size,
+        flops=flops,
+        projections=projections,
+    )
+
+
+def _flops(model: LoadedModel) -> int | None:
+    """FLOPs of one batch-1 forward pass from the profiler, or None when it cannot count them."""
+    from tools.profiling import profile_model
+
+    try:
+        return profile_model(model).flops
+    except (
+        Exception
+    ):  # noqa: BLE001 - FLOPs are optional; some quantized tensor subclasses defeat the counter
+        _log.info("FLOPs not counted", extra={"model_path": str(model.path)})
+        return None
