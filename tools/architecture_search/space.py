@@ -223,30 +223,24 @@ def _transformer_stack(path: str, stack: nn.ModuleList, fractions: tuple[float, 
                 original=len(blocks),
             )
         )
-    if len(heads_groups) == len(blocks) and len({g.units for g in heads_groups}) == 1:
-        units = heads_groups[0].units
-        dimensions.append(
-            Dimension(
-                name=_join(path, "heads"),
-                kind="heads",
-                path=path,
-                choices=width_choices(units, fractions),
-                original=units,
-                groups=tuple(heads_groups),
+    widths: tuple[tuple[DimensionKind, list[WidthGroup]], ...] = (
+        ("heads", heads_groups),
+        ("mlp_hidden", mlp_groups),
+    )
+    for kind, groups in widths:
+        # a width dimension only when every block has the group and all agree on its width
+        if len(groups) == len(blocks) and len({g.units for g in groups}) == 1:
+            units = groups[0].units
+            dimensions.append(
+                Dimension(
+                    name=_join(path, kind),
+                    kind=kind,
+                    path=path,
+                    choices=width_choices(units, fractions),
+                    original=units,
+                    groups=tuple(groups),
+                )
             )
-        )
-    if len(mlp_groups) == len(blocks) and len({g.units for g in mlp_groups}) == 1:
-        units = mlp_groups[0].units
-        dimensions.append(
-            Dimension(
-                name=_join(path, "mlp_hidden"),
-                kind="mlp_hidden",
-                path=path,
-                choices=width_choices(units, fractions),
-                original=units,
-                groups=tuple(mlp_groups),
-            )
-        )
     return dimensions
 
 

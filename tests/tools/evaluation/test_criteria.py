@@ -5,15 +5,12 @@ from __future__ import annotations
 import pydantic
 import pytest
 
+from tests.tools.evaluation.figures import MB, runtime_figures, size_figures
 from tools.errors import ValidationError
 from tools.evaluation.criteria import Criteria, check_criteria
 from tools.evaluation.measurement import Measurement
-from tools.evaluation.runners import RuntimeFigures
-from tools.evaluation.size import DtypeCount, SizeFigures
 from tools.evaluation.targets import ProjectedLatency
 from tools.evaluation.types import AccuracyResult
-
-_MB = 1024 * 1024
 
 
 def _measurement(
@@ -25,30 +22,8 @@ def _measurement(
     projections: tuple[ProjectedLatency, ...] = (),
 ) -> Measurement:
     """A hand-built measurement record (what evaluation would store)."""
-    nbytes = int(size_mb * _MB)
-    runtime = RuntimeFigures(
-        runtime="torch-cpu",
-        runtime_version="torch test",
-        device="cpu",
-        threads=1,
-        batch=1,
-        iterations=30,
-        p50_ms=p50_ms,
-        p95_ms=p50_ms * 1.2,
-        p99_ms=p50_ms * 1.3,
-        mean_ms=p50_ms,
-        min_ms=p50_ms * 0.9,
-        hz=1000 / p50_ms,
-        jitter_ms=p50_ms * 0.2,
-        peak_rss_mb=200 + size_mb,
-    )
-    size = SizeFigures(
-        artifact_bytes=nbytes,
-        params_by_dtype={"float32": DtypeCount(count=nbytes // 4, bytes=nbytes)},
-        total_params=nbytes // 4,
-        weight_bytes=nbytes,
-        source="torch",
-    )
+    runtime = runtime_figures(p50_ms, peak_rss_mb=200 + size_mb)
+    size = size_figures(int(size_mb * MB))
     return Measurement(
         version_id=version,
         technique="test",

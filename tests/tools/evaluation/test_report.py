@@ -4,42 +4,27 @@ from __future__ import annotations
 
 import json
 import warnings
-from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn as nn
 
+from tests.tools.evaluation.figures import FIXED_MACHINE, MB, runtime_figures, size_figures
 from tools.evaluation.criteria import Criteria
-from tools.evaluation.machine import MachineProfile, machine_profile
+from tools.evaluation.machine import machine_profile
 from tools.evaluation.measurement import Measurement
 from tools.evaluation.report import AttemptRecord, Report, build_report, report_json_schema, write_report
-from tools.evaluation.runners import RuntimeFigures, measure_runtime
-from tools.evaluation.size import DtypeCount, SizeFigures, size_of_module
+from tools.evaluation.runners import measure_runtime
+from tools.evaluation.size import size_of_module
 from tools.evaluation.types import AccuracyResult
 from tools.inputs import InputSpec
 from tools.intake.types import LoadOptions
 
 REPO = Path(__file__).resolve().parents[3]
-_MB = 1024 * 1024
 _PNG = b"\x89PNG\r\n\x1a\n"
 
-MACHINE = MachineProfile(
-    fingerprint="test-cpu",
-    cpu_model="Test CPU",
-    physical_cores=2,
-    logical_cpus=2,
-    memory_gb=16.0,
-    torch_version="test",
-    bandwidth_gbs=10.0,
-    bandwidth_method="fixed for the test",
-    fp32_gflops_1thread=50.0,
-    fp32_gflops_all=100.0,
-    all_threads=2,
-    measured_at=datetime(2025, 1, 1, tzinfo=timezone.utc),
-    measure_s=0.0,
-)
+MACHINE = FIXED_MACHINE
 
 
 def _m(
@@ -52,36 +37,15 @@ def _m(
     itemsize: int = 4,
 ) -> Measurement:
     """A hand-built measurement with a fidelity figure (cosine to the original)."""
-    nbytes = int(size_mb * _MB)
+    nbytes = int(size_mb * MB)
     return Measurement(
         version_id=version,
         technique=technique,
         accuracy=AccuracyResult(
             level="fidelity", metric="cosine", value=fidelity, higher_is_better=True, samples=32
         ),
-        runtime=RuntimeFigures(
-            runtime="torch-cpu",
-            runtime_version="torch test",
-            device="cpu",
-            threads=2,
-            batch=1,
-            iterations=50,
-            p50_ms=p50_ms,
-            p95_ms=p50_ms * 1.1,
-            p99_ms=p50_ms * 1.2,
-            mean_ms=p50_ms,
-            min_ms=p50_ms * 0.9,
-            hz=1000 / p50_ms,
-            jitter_ms=p50_ms * 0.1,
-            peak_rss_mb=250 + size_mb,
-        ),
-        size=SizeFigures(
-            artifact_bytes=nbytes,
-            params_by_dtype={dtype: DtypeCount(count=nbytes // itemsize, bytes=nbytes)},
-            total_params=nbytes // itemsize,
-            weight_bytes=nbytes,
-            source="torch",
-        ),
+        runtime=runtime_figures(p50_ms, peak_rss_mb=250 + size_mb, threads=2, iterations=50, tail=0.1),
+        size=size_figures(nbytes, dtype, itemsize),
         flops=2 * nbytes // itemsize,
     )
 

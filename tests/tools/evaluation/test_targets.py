@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
-
 import pytest
 
+from tests.tools.evaluation.figures import FIXED_MACHINE, runtime_figures, size_figures
 from tools.errors import NotFoundError, ValidationError
-from tools.evaluation.machine import MachineProfile
 from tools.evaluation.runners import RuntimeFigures
-from tools.evaluation.size import DtypeCount, SizeFigures
+from tools.evaluation.size import SizeFigures
 from tools.evaluation.targets import (
     THIS_MACHINE,
     known_targets,
@@ -18,51 +16,15 @@ from tools.evaluation.targets import (
     resolve_target,
 )
 
-# A machine record as machine_profile() would store it (figures fixed so the arithmetic is checkable).
-MACHINE = MachineProfile(
-    fingerprint="test-cpu",
-    cpu_model="Test CPU",
-    physical_cores=2,
-    logical_cpus=2,
-    memory_gb=16.0,
-    torch_version="test",
-    bandwidth_gbs=10.0,
-    bandwidth_method="fixed for the test",
-    fp32_gflops_1thread=50.0,
-    fp32_gflops_all=100.0,
-    all_threads=2,
-    measured_at=datetime(2025, 1, 1, tzinfo=timezone.utc),
-    measure_s=0.0,
-)
+MACHINE = FIXED_MACHINE
 
 
 def _size(params: int, dtype: str = "float32", itemsize: int = 4) -> SizeFigures:
-    return SizeFigures(
-        artifact_bytes=params * itemsize,
-        params_by_dtype={dtype: DtypeCount(count=params, bytes=params * itemsize)},
-        total_params=params,
-        weight_bytes=params * itemsize,
-        source="torch",
-    )
+    return size_figures(params * itemsize, dtype, itemsize)
 
 
 def _runtime(p50_ms: float, threads: int = 2) -> RuntimeFigures:
-    return RuntimeFigures(
-        runtime="torch-cpu",
-        runtime_version="torch test",
-        device="cpu",
-        threads=threads,
-        batch=1,
-        iterations=50,
-        p50_ms=p50_ms,
-        p95_ms=p50_ms * 1.1,
-        p99_ms=p50_ms * 1.2,
-        mean_ms=p50_ms,
-        min_ms=p50_ms * 0.9,
-        hz=1000 / p50_ms,
-        jitter_ms=p50_ms * 0.1,
-        peak_rss_mb=300.0,
-    )
+    return runtime_figures(p50_ms, peak_rss_mb=300.0, threads=threads, iterations=50, tail=0.1)
 
 
 @pytest.mark.parametrize(
