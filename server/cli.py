@@ -1,4 +1,5 @@
-"""The `robopt` command line: `robopt analyze MODEL`, `robopt techniques`, `robopt reference list|build`.
+"""The `robopt` command line: `robopt analyze MODEL`, `robopt techniques`, `robopt reference list|build`, and the
+job commands (`optimize`, `demo`, `jobs`, `history`, `checkpoints`, `replay`, `resume`: server/cli_jobs.py).
 
 Exit codes: 0 success, 2 bad input (one line on stderr, from the project's exceptions), 1 unexpected failure.
 """
@@ -64,6 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--family", help="only this family (quantization, pruning, ...)")
     listing.add_argument("--available", action="store_true", help="only techniques that can run here")
 
+    from server.cli_jobs import add_job_commands
+
+    add_job_commands(commands)
+
     reference = commands.add_parser("reference", help="build or list the bundled reference models")
     reference_commands = reference.add_subparsers(dest="reference_command", required=True)
     reference_commands.add_parser("list", help="list the reference models")
@@ -84,6 +89,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _analyze(args, settings)
         if args.command == "techniques":
             return _techniques(args)
+        if args.command in ("optimize", "demo", "jobs", "history", "checkpoints", "replay", "resume"):
+            from server.cli_jobs import run_job_command
+
+            return run_job_command(args, settings)
         return _reference(args, settings)
     except RoboptError as error:
         print(f"robopt: {error.one_line()}", file=sys.stderr)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic.fields import FieldInfo
@@ -56,11 +56,29 @@ class Settings(BaseSettings):
         default=32 * 1024**3, gt=0, description="Cap on bytes unpacked from an archive."
     )
     max_archive_files: int = Field(default=10_000, gt=0, description="Cap on files unpacked from an archive.")
+    history_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL of the optimization history (default: SQLite <data_dir>/optimization_history.db).",
+    )
+    checkpoint_url: str | None = Field(
+        default=None,
+        description="Postgres URL for graph checkpoints (default: SQLite <data_dir>/checkpoints.db).",
+    )
+    reasoner: Literal["rules", "openai"] = Field(
+        default="rules", description="Who reasons: the offline expert rules, or an OpenAI-compatible LLM."
+    )
+    max_attempts: int = Field(default=8, ge=1, le=200, description="Optimization attempts per job.")
+    time_budget_s: float = Field(default=1800.0, gt=0, description="Wall time per job, seconds.")
+    attempt_memory_mb: int | None = Field(
+        default=None, gt=0, description="Memory limit (RSS, MB) of one attempt's child process; unset: none."
+    )
     reference_cache_dir: Path | None = Field(
         default=None, description="Where built reference models are cached (default: <data_dir>/reference)."
     )
 
-    @field_validator("reference_cache_dir", mode="before")
+    @field_validator(
+        "reference_cache_dir", "history_url", "checkpoint_url", "attempt_memory_mb", mode="before"
+    )
     @classmethod
     def _empty_is_unset(cls, value: Any) -> Any:
         return None if value in ("", None) else value

@@ -1,0 +1,202 @@
+"""Planning: choose the next attempt (one technique, or a short chain judged as one) from the registry's
+available techniques, given the goal, the analysis, the current version and every earlier attempt.
+
+The rules live in `agents.planning_rules`; the LLM gets the `planning` prompt. Both answer with a `PlanStep`
+that `check_plan` validates against the registry, so neither can choose a technique that does not exist here,
+does not take the current format, or was already tried on the same version.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from agents.analysis import Analysis
+from agents.base import AgentSpec
+from agents.intake import GoalSpec
+from tools.errors import RoboptError, ValidationError
+from tools.evaluation.criteria import CriteriaCheck
+from tools.evaluation.measurement import Measurement
+
+REFERENCE_FOR = {
+    "vla": "vla",
+    "visual_policy": "vla",
+    "vlm": "hf_llama",
+    "transformer": "hf_llama",
+    "cnn": "conv_policy",
+    "mlp": "conv_policy",
+}
+"""Which benchmarked reference model's measured effects best predict a model of each architecture kind."""
+
+
+class TechniqueOption(BaseModel):
+    """A technique the planner may choose, with what the registry says of it and its measured effect."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    family: str
+    summary: str
+    input_formats: list[str]
+    output_format: str
+    precision: str
+    needs_calibration: bool = False
+    needs_labels: bool = False
+    speedup: float | None = Field(
+        default=None, description="Median measured speedup on the reference models."
+    )
+    size_ratio: float | None = Field(
+        default=None, description="Median measured artifact size after / before."
+    )
+    fidelity: float | None = Field(default=None, description="Median measured output cosine to the source.")
+    effects: dict[str, dict[str, float]] = Field(
+        default_factory=dict,
+        description="Measured effect per reference model (vla, conv_policy, hf_llama): speedup, size_ratio, "
+        "fidelity_cosine.",
+    )
+    parameters: dict[str, Any] = Field(
+        default_factory=dict, description="Config fields: default and description."
+    )
+
+    def expected(self, architecture: str) -> tuple[float | None, float | None]:
+        """(speedup, size ratio) measured on the reference model closest to `architecture`, else the medians."""
+        reference = REFERENCE_FOR.get(architecture)
+        effect = self.effects.get(reference) if reference else None
+        if effect:
+            return effect.get("speedup"), effect.get("size_ratio")
+        return self.speedup, self.size_ratio
+
+
+class VersionSummary(BaseModel):
+    """The version the next attempt starts from."""
+
+    model_config = ConfigDict(frozen=True)
+
+    version_id: str
+    format: str
+    lineage: list[str] = Field(default_factory=list, description="Techniques applied since the original.")
+    measurement: Measurement
+
+
+class AttemptSummary(BaseModel):
+    """An earlier attempt as the planner sees it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    index: int
+    parent_version: str
+    steps: list[dict[str, Any]] = Field(description="Each step's config as JSON (with its 'type').")
+    status: Literal["accepted", "rejected", "failed"]
+    reason: str
+    speedup: float | None = Field(default=None, description="Parent p50 / candidate p50 on the target.")
+    compression: float | None = Field(default=None, description="Parent bytes / candidate bytes.")
+    accuracy: float | None = Field(default=None, description="The candidate's headline accuracy value.")
+
+
+class PlanningInput(BaseModel):
+    """What the planner decides from."""
+
+    model_config = ConfigDict(frozen=True)
+
+    goal: GoalSpec
+    analysis: Analysis
+    baseline: Measurement
+    current: VersionSummary
+    check: CriteriaCheck = Field(description="The current version's criteria check against the baseline.")
+    attempts: list[AttemptSummary] = Field(default_factory=list)
+    techniques: list[TechniqueOption]
+    attempts_left: int
+    seconds_left: float
+    calibration: Literal["synthetic", "data", "reference"] = Field(
+        default="synthetic",
+        description="'synthetic': random inputs shaped like the model's; 'data'/'reference': real observations.",
+    )
+    has_labels: bool = False
+
+
+class PlannedTechnique(BaseModel):
+    """One technique of the attempt: its registry name and its config fields (without 'type')."""
+
+    model_config = ConfigDict(frozen=True)
+
+    technique: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    def config_json(self) -> dict[str, Any]:
+        """The config as the registry parses it."""
+        return {**self.params, "type": self.technique}
+
+
+class PlanStep(BaseModel):
+    """The next attempt (`apply`, with 1-3 chained techniques judged together) or `finish`."""
+
+    model_config = ConfigDict(frozen=True)
+
+    action: Literal["apply", "finish"]
+    steps: list[PlannedTechnique] = Field(default_factory=list, max_length=3)
+    rationale: str = Field(description="Why this, now: the figures and rules that chose it.")
+    then: list[str] = Field(
+        default_factory=list, description="What is planned after this attempt, if it is kept."
+    )
+
+
+def same_steps(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> bool:
+    """Whether two step lists are the same configs (defaults filled in)."""
+    from tools.techniques import parse_config
+
+    try:
+        return [parse_config(x).model_dump() for x in a] == [parse_config(x).model_dump() for x in b]
+    except RoboptError:
+        return a == b
+
+
+def check_plan(payload: PlanningInput, plan: PlanStep) -> None:
+    """Refuse a plan the registry cannot run: unknown or unavailable technique, a format a step does not take,
+    invalid params, or a repeat of an attempt already made on the same version."""
+    from tools.techniques import parse_config
+
+    if plan.action == "finish":
+        return
+    if not plan.steps:
+        raise ValidationError("an 'apply' plan needs at least one step")
+    options = {option.name: option for option in payload.techniques}
+    fmt = payload.current.format
+    for step in plan.steps:
+        option = options.get(step.technique)
+        if option is None:
+            raise ValidationError(
+                f"technique {step.technique!r} is not available here; choose from {sorted(options)}"
+            )
+        if fmt not in option.input_formats:
+            raise ValidationError(
+                f"{step.technique} does not take {fmt} (it takes {', '.join(option.input_formats)})"
+            )
+        if option.needs_labels and not payload.has_labels:
+            raise ValidationError(f"{step.technique} needs labelled data and the job has none")
+        parse_config(step.config_json())
+        fmt = option.output_format
+    wanted = [step.config_json() for step in plan.steps]
+    for attempt in payload.attempts:
+        if attempt.parent_version == payload.current.version_id and same_steps(attempt.steps, wanted):
+            raise ValidationError(
+                f"attempt {attempt.index} already tried {[s['type'] for s in wanted]} on version "
+                f"{payload.current.version_id} ({attempt.status}: {attempt.reason})"
+            )
+
+
+def _plan_rules(payload: PlanningInput) -> PlanStep:
+    """Defer to the rule module (kept apart for size)."""
+    from agents.planning_rules import plan_rules
+
+    return plan_rules(payload)
+
+
+PLANNING = AgentSpec(
+    name="planning",
+    prompt="planning",
+    input_type=PlanningInput,
+    output_type=PlanStep,
+    rules=_plan_rules,
+    check=check_plan,
+)

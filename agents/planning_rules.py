@@ -1,0 +1,189 @@
+"""The rule planner: expert rules that choose the next attempt from measured effects and the remaining gap.
+
+The order encodes what holds on CPUs and edge runtimes, decided from the measured effects in the registry
+(never from a technique's name): structural reduction (prune, then distill back) only happens before export
+and only when the goal needs more than quantization gives or asks for the best model; ONNX Runtime INT8 is
+the default speed and size step; sensitive layers are kept in float when INT8 breaks accuracy (mixed
+precision); 4-bit weights when the size limit needs more than INT8; FP32 ONNX Runtime as the lossless speed step.
+Techniques measured slower than FP32 on this machine are not chosen when latency matters.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agents.planning import PlannedTechnique, PlanningInput, PlanStep, TechniqueOption, same_steps
+
+QUANTIZED_BY = {
+    "ort_int8_dynamic",
+    "ort_int8_static",
+    "ort_matmul_4bits",
+    "onnx_fp16",
+    "torch_fp16_cast",
+    "torch_bf16_cast",
+    "torchao_int8_weight_only",
+    "torchao_int8_dynamic",
+    "torchao_intx_weight_only",
+    "bnb_int8",
+    "bnb_4bit",
+    "gptq",
+    "weight_clustering",
+}
+STRUCTURAL_MIN_SECONDS = 150.0
+"""Prune + distill is only planned with at least this much wall time left (distillation is time-bounded)."""
+
+
+def _ratio(value: float | None, default: float) -> float:
+    """A measured ratio, or the default when the registry has none."""
+    return value if value and value > 0 else default
+
+
+def residual_needs(payload: PlanningInput) -> tuple[float, float]:
+    """How much faster and smaller the current version still has to get (1.0 = nothing more needed)."""
+    criteria = payload.goal.criteria
+    current, baseline = payload.current.measurement, payload.baseline
+    speed = size = 1.0
+    latency = current.latency_on(criteria.latency_target)
+    if criteria.max_latency_ms is not None and latency is not None:
+        speed = max(speed, latency[0] / criteria.max_latency_ms)
+    if criteria.min_speedup is not None and current.runtime and baseline.runtime:
+        achieved = baseline.runtime.p50_ms / current.runtime.p50_ms
+        speed = max(speed, criteria.min_speedup / achieved)
+    current_bytes = current.size.artifact_bytes if current.size else None
+    baseline_bytes = baseline.size.artifact_bytes if baseline.size else None
+    if criteria.max_size_mb is not None and current_bytes:
+        size = max(size, current_bytes / (criteria.max_size_mb * 1024 * 1024))
+    if criteria.min_compression is not None and current_bytes and baseline_bytes:
+        size = max(size, criteria.min_compression / (baseline_bytes / current_bytes))
+    return speed, size
+
+
+def _step(name: str, **params: Any) -> PlannedTechnique:
+    return PlannedTechnique(technique=name, params=params)
+
+
+def _structural(payload: PlanningInput, ratio: float) -> list[PlannedTechnique]:
+    """Structured pruning at `ratio`, then distillation from the unpruned version, time-bounded."""
+    budget = min(120.0, max(20.0, payload.seconds_left * 0.2))
+    return [
+        _step("structured_prune", ratio=ratio),
+        _step("distill", steps=400, time_budget_s=round(budget, 1)),
+    ]
+
+
+def candidate_attempts(payload: PlanningInput) -> list[tuple[list[PlannedTechnique], str]]:
+    """Every attempt worth making from the current version, best first, each with its rationale."""
+    goal, current = payload.goal, payload.current
+    options: dict[str, TechniqueOption] = {
+        option.name: option for option in payload.techniques if current.format in option.input_formats
+    }
+    speed, size = residual_needs(payload)
+    wants_speed = speed > 1.0 or goal.objective == "fastest"
+    wants_size = size > 1.0 or goal.objective == "smallest"
+    int8 = options.get("ort_int8_dynamic")
+    int8_effect = int8.expected(payload.analysis.architecture) if int8 else (None, None)
+    int8_speed = _ratio(int8_effect[0], 3.0)
+    int8_size = 1 / _ratio(int8_effect[1], 0.3)
+    real_data = payload.calibration != "synthetic"
+    quantized = any(name in QUANTIZED_BY for name in current.lineage)
+    fragile = payload.analysis.sensitive_layers
+    plans: list[tuple[list[PlannedTechnique], str]] = []
+
+    structural_ok = (
+        "structured_prune" in options
+        and "distill" in options
+        and "structured_prune" not in current.lineage
+        and not quantized
+        and real_data
+        and payload.attempts_left >= 2
+        and payload.seconds_left >= STRUCTURAL_MIN_SECONDS
+    )
+    beyond_quantization = speed > 0.8 * int8_speed or size > 0.9 * int8_size or goal.objective != "meet"
+    if structural_ok and beyond_quantization:
+        why = (
+            f"the goal needs {speed:.1f}x speed and {size:.1f}x size from here, more than INT8 alone gives "
+            f"(measured {int8_speed:.1f}x, {int8_size:.1f}x)"
+            if goal.objective == "meet"
+            else f"the goal asks for the {goal.objective} model: remove channels first, then quantize"
+        )
+        plans.append((_structural(payload, 0.4), f"prune 40% of channels and distill back: {why}"))
+        plans.append((_structural(payload, 0.25), f"prune 25% of channels and distill back (gentler): {why}"))
+    if not quantized and (wants_speed or wants_size):
+        four_bit = options.get("ort_matmul_4bits")
+        if four_bit and size > 0.95 * int8_size:
+            plans.append(
+                (
+                    [_step("ort_matmul_4bits", block_size=32)],
+                    f"size must shrink {size:.1f}x, more than INT8's measured {int8_size:.1f}x: 4-bit weights",
+                )
+            )
+        if int8:
+            plans.append(
+                (
+                    [_step("ort_int8_dynamic", per_channel=True)],
+                    f"ONNX Runtime INT8 (dynamic, per channel): measured {int8_speed:.1f}x faster and "
+                    f"{int8_size:.1f}x smaller on the reference models",
+                )
+            )
+            for keep in (fragile[:2], fragile[:4]):
+                if keep:
+                    plans.append(
+                        (
+                            [_step("ort_int8_dynamic", per_channel=True, nodes_to_exclude=list(keep))],
+                            f"mixed precision: INT8 with the most sensitive layers kept in float ({', '.join(keep)})",
+                        )
+                    )
+        if "ort_int8_static" in options and real_data:
+            plans.append(
+                (
+                    [_step("ort_int8_static", per_channel=True, calibration_method="percentile")],
+                    "static INT8 calibrated on real observations (activations quantized too)",
+                )
+            )
+        if four_bit and wants_size and not any(p[0][0].technique == "ort_matmul_4bits" for p in plans):
+            plans.append(
+                ([_step("ort_matmul_4bits", block_size=32)], "4-bit weights for the smallest artifact")
+            )
+    if current.format != "onnx" and "onnx_export" in options and wants_speed:
+        plans.append(([_step("onnx_export")], "FP32 ONNX Runtime: a lossless speedup over eager PyTorch"))
+    return plans
+
+
+def _tried(payload: PlanningInput, steps: list[PlannedTechnique]) -> bool:
+    """Whether the same chain was already attempted on the current version."""
+    wanted = [step.config_json() for step in steps]
+    return any(
+        attempt.parent_version == payload.current.version_id and same_steps(attempt.steps, wanted)
+        for attempt in payload.attempts
+    )
+
+
+def plan_rules(payload: PlanningInput) -> PlanStep:
+    """Finish when the goal is met (and asks no more) or nothing untried can help; else the best next attempt."""
+    goal, check = payload.goal, payload.check
+    version = payload.current.version_id
+    if check.passed and goal.objective == "meet":
+        return PlanStep(action="finish", rationale=f"version {version} meets every criterion")
+    accuracy_missing = [r for r in check.missing if r.name in ("accuracy_floor", "max_accuracy_drop")]
+    if accuracy_missing:
+        return PlanStep(
+            action="finish",
+            rationale=f"version {version} misses the accuracy criterion ({accuracy_missing[0].note}); "
+            "compression cannot raise accuracy",
+        )
+    if payload.attempts_left <= 0:
+        return PlanStep(action="finish", rationale="no attempts left in the budget")
+    plans = [(steps, why) for steps, why in candidate_attempts(payload) if not _tried(payload, steps)]
+    if not plans:
+        missing = ", ".join(r.name for r in check.missing) or "nothing"
+        return PlanStep(
+            action="finish",
+            rationale=f"no untried technique can improve version {version} further (still missing: {missing})",
+        )
+    steps, why = plans[0]
+    return PlanStep(
+        action="apply",
+        steps=steps,
+        rationale=why,
+        then=["+".join(step.technique for step in later) for later, _ in plans[1:3]],
+    )

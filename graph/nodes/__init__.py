@@ -1,0 +1,1 @@
+"""One module per graph node: intake, analyze, plan, optimize, evaluate, rollback, finalize."""

@@ -1,0 +1,117 @@
+"""evaluate: measure the candidate in a child process, apply the hard guards, and ask for the verdict."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Awaitable, Callable
+
+from langgraph.runtime import Runtime
+
+from agents.base import Reasoner
+from agents.evaluation import EVALUATION, VerdictInput, guards
+from graph.context import GraphContext, report_targets, run_work
+from graph.events import emit
+from graph.nodes.intake import decision_note
+from graph.nodes.optimize import attempt_event
+from graph.state import Attempt, JobState, VersionPoint
+from tools.errors import RoboptError
+from tools.evaluation.criteria import check_criteria
+from tools.evaluation.measurement import Measurement
+
+
+def make_evaluate_node(
+    reasoner: Reasoner,
+) -> Callable[[JobState, Runtime[GraphContext]], Awaitable[dict[str, Any]]]:
+    """Build the evaluate node around the injected reasoner."""
+
+    async def evaluate(state: JobState, runtime: Runtime[GraphContext]) -> dict[str, Any]:
+        """Accept the candidate (it becomes current) or reject it (rollback follows); a crash fails it."""
+        writer = runtime.stream_writer
+        goal, current, baseline = state["goal"], state["current"], state["baseline"]
+        candidate, plan = state["candidate"], state["plan"]
+        if goal is None or current is None or baseline is None or candidate is None or candidate.ref is None:
+            raise RuntimeError("evaluate reached without a candidate")
+        options = state["options"]
+        steps = [step.config_json() for step in plan.steps] if plan else []
+        index = len(state.get("attempts", [])) + 1
+        common = {
+            "index": index,
+            "parent_version": current.ref.version_id,
+            "steps": steps,
+            "rationale": plan.rationale if plan else "",
+            "planned_by": state.get("planned_by", "rules"),
+            "versions": candidate.versions,
+            "version": candidate.ref,
+        }
+        emit(
+            writer,
+            "status",
+            state="node",
+            node="evaluate",
+            attempt=index,
+            message=f"measuring version {candidate.ref.version_id}",
+        )
+        started = time.monotonic()
+        try:
+            measurement: Measurement = await run_work(
+                runtime.context,
+                writer,
+                state,
+                "evaluate",
+                "measure",
+                {
+                    "ref": candidate.ref,
+                    "original": state["original"],
+                    "plan": options.accuracy,
+                    "data": options.data,
+                    "targets": report_targets(state),
+                    "threads": options.latency_threads,
+                    "iterations": options.latency_iterations,
+                },
+            )
+        except RoboptError as error:
+            attempt = Attempt(
+                **common,
+                status="failed",
+                reason=f"measuring failed: {error.one_line()}",
+                duration_s=candidate.duration_s + time.monotonic() - started,
+            )
+            emit(writer, "error", node="evaluate", attempt=index, **error.to_dict())
+            emit(writer, "attempt", **attempt_event(attempt))
+            return {"attempts": [attempt], "last_node": "evaluate"}
+        check = check_criteria(goal.criteria, baseline, measurement)
+        parent_check = check_criteria(goal.criteria, baseline, current.measurement)
+        payload = VerdictInput(
+            goal=goal,
+            steps=[str(s["type"]) for s in steps],
+            baseline=baseline,
+            parent=current.measurement,
+            candidate=measurement,
+            check=check,
+            parent_check=parent_check,
+            guards=guards(goal, current.measurement, measurement, check, parent_check),
+        )
+        decision = await reasoner.decide(EVALUATION, payload)
+        verdict = decision.output
+        attempt = Attempt(
+            **common,
+            status="accepted" if verdict.accept else "rejected",
+            reason=verdict.reason,
+            measurement=measurement,
+            check=check,
+            judged_by=decision.source,
+            duration_s=candidate.duration_s + time.monotonic() - started,
+        )
+        emit(writer, "attempt", **attempt_event(attempt))
+        update: dict[str, Any] = {
+            "attempts": [attempt],
+            "last_node": "evaluate",
+            "notes": decision_note(writer, "evaluation", decision),
+        }
+        if verdict.accept:
+            lineage = current.lineage + [str(s["type"]) for s in steps]
+            update["current"] = VersionPoint(ref=candidate.ref, measurement=measurement, lineage=lineage)
+            update["candidate"] = None
+        return update
+
+    return evaluate

@@ -1,0 +1,139 @@
+"""finalize: choose the best version (goal met, else the best effort), build and write the report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from langgraph.runtime import Runtime
+
+from graph.context import GraphContext, report_targets
+from graph.events import emit
+from graph.state import JobState, ReportRef, VersionPoint
+from tools.evaluation.criteria import Criteria, CriteriaCheck, check_criteria
+from tools.evaluation.machine import machine_profile
+from tools.evaluation.measurement import Measurement
+from tools.evaluation.report import AttemptRecord, build_report, write_report
+
+
+def _latency(measurement: Measurement, target: str) -> float:
+    found = measurement.latency_on(target)
+    return found[0] if found else float("inf")
+
+
+def _size(measurement: Measurement) -> float:
+    return float(measurement.size.artifact_bytes or 0) if measurement.size else float("inf")
+
+
+def _closeness(check: CriteriaCheck) -> float:
+    """Sum over criteria of margin / limit, capped: how close a version comes (higher is closer)."""
+    total = 0.0
+    for result in check.results:
+        if result.margin is None or not result.limit:
+            total -= 1.0
+        else:
+            total += max(-1.0, min(1.0, result.margin / abs(result.limit)))
+    return total
+
+
+def choose_final(
+    criteria: Criteria, objective: str, baseline: Measurement, points: list[VersionPoint]
+) -> tuple[VersionPoint, CriteriaCheck]:
+    """The best version: among those meeting every criterion, the fastest (or smallest) on the target; when
+    none does, the one missing fewest criteria and coming closest to the rest."""
+    checked = [(point, check_criteria(criteria, baseline, point.measurement)) for point in points]
+    target = criteria.latency_target
+    passing = [(p, c) for p, c in checked if c.passed]
+    if passing:
+        if objective == "smallest":
+            key = lambda item: (
+                _size(item[0].measurement),
+                _latency(item[0].measurement, target),
+            )  # noqa: E731
+        else:
+            key = lambda item: (
+                _latency(item[0].measurement, target),
+                _size(item[0].measurement),
+            )  # noqa: E731
+        return min(passing, key=key)
+    return max(checked, key=lambda item: (-len(item[1].missing), _closeness(item[1])))
+
+
+async def finalize(state: JobState, runtime: Runtime[GraphContext]) -> dict[str, Any]:
+    """Pick the final version, write report.json / report.md / plots under <data>/reports/<job>/."""
+    writer = runtime.stream_writer
+    goal, baseline, original = state["goal"], state["baseline"], state["original"]
+    if goal is None or baseline is None:
+        raise RuntimeError("finalize reached without a goal and a baseline")
+    emit(writer, "status", state="node", node="finalize", message="choosing the final version")
+    attempts = state.get("attempts", [])
+    points = [VersionPoint(ref=original, measurement=baseline, lineage=[])]
+    lineage: dict[str, list[str]] = {}
+    for attempt in attempts:
+        if attempt.status == "accepted" and attempt.version and attempt.measurement:
+            parent = lineage.get(attempt.parent_version, [])
+            lineage[attempt.version.version_id] = parent + [str(s["type"]) for s in attempt.steps]
+            points.append(
+                VersionPoint(
+                    ref=attempt.version,
+                    measurement=attempt.measurement,
+                    lineage=lineage[attempt.version.version_id],
+                )
+            )
+    final, check = choose_final(goal.criteria, goal.objective, baseline, points)
+    records = [
+        AttemptRecord(
+            index=0, technique="original", status="baseline", reason="as given", measurement=baseline
+        )
+    ]
+    for attempt in attempts:
+        params = attempt.steps[0] if len(attempt.steps) == 1 else {"steps": attempt.steps}
+        records.append(
+            AttemptRecord(
+                index=attempt.index,
+                technique=attempt.technique,
+                params=params,
+                status=attempt.status,
+                reason=attempt.reason,
+                measurement=attempt.measurement,
+            )
+        )
+    notes = list(state.get("notes", []))
+    plan = state.get("plan")
+    if plan is not None and plan.action == "finish":
+        notes.append(f"stopped: {plan.rationale}")
+    machine = machine_profile(runtime.context.data_dir)
+    report = build_report(
+        state["goal_text"],
+        goal.criteria,
+        baseline,
+        final.measurement,
+        records,
+        report_targets(state),
+        machine=machine,
+        notes=notes
+        + [f"final version {final.ref.version_id}: {' -> '.join(final.lineage) or 'the original'}"],
+    )
+    out = Path(runtime.context.data_dir) / "reports" / state["job_id"]
+    files = write_report(report, out)
+    status = "goal_met" if report.goal_met else "best_effort"
+    ref = ReportRef(
+        directory=str(out),
+        json_path=str(files.json_path),
+        markdown_path=str(files.markdown_path),
+        final_version=final.ref.version_id,
+        final_ref=final.ref,
+        goal_met=report.goal_met,
+        missing=[f"{m.name}: {m.note or ''} value {m.value} limit {m.limit}" for m in report.missing],
+    )
+    emit(
+        writer,
+        "complete",
+        status=status,
+        goal_met=report.goal_met,
+        final_version=final.ref.version_id,
+        report=str(files.json_path),
+        missing=ref.missing,
+        attempts=len(attempts),
+    )
+    return {"report": ref, "status": status, "last_node": "finalize", "current": final}

@@ -1,0 +1,140 @@
+"""plan: choose the next attempt (or finish) from the available techniques, the analysis and every attempt."""
+
+from __future__ import annotations
+
+import statistics
+from typing import Any, Awaitable, Callable
+
+from langgraph.runtime import Runtime
+
+from agents.base import Reasoner
+from agents.planning import PLANNING, AttemptSummary, PlanningInput, PlanStep, TechniqueOption, VersionSummary
+from graph.context import GraphContext, attempts_left, seconds_left
+from graph.events import emit
+from graph.nodes.intake import decision_note
+from graph.state import Attempt, JobState
+from tools.evaluation.criteria import check_criteria
+from tools.techniques import list_techniques
+
+
+def technique_options() -> list[TechniqueOption]:
+    """Every available technique with its registry metadata and median measured effect."""
+    options = []
+    for info in list_techniques():
+        if not info.available:
+            continue
+        spec, effects = info.spec, list((info.measured or {}).values())
+
+        def median(key: str) -> float | None:
+            values = [e[key] for e in effects if isinstance(e, dict) and e.get(key) is not None]
+            return round(statistics.median(values), 4) if values else None
+
+        properties = info.config_schema.get("properties", {})
+        options.append(
+            TechniqueOption(
+                name=spec.name,
+                family=spec.family.value,
+                summary=spec.summary,
+                input_formats=list(spec.input_formats),
+                output_format=spec.output_format,
+                precision=spec.precision,
+                needs_calibration=spec.needs.calibration_data,
+                needs_labels=spec.needs.labels,
+                speedup=median("speedup"),
+                size_ratio=median("size_ratio"),
+                fidelity=median("fidelity_cosine"),
+                effects={
+                    model: {
+                        key: float(effect[key])
+                        for key in ("speedup", "size_ratio", "fidelity_cosine")
+                        if isinstance(effect, dict) and effect.get(key) is not None
+                    }
+                    for model, effect in (info.measured or {}).items()
+                },
+                parameters={
+                    name: {"default": field.get("default"), "description": field.get("description", "")}
+                    for name, field in properties.items()
+                    if name not in ("type", "seed")
+                },
+            )
+        )
+    return options
+
+
+def summarize_attempt(attempt: Attempt) -> AttemptSummary:
+    """An attempt as the planner sees it, with its gains over its parent when measured."""
+    return AttemptSummary(
+        index=attempt.index,
+        parent_version=attempt.parent_version,
+        steps=attempt.steps,
+        status=attempt.status,
+        reason=attempt.reason,
+        accuracy=(
+            attempt.measurement.accuracy.value
+            if attempt.measurement and attempt.measurement.accuracy
+            else None
+        ),
+    )
+
+
+def make_plan_node(
+    reasoner: Reasoner,
+) -> Callable[[JobState, Runtime[GraphContext]], Awaitable[dict[str, Any]]]:
+    """Build the plan node around the injected reasoner."""
+
+    async def plan(state: JobState, runtime: Runtime[GraphContext]) -> dict[str, Any]:
+        """Stop when the budget is spent; otherwise ask the planning agent for the next attempt."""
+        writer = runtime.stream_writer
+        goal, current, baseline = state["goal"], state["current"], state["baseline"]
+        if goal is None or current is None or baseline is None or state.get("analysis") is None:
+            raise RuntimeError("plan reached before intake and analysis")
+        left, seconds = attempts_left(state), seconds_left(state)
+        if left <= 0 or seconds <= 0:
+            why = "attempt budget spent" if left <= 0 else "time budget spent"
+            emit(writer, "status", state="budget_spent", message=why)
+            step = PlanStep(action="finish", rationale=why)
+            return {"plan": step, "planned_by": "budget", "last_node": "plan", "notes": [why]}
+        calibration = options_calibration(state)
+        payload = PlanningInput(
+            goal=goal,
+            analysis=state["analysis"],
+            baseline=baseline,
+            current=VersionSummary(
+                version_id=current.ref.version_id,
+                format=current.ref.format,
+                lineage=current.lineage,
+                measurement=current.measurement,
+            ),
+            check=check_criteria(goal.criteria, baseline, current.measurement),
+            attempts=[summarize_attempt(a) for a in state.get("attempts", [])],
+            techniques=technique_options(),
+            attempts_left=left,
+            seconds_left=seconds,
+            calibration=calibration,
+            has_labels=state["options"].accuracy.level == "task" or state["options"].data.kind == "reference",
+        )
+        emit(writer, "status", state="node", node="plan", message="choosing the next attempt")
+        decision = await reasoner.decide(PLANNING, payload)
+        step = decision.output
+        emit(
+            writer,
+            "status",
+            state="planned",
+            action=step.action,
+            steps=[s.config_json() for s in step.steps],
+            rationale=step.rationale,
+        )
+        return {
+            "plan": step,
+            "planned_by": decision.source,
+            "last_node": "plan",
+            "notes": decision_note(writer, "planning", decision),
+        }
+
+    return plan
+
+
+def options_calibration(state: JobState) -> str:
+    """'data', 'reference' or 'synthetic': what the job's calibration inputs are."""
+    kind = state["options"].data.kind
+    return "data" if kind == "file" else kind

@@ -1,0 +1,228 @@
+"""The deterministic work the nodes hand to a child process: profile the original, apply a chain of
+techniques, measure a version. Every function here takes and returns plain, picklable values (paths, JSON,
+pydantic models) and reports progress through its `progress(percent, message)` callback.
+
+Running these in a child (`tools.isolation`) means a crash, a hang or an out-of-memory inside a native
+library fails one attempt and never the job.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+from graph.state import DataSource
+from tools.errors import ValidationError
+from tools.evaluation.evaluate import AccuracyPlan, evaluate_version
+from tools.evaluation.measurement import Measurement
+from tools.intake import LoadedModel
+from tools.techniques.base import CalibrationData
+from tools.versions import ArtifactRef, VersionStore
+
+Progress = Callable[[float, str], None]
+LABEL_KEYS = ("actions", "labels", "targets", "action")
+
+
+def _quiet(_: float, __: str) -> None:
+    """Progress sink when the caller wants none."""
+
+
+def load_data(source: DataSource, model: LoadedModel) -> CalibrationData | None:
+    """Build the job's data: synthetic inputs, a user's tensor file (labels auto-detected), or a reference task."""
+    from tools.techniques import calibration_from_data, synthetic_calibration
+
+    if source.kind == "reference":
+        if source.task != "reaching":
+            raise ValidationError(f"unknown reference task {source.task!r}; known: reaching")
+        from tools.reference.calibration import reaching_calibration
+
+        return reaching_calibration(source.batches, source.batch_size)
+    if source.kind == "file":
+        from tools.inputs import load_input_data
+
+        if source.path is None:
+            raise ValidationError("a data source of kind 'file' needs a path")
+        arrays = load_input_data(Path(source.path))
+        label = next((key for key in LABEL_KEYS if key in arrays), None)
+        return calibration_from_data(
+            arrays,
+            model.input_specs,
+            label_key=label,
+            batch_size=source.batch_size,
+            max_batches=source.batches,
+        )
+    return synthetic_calibration(model.input_specs, num_batches=min(source.batches, 8), batch_size=4)
+
+
+def split_data(data: CalibrationData | None) -> tuple[CalibrationData | None, CalibrationData | None]:
+    """(calibration, held-out evaluation) parts: techniques never see the batches accuracy is measured on."""
+    if data is None:
+        return None, None
+    return data.split(0.25)
+
+
+def _machine(data_dir: Path, targets: list[str]) -> Any:
+    """The measured machine profile, when some target other than this machine needs projecting."""
+    from tools.evaluation.machine import machine_profile
+    from tools.evaluation.targets import THIS_MACHINE, canonical_target_name
+
+    if all(canonical_target_name(t) == THIS_MACHINE for t in targets):
+        return None
+    return machine_profile(data_dir)
+
+
+def measure(
+    data_dir: str,
+    ref: ArtifactRef,
+    original: ArtifactRef,
+    plan: AccuracyPlan,
+    data: DataSource,
+    targets: list[str],
+    threads: int = 1,
+    iterations: int = 30,
+    progress: Progress = _quiet,
+) -> Measurement:
+    """Measure one version: accuracy (against the original for fidelity), latency here, size, projections."""
+    from tools.techniques import load_version
+
+    root = Path(data_dir)
+    store = VersionStore(root / "versions")
+    progress(0, f"measuring version {ref.version_id}")
+    reference_model = load_version(store, original.job_id, original.version_id, root)
+    _, held_out = split_data(load_data(data, reference_model))
+    if plan.level == "fidelity" and data.kind == "synthetic":
+        held_out = None
+    reference = reference_model if plan.level == "fidelity" else None
+    progress(25, "data ready; measuring accuracy, latency and size")
+    manifest = store.verify(ref.job_id, ref.version_id)
+    measurement = evaluate_version(
+        store,
+        manifest,
+        plan,
+        data_dir=root,
+        reference=reference,
+        data=held_out,
+        targets=targets,
+        machine=_machine(root, targets),
+        threads=threads,
+        iterations=iterations,
+    )
+    progress(100, f"measured version {ref.version_id}")
+    return measurement
+
+
+def apply_chain(
+    data_dir: str,
+    job_id: str,
+    source: ArtifactRef,
+    steps: list[dict[str, Any]],
+    data: DataSource,
+    time_budget_s: float | None = None,
+    progress: Progress = _quiet,
+) -> dict[str, Any]:
+    """Apply each technique to the previous one's output, storing every version in `job_id`.
+
+    A source from another job (a forked job's inherited version) is imported into `job_id` first, so a job
+    only ever writes into its own folder.
+    """
+    from tools.techniques import apply, load_version, parse_config
+
+    root = Path(data_dir)
+    store = VersionStore(root / "versions")
+    version_id = import_version(store, source, job_id)
+    model = load_version(store, job_id, version_id, root)
+    calibration, _ = split_data(load_data(data, model))
+    del model
+    versions: list[str] = []
+    facts: list[dict[str, Any]] = []
+    share = 100.0 / max(len(steps), 1)
+    for index, step in enumerate(steps):
+        config = parse_config(step)
+        base = index * share
+
+        def report(percent: float, message: str, base: float = base) -> None:
+            progress(base + percent * share / 100.0, message)
+
+        applied = apply(
+            store,
+            job_id,
+            version_id,
+            config,
+            data_dir=root,
+            calibration=calibration,
+            progress=report,
+            time_budget_s=time_budget_s,
+        )
+        version_id = applied.version.id
+        versions.append(version_id)
+        facts.append(applied.facts)
+    return {"ref": store.ref(job_id, version_id), "versions": versions, "facts": facts}
+
+
+def import_version(store: VersionStore, source: ArtifactRef, job_id: str) -> str:
+    """Return the id of `source` inside `job_id`, copying it in (verified) when it belongs to another job."""
+    if source.job_id == job_id:
+        return source.version_id
+    manifest = store.verify(source.job_id, source.version_id)
+    for existing in store.list(job_id):
+        if existing.sha256 == manifest.sha256 and existing.params.get("imported_from") == (
+            f"{source.job_id}/{source.version_id}"
+        ):
+            return existing.id
+    copied = store.save(
+        job_id,
+        store.artifact_path(source.job_id, source.version_id),
+        technique="import",
+        format=manifest.format,
+        params={"imported_from": f"{source.job_id}/{source.version_id}"},
+        metrics=manifest.metrics,
+        load_options=manifest.load_options,
+    )
+    return copied.id
+
+
+def profile_original(
+    data_dir: str,
+    ref: ArtifactRef,
+    plan: AccuracyPlan,
+    data: DataSource,
+    targets: list[str],
+    threads: int = 1,
+    iterations: int = 30,
+    progress: Progress = _quiet,
+) -> dict[str, Any]:
+    """Measure the original (the baseline) and profile it: components, FLOPs, roofline floor, sensitivity."""
+    from tools.evaluation.machine import machine_profile, roofline_floor_ms
+    from tools.evaluation.sensitivity import pruning_sensitivity, quantization_sensitivity
+    from tools.profiling import profile_model
+    from tools.techniques import load_version
+
+    root = Path(data_dir)
+    progress(0, "measuring the original model")
+    baseline = measure(data_dir, ref, ref, plan, data, targets, threads, iterations)
+    progress(40, "profiling components and FLOPs")
+    store = VersionStore(root / "versions")
+    model = load_version(store, ref.job_id, ref.version_id, root)
+    profile = profile_model(model)
+    machine = machine_profile(root)
+    floor = roofline_floor_ms(profile.parameter_bytes, profile.flops, machine, threads=threads)
+    progress(60, "ranking layer sensitivity")
+    quantization, pruning = [], []
+    if model.module is not None:
+        calibration, _ = split_data(load_data(data, model))
+        batches = (calibration.batches if calibration else [model.example_inputs()])[:2]
+        quantization = quantization_sensitivity(model.module, batches)
+        try:
+            pruning = pruning_sensitivity(model.module, batches)
+        except ValidationError:
+            pruning = []
+    progress(100, "analysis figures ready")
+    return {
+        "baseline": baseline,
+        "profile": profile.model_dump(mode="json"),
+        "floor_ms": floor.floor_ms,
+        "floor_bound": floor.bound,
+        "quantization_sensitivity": [item.model_dump(mode="json") for item in quantization[:24]],
+        "pruning_sensitivity": [item.model_dump(mode="json") for item in pruning[:24]],
+        "machine": machine.model_dump(mode="json"),
+    }
