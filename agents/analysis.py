@@ -84,6 +84,10 @@ class Analysis(BaseModel):
     sensitive_layers: list[str] = Field(
         default_factory=list, description="Layers to keep in float when quantizing (ranked, most first)."
     )
+    sensitive_linear_layers: list[str] = Field(
+        default_factory=list,
+        description="The Linear layers among the sensitive ones: what MatMul/Gemm INT8 can keep in float.",
+    )
     prunable_blocks: list[str] = Field(default_factory=list, description="Blocks cheapest to remove.")
     speedup_needed: float | None = Field(default=None, description="Baseline / limit latency on the target.")
     compression_needed: float | None = Field(default=None, description="Baseline / limit artifact bytes.")
@@ -133,6 +137,10 @@ def analyze_rules(payload: AnalysisInput) -> Analysis:
     components = sorted(model.components, key=lambda c: c.params, reverse=True)
     dominant = [c.name for c in components if c.param_share >= 0.25][:3]
     fragile = sensitive_layers(payload.quantization_sensitivity)
+    linear = {item.name for item in payload.quantization_sensitivity if item.layer_type == "Linear"}
+    fragile_linear = sensitive_layers(
+        [item for item in payload.quantization_sensitivity if item.name in linear]
+    )
     prunable = [item.name for item in reversed(payload.pruning_sensitivity)][:2]
     available = set(payload.available_techniques)
     recommended: list[str] = []
@@ -176,6 +184,7 @@ def analyze_rules(payload: AnalysisInput) -> Analysis:
         bottleneck=bottleneck,
         dominant_components=dominant,
         sensitive_layers=fragile,
+        sensitive_linear_layers=fragile_linear,
         prunable_blocks=prunable,
         speedup_needed=speedup,
         compression_needed=compression,
@@ -190,7 +199,9 @@ def check_analysis(payload: AnalysisInput, analysis: Analysis) -> None:
     if unknown:
         raise ValidationError(f"analysis recommends techniques that are not available: {unknown}")
     layers = {item.name for item in payload.quantization_sensitivity}
-    invented = [name for name in analysis.sensitive_layers if layers and name not in layers]
+    invented = [
+        name for name in analysis.sensitive_layers + analysis.sensitive_linear_layers if name not in layers
+    ]
     if invented:
         raise ValidationError(f"analysis names sensitive layers the model does not have: {invented}")
 

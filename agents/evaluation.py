@@ -87,7 +87,8 @@ def guards(
         )
     )
     before, after = _latency(parent, target), _latency(candidate, target)
-    slower = before is not None and after is not None and after > before * (1 + LATENCY_NOISE)
+    unknown = before is not None and after is None
+    slower = unknown or (before is not None and after is not None and after > before * (1 + LATENCY_NOISE))
     result.append(
         Guard(
             name="not_slower",

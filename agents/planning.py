@@ -19,6 +19,23 @@ from tools.errors import RoboptError, ValidationError
 from tools.evaluation.criteria import CriteriaCheck
 from tools.evaluation.measurement import Measurement
 
+QUANTIZED_BY = {
+    "ort_int8_dynamic",
+    "ort_int8_static",
+    "ort_matmul_4bits",
+    "onnx_fp16",
+    "torch_fp16_cast",
+    "torch_bf16_cast",
+    "torchao_int8_weight_only",
+    "torchao_int8_dynamic",
+    "torchao_intx_weight_only",
+    "bnb_int8",
+    "bnb_4bit",
+    "gptq",
+    "weight_clustering",
+}
+"""Techniques whose output is already quantized (or palettized): quantizing it again is refused."""
+
 REFERENCE_FOR = {
     "vla": "vla",
     "visual_policy": "vla",
@@ -162,6 +179,7 @@ def check_plan(payload: PlanningInput, plan: PlanStep) -> None:
         raise ValidationError("an 'apply' plan needs at least one step")
     options = {option.name: option for option in payload.techniques}
     fmt = payload.current.format
+    quantized = any(name in QUANTIZED_BY for name in payload.current.lineage)
     for step in plan.steps:
         option = options.get(step.technique)
         if option is None:
@@ -171,6 +189,11 @@ def check_plan(payload: PlanningInput, plan: PlanStep) -> None:
         if fmt not in option.input_formats:
             raise ValidationError(
                 f"{step.technique} does not take {fmt} (it takes {', '.join(option.input_formats)})"
+            )
+        if quantized and step.technique in QUANTIZED_BY:
+            raise ValidationError(
+                f"version {payload.current.version_id} is already quantized ({', '.join(payload.current.lineage)}); "
+                f"{step.technique} would quantize it again"
             )
         if option.needs_labels and not payload.has_labels:
             raise ValidationError(f"{step.technique} needs labelled data and the job has none")

@@ -12,23 +12,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from agents.planning import PlannedTechnique, PlanningInput, PlanStep, TechniqueOption, same_steps
+from agents.planning import (
+    QUANTIZED_BY,
+    PlannedTechnique,
+    PlanningInput,
+    PlanStep,
+    TechniqueOption,
+    same_steps,
+)
 
-QUANTIZED_BY = {
-    "ort_int8_dynamic",
-    "ort_int8_static",
-    "ort_matmul_4bits",
-    "onnx_fp16",
-    "torch_fp16_cast",
-    "torch_bf16_cast",
-    "torchao_int8_weight_only",
-    "torchao_int8_dynamic",
-    "torchao_intx_weight_only",
-    "bnb_int8",
-    "bnb_4bit",
-    "gptq",
-    "weight_clustering",
-}
 STRUCTURAL_MIN_SECONDS = 150.0
 """Prune + distill is only planned with at least this much wall time left (distillation is time-bounded)."""
 
@@ -86,7 +78,7 @@ def candidate_attempts(payload: PlanningInput) -> list[tuple[list[PlannedTechniq
     int8_size = 1 / _ratio(int8_effect[1], 0.3)
     real_data = payload.calibration != "synthetic"
     quantized = any(name in QUANTIZED_BY for name in current.lineage)
-    fragile = payload.analysis.sensitive_layers
+    fragile = payload.analysis.sensitive_linear_layers
     plans: list[tuple[list[PlannedTechnique], str]] = []
 
     structural_ok = (
@@ -95,7 +87,7 @@ def candidate_attempts(payload: PlanningInput) -> list[tuple[list[PlannedTechniq
         and "structured_prune" not in current.lineage
         and not quantized
         and real_data
-        and payload.attempts_left >= 2
+        and payload.attempts_left >= 3
         and payload.seconds_left >= STRUCTURAL_MIN_SECONDS
     )
     beyond_quantization = speed > 0.8 * int8_speed or size > 0.9 * int8_size or goal.objective != "meet"
@@ -125,7 +117,7 @@ def candidate_attempts(payload: PlanningInput) -> list[tuple[list[PlannedTechniq
                     f"{int8_size:.1f}x smaller on the reference models",
                 )
             )
-            for keep in (fragile[:2], fragile[:4]):
+            for keep in dict.fromkeys((tuple(fragile[:2]), tuple(fragile[:4]))):
                 if keep:
                     plans.append(
                         (

@@ -36,7 +36,10 @@ def load_data(source: DataSource, model: LoadedModel) -> CalibrationData | None:
             raise ValidationError(f"unknown reference task {source.task!r}; known: reaching")
         from tools.reference.calibration import reaching_calibration
 
-        return reaching_calibration(source.batches, source.batch_size)
+        data = reaching_calibration(source.batches, source.batch_size)
+        names = {spec.name for spec in model.input_specs}
+        batches = [{k: v for k, v in batch.items() if k in names} for batch in data.batches]
+        return CalibrationData(batches, data.labels, data.source)
     if source.kind == "file":
         from tools.inputs import load_input_data
 

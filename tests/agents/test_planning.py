@@ -1,0 +1,355 @@
+"""Planning: the rule planner picks INT8 when it suffices, prune + distill when the gap is beyond it (real data
+only), mixed precision after an accuracy rejection, 4-bit for large size gaps, and finishes for the right reasons;
+check_plan refuses what the registry cannot run or what was already tried; every rule plan passes check_plan.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Callable, Literal
+
+import pytest
+
+from agents.analysis import analyze_rules
+from agents.planning import (
+    PLANNING,
+    PlannedTechnique,
+    PlanningInput,
+    PlanStep,
+    TechniqueOption,
+    check_plan,
+    same_steps,
+)
+from agents.planning_rules import QUANTIZED_BY, candidate_attempts, plan_rules, residual_needs
+from agents.prompts import render_prompt
+from tests.agents.agent_figures import (
+    INT8_SIZE_RATIO,
+    INT8_SPEEDUP,
+    OUTLIERS,
+    analysis_input,
+    attempt,
+    goal,
+    measurement,
+    planning_input,
+    registry_options,
+)
+from tools.errors import ValidationError
+
+Calibration = Literal["synthetic", "data", "reference"]
+# A small VLA measured here: 90 ms p50, 300 MiB, output cosine 1.0 to itself.
+BASELINE = measurement("v0", p50_ms=90.0, size_mib=300.0, accuracy=1.0)
+INT8 = {"type": "ort_int8_dynamic", "per_channel": True}
+KEEP_ACCURACY = {"max_accuracy_drop": 1.0, "accuracy_drop_unit": "relative_pct"}
+
+
+def _techniques(plan: PlanStep) -> list[str]:
+    """The plan's technique names, in order."""
+    return [step.technique for step in plan.steps]
+
+
+def _vla_int8_suffices(calibration: Calibration = "data") -> PlanningInput:
+    """3x faster (90 -> 30 ms) and 3x smaller (300 -> 100 MiB): INT8's pinned 5x / 3.7x covers both."""
+    spec = goal(max_latency_ms=30.0, max_size_mb=100.0, **KEEP_ACCURACY)
+    return planning_input(spec, BASELINE, calibration=calibration)
+
+
+def _ten_x_speed(calibration: Calibration = "data", **changes: object) -> PlanningInput:
+    """10x faster (90 -> 9 ms): twice what INT8 gives."""
+    return planning_input(
+        goal(max_latency_ms=9.0, **KEEP_ACCURACY), BASELINE, calibration=calibration, **changes
+    )
+
+
+def _int8_rejected_for_accuracy() -> PlanningInput:
+    """3x faster needed; plain INT8 on the original was already rejected for accuracy."""
+    return planning_input(
+        goal(max_latency_ms=30.0, **KEEP_ACCURACY), BASELINE, attempts=[attempt(1, "v0", [INT8])]
+    )
+
+
+def _size_beyond_int8() -> PlanningInput:
+    """6x smaller (300 -> 50 MiB) with synthetic calibration: more than INT8's 3.7x."""
+    return planning_input(goal(max_size_mb=50.0, **KEEP_ACCURACY), BASELINE)
+
+
+def _onnx_int8_current() -> PlanningInput:
+    """The current version is already ONNX INT8 and still 2x too slow."""
+    current = measurement("v1", p50_ms=20.0, size_mib=80.0, accuracy=0.998, technique="ort_int8_dynamic")
+    return planning_input(
+        goal(max_latency_ms=10.0, **KEEP_ACCURACY),
+        BASELINE,
+        current=current,
+        fmt="onnx",
+        lineage=["ort_int8_dynamic"],
+        calibration="data",
+    )
+
+
+def _fastest() -> PlanningInput:
+    """No limit but accuracy: as fast as possible, with real calibration data."""
+    return planning_input(goal("fastest", **KEEP_ACCURACY), BASELINE, calibration="data")
+
+
+def _onnx_fp32_current() -> PlanningInput:
+    """An exported FP32 ONNX version, still 3x too slow."""
+    current = measurement("v1", p50_ms=45.0, size_mib=300.0, accuracy=1.0, technique="onnx_export")
+    return planning_input(
+        goal(max_latency_ms=15.0, **KEEP_ACCURACY),
+        BASELINE,
+        current=current,
+        fmt="onnx",
+        lineage=["onnx_export"],
+    )
+
+
+def test_int8_first_when_it_alone_meets_the_vla_goal() -> None:
+    payload = _vla_int8_suffices()
+    assert residual_needs(payload) == pytest.approx((3.0, 3.0))
+    plan = PLANNING.run_rules(payload)
+    assert plan.action == "apply"
+    assert [step.config_json() for step in plan.steps] == [INT8]
+    assert f"{INT8_SPEEDUP:.1f}x faster" in plan.rationale
+    assert not any("structured_prune" in later for later in plan.then)
+
+
+def test_prune_and_distill_first_when_the_speed_gap_is_beyond_int8_with_real_data() -> None:
+    plan = PLANNING.run_rules(_ten_x_speed())
+    assert _techniques(plan) == ["structured_prune", "distill"]
+    assert plan.steps[0].params["ratio"] == 0.4
+    assert 0 < plan.steps[1].params["time_budget_s"] <= 120
+    assert "10.0x speed" in plan.rationale
+    assert plan.then[0] == "structured_prune+distill"
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"calibration": "synthetic"},
+        {"attempts_left": 1},
+        {"seconds_left": 100.0},
+        {"lineage": ["structured_prune", "distill"]},
+    ],
+    ids=["synthetic-calibration", "one-attempt-left", "little-time", "already-pruned"],
+)
+def test_no_structural_step_without_real_data_budget_or_a_fresh_torch_model(changes: dict) -> None:
+    payload = _ten_x_speed(**changes)
+    plan = PLANNING.run_rules(payload)
+    assert _techniques(plan) == ["ort_int8_dynamic"]
+    assert all(steps[0].technique != "structured_prune" for steps, _ in candidate_attempts(payload))
+
+
+def test_int8_rejected_for_accuracy_plans_mixed_precision_with_the_sensitive_layers() -> None:
+    payload = _int8_rejected_for_accuracy()
+    assert payload.analysis.sensitive_layers == OUTLIERS
+    plan = PLANNING.run_rules(payload)
+    assert _techniques(plan) == ["ort_int8_dynamic"]
+    assert plan.steps[0].params["nodes_to_exclude"] == OUTLIERS
+    assert "mixed precision" in plan.rationale
+
+
+def test_mixed_precision_widens_to_four_layers_after_two_were_not_enough() -> None:
+    layers = {f"block{i}": 0.004 for i in range(8)} | {f"head{i}": 0.1 - 0.01 * i for i in range(5)}
+    spec = goal(max_latency_ms=30.0, **KEEP_ACCURACY)
+    analysis = analyze_rules(analysis_input(spec, BASELINE, layers=layers))
+    assert analysis.sensitive_layers == ["head0", "head1", "head2", "head3"]
+    two = {**INT8, "nodes_to_exclude": ["head0", "head1"]}
+    payload = planning_input(
+        spec, BASELINE, analysis=analysis, attempts=[attempt(1, "v0", [INT8]), attempt(2, "v0", [two])]
+    )
+    plan = PLANNING.run_rules(payload)
+    assert plan.steps[0].params["nodes_to_exclude"] == ["head0", "head1", "head2", "head3"]
+
+
+def test_size_need_beyond_int8_plans_four_bit_weights() -> None:
+    payload = _size_beyond_int8()
+    assert residual_needs(payload)[1] > 1 / INT8_SIZE_RATIO
+    plan = PLANNING.run_rules(payload)
+    assert _techniques(plan) == ["ort_matmul_4bits"]
+    assert "6.0x" in plan.rationale
+
+
+def test_meet_objective_with_a_passing_check_finishes_but_fastest_goes_on() -> None:
+    current = measurement("v1", p50_ms=20.0, size_mib=80.0, accuracy=0.998, technique="ort_int8_dynamic")
+    met = planning_input(goal(max_latency_ms=30.0, **KEEP_ACCURACY), BASELINE, current=current)
+    assert met.check.passed
+    plan = PLANNING.run_rules(met)
+    assert plan.action == "finish" and "meets every criterion" in plan.rationale
+    fastest = planning_input(goal("fastest", **KEEP_ACCURACY), BASELINE, calibration="data")
+    assert fastest.check.passed and PLANNING.run_rules(fastest).action == "apply"
+
+
+def test_accuracy_missed_on_the_current_version_finishes_with_that_reason() -> None:
+    broken = measurement("v1", p50_ms=20.0, size_mib=80.0, accuracy=0.95, technique="ort_int8_dynamic")
+    payload = planning_input(goal(max_latency_ms=10.0, **KEEP_ACCURACY), BASELINE, current=broken)
+    plan = PLANNING.run_rules(payload)
+    assert plan.action == "finish"
+    assert "accuracy criterion" in plan.rationale and "1 -> 0.95" in plan.rationale
+
+
+def test_no_attempts_left_finishes() -> None:
+    plan = PLANNING.run_rules(_ten_x_speed(attempts_left=0))
+    assert plan.action == "finish" and "no attempts left" in plan.rationale
+
+
+def test_every_candidate_already_tried_finishes_naming_what_is_missing() -> None:
+    payload = _onnx_fp32_current()
+    candidates = candidate_attempts(payload)
+    assert candidates, "the ONNX FP32 version should still have quantization candidates"
+    tried = [
+        attempt(i, "v1", [step.config_json() for step in steps]) for i, (steps, _) in enumerate(candidates, 1)
+    ]
+    plan = PLANNING.run_rules(payload.model_copy(update={"attempts": tried}))
+    assert plan.action == "finish"
+    assert "no untried technique" in plan.rationale and "max_latency_ms" in plan.rationale
+
+
+def test_an_onnx_int8_version_is_not_quantized_again() -> None:
+    payload = _onnx_int8_current()
+    assert not payload.check.passed
+    assert all(
+        step.technique not in QUANTIZED_BY for steps, _ in candidate_attempts(payload) for step in steps
+    )
+    assert PLANNING.run_rules(payload).action == "finish"
+
+
+def test_fastest_never_picks_a_technique_measured_slower_than_fp32() -> None:
+    payload = _fastest()
+    options = {option.name: option for option in payload.techniques}
+    chosen = {step.technique for steps, _ in candidate_attempts(payload) for step in steps}
+    assert chosen and "torchao_int8_dynamic" in options and "torch_fp16_cast" in options
+    for name in chosen:
+        speedup, _ = options[name].expected("vla")
+        assert speedup is not None and speedup > 1.0, (name, speedup)
+
+
+# --- check_plan ------------------------------------------------------------------------------------------
+
+
+def _apply(*steps: tuple[str, dict]) -> PlanStep:
+    """An 'apply' plan of (technique, params) steps."""
+    return PlanStep(
+        action="apply",
+        steps=[PlannedTechnique(technique=name, params=params) for name, params in steps],
+        rationale="test",
+    )
+
+
+def test_check_plan_refuses_an_unknown_or_unavailable_technique() -> None:
+    payload = _vla_int8_suffices()
+    with pytest.raises(ValidationError, match="'turbo_quant' is not available"):
+        check_plan(payload, _apply(("turbo_quant", {})))
+    without_gptq = [option for option in registry_options() if option.name != "gptq"]
+    check_plan(payload, _apply(("gptq", {})))
+    with pytest.raises(ValidationError, match="'gptq' is not available"):
+        check_plan(payload.model_copy(update={"techniques": without_gptq}), _apply(("gptq", {})))
+
+
+def test_check_plan_refuses_a_format_the_technique_does_not_take() -> None:
+    with pytest.raises(ValidationError, match="structured_prune does not take onnx"):
+        check_plan(_onnx_fp32_current(), _apply(("structured_prune", {"ratio": 0.3})))
+    with pytest.raises(ValidationError, match="distill does not take onnx"):
+        check_plan(_ten_x_speed(), _apply(("onnx_export", {}), ("distill", {})))
+    check_plan(_ten_x_speed(), _apply(("structured_prune", {}), ("distill", {}), ("ort_int8_dynamic", {})))
+
+
+@pytest.mark.parametrize(
+    "technique, params, field",
+    [
+        ("ort_matmul_4bits", {"block_size": 7}, "block_size"),
+        ("structured_prune", {"ratio": 1.5}, "ratio"),
+        ("ort_int8_dynamic", {"per_chanel": True}, "per_chanel"),
+    ],
+)
+def test_check_plan_refuses_invalid_params_naming_the_field(technique: str, params: dict, field: str) -> None:
+    with pytest.raises(ValidationError, match=f"invalid {technique} config(.|\n)*{field}"):
+        check_plan(_ten_x_speed(), _apply((technique, params)))
+
+
+def test_check_plan_refuses_a_labels_technique_without_labels() -> None:
+    options = [
+        option.model_copy(update={"needs_labels": True}) if option.name == "distill" else option
+        for option in registry_options()
+    ]
+    payload = _ten_x_speed(techniques=options)
+    plan = _apply(("structured_prune", {}), ("distill", {}))
+    with pytest.raises(ValidationError, match="distill needs labelled data"):
+        check_plan(payload, plan)
+    check_plan(payload.model_copy(update={"has_labels": True}), plan)
+
+
+def test_check_plan_refuses_an_exact_repeat_on_the_same_version_only() -> None:
+    chain = [{"type": "structured_prune", "ratio": 0.4}, {"type": "distill"}]
+    payload = _ten_x_speed(attempts=[attempt(1, "v0", chain, status="failed", reason="distill timed out")])
+    with pytest.raises(ValidationError, match="attempt 1 already tried.*v0"):
+        check_plan(payload, _apply(("structured_prune", {"ratio": 0.4}), ("distill", {})))
+    # defaults written out are the same config
+    with pytest.raises(ValidationError, match="already tried"):
+        check_plan(payload, _apply(("structured_prune", {"ratio": 0.4}), ("distill", {"lr": _distill_lr()})))
+    check_plan(payload, _apply(("structured_prune", {"ratio": 0.25}), ("distill", {})))
+    elsewhere = payload.model_copy(update={"attempts": [attempt(1, "v9", chain)]})
+    check_plan(elsewhere, _apply(("structured_prune", {"ratio": 0.4}), ("distill", {})))
+
+
+def _distill_lr() -> float:
+    """distill's default learning rate, as the registry lists it."""
+    return next(o for o in registry_options() if o.name == "distill").parameters["lr"]["default"]
+
+
+def test_same_steps_fills_defaults_and_tells_different_configs_apart() -> None:
+    assert same_steps([{"type": "ort_int8_dynamic"}], [{"type": "ort_int8_dynamic", "per_channel": False}])
+    assert not same_steps([{"type": "ort_int8_dynamic"}], [INT8])
+    assert not same_steps([INT8], [INT8, {"type": "ort_matmul_4bits"}])
+
+
+CASES: dict[str, Callable[[], PlanningInput]] = {
+    "int8-suffices": _vla_int8_suffices,
+    "int8-suffices-synthetic": lambda: _vla_int8_suffices("synthetic"),
+    "ten-x-speed": _ten_x_speed,
+    "ten-x-speed-synthetic": lambda: _ten_x_speed("synthetic"),
+    "int8-rejected": _int8_rejected_for_accuracy,
+    "size-beyond-int8": _size_beyond_int8,
+    "onnx-int8-current": _onnx_int8_current,
+    "onnx-fp32-current": _onnx_fp32_current,
+    "fastest": _fastest,
+    "no-attempts": lambda: _ten_x_speed(attempts_left=0),
+}
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_every_rule_plan_and_untried_candidate_passes_check_plan(name: str) -> None:
+    payload = CASES[name]()
+    check_plan(payload, plan_rules(payload))
+    tried = [a.steps for a in payload.attempts if a.parent_version == payload.current.version_id]
+    for steps, why in candidate_attempts(payload):
+        if not any(same_steps(earlier, [step.config_json() for step in steps]) for earlier in tried):
+            check_plan(payload, PlanStep(action="apply", steps=steps, rationale=why))
+
+
+def test_expected_effect_is_the_architectures_reference_else_the_median() -> None:
+    option = TechniqueOption(
+        name="ort_int8_dynamic",
+        family="quantization",
+        summary="int8",
+        input_formats=["onnx"],
+        output_format="onnx",
+        precision="int8",
+        speedup=3.0,
+        size_ratio=0.4,
+        effects={
+            "vla": {"speedup": 6.0, "size_ratio": 0.27},
+            "conv_policy": {"speedup": 5.0, "size_ratio": 0.34},
+        },
+    )
+    assert option.expected("vla") == (6.0, 0.27)
+    assert option.expected("visual_policy") == (6.0, 0.27)
+    assert option.expected("cnn") == (5.0, 0.34)
+    assert option.expected("transformer") == (3.0, 0.4)  # hf_llama was not measured: the medians
+    assert option.expected("diffusion") == (3.0, 0.4)
+
+
+def test_planning_prompt_renders_the_schema_and_the_input() -> None:
+    payload = _int8_rejected_for_accuracy()
+    schema = json.dumps(PlanStep.model_json_schema(), indent=2)
+    text = render_prompt("planning", input_json=payload.model_dump_json(), output_schema=schema)
+    assert schema in text and payload.model_dump_json() in text
+    assert "${" not in text

@@ -1,0 +1,105 @@
+"""Checkpointed state round-trips into its own types, and nothing else is revived; finalize picks the right
+version when the goal is met and the closest one when it is not."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from agents.intake import GoalSpec
+from graph.checkpoint import open_checkpointer, state_serializer
+from graph.nodes.finalize import choose_final
+from graph.state import Attempt, JobOptions, VersionPoint
+from tests.tools.evaluation.figures import runtime_figures, size_figures
+from tools.evaluation.criteria import Criteria
+from tools.evaluation.measurement import Measurement
+from tools.evaluation.types import AccuracyResult
+from tools.versions import ArtifactRef
+
+MB = 1024 * 1024
+
+
+def _measurement(version: str, p50_ms: float, size_mb: float, success: float) -> Measurement:
+    return Measurement(
+        version_id=version,
+        technique="t",
+        accuracy=AccuracyResult(
+            level="closed_loop", metric="success_rate", value=success, higher_is_better=True
+        ),
+        runtime=runtime_figures(p50_ms, peak_rss_mb=300.0),
+        size=size_figures(int(size_mb * MB)),
+    )
+
+
+def _point(version: str, p50_ms: float, size_mb: float, success: float = 0.99) -> VersionPoint:
+    ref = ArtifactRef(job_id="j", version_id=version, path=f"/d/{version}", sha256="0" * 64, format="onnx")
+    return VersionPoint(ref=ref, measurement=_measurement(version, p50_ms, size_mb, success))
+
+
+class Intruder(BaseModel):
+    """A type the state does not declare."""
+
+    command: str = "rm -rf /"
+
+
+def test_state_types_round_trip_and_unknown_types_stay_data() -> None:
+    serde = state_serializer()
+    point = _point("v0002", 1.0, 6.0)
+    attempt = Attempt(
+        index=1,
+        parent_version="v0001",
+        steps=[{"type": "ort_int8_dynamic"}],
+        status="accepted",
+        reason="faster",
+        version=point.ref,
+        measurement=point.measurement,
+    )
+    values = {
+        "options": JobOptions(),
+        "current": point,
+        "attempts": [attempt],
+        "goal": GoalSpec(),
+        "x": Intruder(),
+    }
+    restored = serde.loads_typed(serde.dumps_typed(values))
+    assert restored["current"] == point and isinstance(restored["current"], VersionPoint)
+    assert restored["attempts"][0] == attempt and isinstance(restored["attempts"][0].measurement, Measurement)
+    assert restored["options"] == JobOptions()
+    assert not isinstance(restored["x"], Intruder) and restored["x"] == {"command": "rm -rf /"}
+
+
+def test_sqlite_checkpointer_lives_in_the_data_dir(tmp_path: Path) -> None:
+    async def open_and_list() -> list[object]:
+        async with open_checkpointer(tmp_path) as saver:
+            return [item async for item in saver.alist({"configurable": {"thread_id": "none"}})]
+
+    assert asyncio.run(open_and_list()) == []
+    assert (tmp_path / "checkpoints.db").is_file()
+
+
+def test_finalize_picks_the_fastest_passing_version() -> None:
+    baseline = _measurement("v0001", 4.0, 24.0, 0.99)
+    criteria = Criteria(min_speedup=3.0, max_accuracy_drop=0.02, accuracy_level="closed_loop")
+    points = [
+        _point("v0001", 4.0, 24.0),
+        _point("v0002", 1.0, 6.0),
+        _point("v0003", 0.8, 6.5),
+        _point("v0004", 0.5, 3.0, 0.90),
+    ]
+    final, check = choose_final(criteria, "meet", baseline, points)
+    assert final.ref.version_id == "v0003" and check.passed  # v0004 is faster but breaks accuracy
+    smallest, _ = choose_final(criteria, "smallest", baseline, points)
+    assert smallest.ref.version_id == "v0002"
+
+
+def test_finalize_falls_back_to_the_closest_version_with_what_is_missing() -> None:
+    baseline = _measurement("v0001", 4.0, 24.0, 0.99)
+    criteria = Criteria(
+        min_speedup=40.0, max_size_mb=1.0, max_accuracy_drop=0.02, accuracy_level="closed_loop"
+    )
+    points = [_point("v0001", 4.0, 24.0), _point("v0002", 1.0, 6.0), _point("v0003", 0.5, 3.0, 0.5)]
+    final, check = choose_final(criteria, "meet", baseline, points)
+    assert final.ref.version_id == "v0002"  # misses speed and size; v0003 also misses accuracy
+    assert not check.passed and {r.name for r in check.missing} == {"min_speedup", "max_size_mb"}
