@@ -1,0 +1,124 @@
+"""Stated goals the rule reasoner meets on the other reference models, and a job driven by an LLM (its
+HTTP API mocked with respx) that plans through the LLM and falls back to the rules, recorded, when it fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import respx
+
+from agents.base import RuleReasoner
+from agents.intake import ModelFacts
+from agents.llm import LLMReasoner
+from graph.runner import JobRunner
+from graph.state import DataSource, JobOptions
+from tests.agents.test_llm_reasoner import BASE_URL, error_reply, settings, tool_reply
+from tests.graph.support import DEMO_GOAL, EventLog, store_reference, vla_options
+from tools.evaluation.evaluate import AccuracyPlan
+from tools.evaluation.report import Report
+
+pytestmark = pytest.mark.integration
+
+
+def _report(values: dict[str, Any]) -> Report:
+    return Report.model_validate_json(Path(values["report"].json_path).read_text())
+
+
+def test_conv_policy_meets_a_size_and_speed_goal_on_the_task_metric(
+    tmp_path: Path, built_conv_policy: Path, reference_cache: Path
+) -> None:
+    """Goal: 2x faster and 2x smaller, keeping the action MSE on held-out expert labels within 5%."""
+    data_dir = tmp_path / "data"
+    original = store_reference(data_dir, reference_cache, "conv", name="conv_policy")
+    options = JobOptions(
+        model=ModelFacts(name="conv_policy", params=900_000),
+        accuracy=AccuracyPlan(level="task"),
+        data=DataSource(kind="reference", task="reaching"),
+        max_attempts=3,
+        latency_iterations=20,
+    )
+    goal = "at least 2x faster and 2x smaller, keep accuracy within 5%"
+    result = asyncio.run(JobRunner(data_dir, RuleReasoner()).start("conv", goal, original, options))
+    assert result.status == "goal_met", (result.error, [a.reason for a in result.values.get("attempts", [])])
+    report = _report(result.values)
+    assert report.comparison.speedup >= 2 and report.comparison.compression >= 2
+    assert report.final.accuracy.metric == "action_mse" and report.final.accuracy.level == "task"
+    assert report.final.accuracy.value <= report.baseline.accuracy.value * 1.05
+
+
+@pytest.fixture(scope="module")
+def built_reacher(reference_cache: Path) -> Path:
+    from tools.reference import build_reference
+
+    return build_reference("reacher", reference_cache)
+
+
+def test_reacher_meets_a_speed_goal_in_closed_loop_on_mujoco(
+    tmp_path: Path, built_reacher: Path, reference_cache: Path
+) -> None:
+    """Goal: 2x faster, losing at most 5 points of success rate on gymnasium's Reacher-v5."""
+    data_dir = tmp_path / "data"
+    original = store_reference(data_dir, reference_cache, "reacher", name="reacher")
+    options = JobOptions(
+        model=ModelFacts(name="reacher", params=5_000),
+        accuracy=AccuracyPlan(level="closed_loop", simulator="gym:Reacher-v5", episodes=30),
+        max_attempts=3,
+        latency_iterations=20,
+    )
+    goal = "at least 2x faster, lose at most 5 points of success rate"
+    result = asyncio.run(JobRunner(data_dir, RuleReasoner()).start("reacher", goal, original, options))
+    assert result.status == "goal_met", (result.error, [a.reason for a in result.values.get("attempts", [])])
+    report = _report(result.values)
+    assert report.comparison.speedup >= 2
+    assert report.final.accuracy.level == "closed_loop" and report.final.accuracy.samples == 30
+    assert report.baseline.accuracy.value - report.final.accuracy.value <= 0.05
+
+
+def test_an_llm_plans_the_job_and_its_failures_fall_back_to_the_rules_on_record(
+    tmp_path: Path, built_vla: Path, reference_cache: Path
+) -> None:
+    """The mocked LLM answers planning (INT8, then finish) and fails every other agent with HTTP 500."""
+    data_dir = tmp_path / "data"
+    original = store_reference(data_dir, reference_cache, "llm")
+    plans = [
+        {
+            "action": "apply",
+            "steps": [{"technique": "ort_int8_dynamic", "params": {"per_channel": True}}],
+            "rationale": "INT8 gives the measured 6x on this VLA",
+            "then": [],
+        },
+        {"action": "finish", "steps": [], "rationale": "every criterion met", "then": []},
+    ]
+    asked: list[str] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        tool = json.loads(request.content)["tools"][0]["function"]["name"]
+        asked.append(tool)
+        return tool_reply(plans.pop(0), name=tool) if tool == "PlanStep" else error_reply(500)
+
+    log = EventLog()
+    reasoner = LLMReasoner(settings(max_retries=1))
+    with respx.mock(assert_all_called=True) as router:
+        router.post(f"{BASE_URL}/chat/completions").mock(side_effect=answer)
+        result = asyncio.run(
+            JobRunner(data_dir, reasoner, subscribers=[log]).start("llm", DEMO_GOAL, original, vla_options())
+        )
+    assert result.status == "goal_met", result.error
+    assert asked.count("PlanStep") == 2 and not plans
+    assert (
+        asked.count("GoalSpec") == 2 and asked.count("Verdict") == 2
+    )  # one try + one retry each, then rules
+    decided = {e.data["agent"]: e.data for e in log.of("status", state="decided")}
+    assert decided["planning"]["source"] == "llm"
+    for agent in ("intake", "analysis", "evaluation"):
+        assert decided[agent]["source"] == "rules_fallback" and "500" in decided[agent]["fallback_reason"]
+    attempt = result.values["attempts"][0]
+    assert attempt.planned_by == "llm" and attempt.judged_by == "rules_fallback"
+    assert any("the LLM failed" in note for note in result.values["notes"])
+    assert any("LLM failed" in note for note in _report(result.values).notes)
