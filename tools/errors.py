@@ -126,3 +126,27 @@ class MeasurementError(RoboptError):
     """A measurement (latency, memory, accuracy) could not be taken."""
 
     code = "measurement_error"
+
+
+class ChildCrashedError(OptimizationError):
+    """The child process died without answering: killed by a signal (segfault, OOM killer) or exited early."""
+
+    code = "child_crashed"
+
+
+class ChildTimeoutError(ResourceError):
+    """The child ran past its time limit and was killed with its process group."""
+
+    code = "child_timeout"
+
+
+class ChildMemoryError(ResourceError):
+    """The child's resident memory passed its limit and it was killed with its process group."""
+
+    code = "child_memory"
+
+
+class ChildCancelledError(RoboptError):
+    """The caller cancelled the call; the child was killed with its process group."""
+
+    code = "child_cancelled"

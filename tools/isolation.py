@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import faulthandler
 import functools
-import importlib
 import inspect
 import itertools
 import multiprocessing
@@ -37,7 +35,6 @@ import sys
 import tempfile
 import threading
 import time
-import traceback
 import types
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
@@ -46,55 +43,34 @@ from typing import Any, Callable, Iterator, Literal, Sequence
 import psutil
 
 from tools.errors import (
+    ChildCancelledError,
+    ChildCrashedError,
+    ChildMemoryError,
+    ChildTimeoutError,
     ConfigurationError,
-    MissingDependencyError,
     OptimizationError,
     ResourceError,
     RoboptError,
     ValidationError,
     first_line,
 )
-from tools.log import configure_logging, get_logger
+from tools.isolation_child import child_main, import_path
+from tools.log import get_logger
 
 log = get_logger("isolation")
 
 StartMethod = Literal["forkserver", "spawn", "fork"]
-DEFAULT_PRELOAD: tuple[str, ...] = ("torch", "pydantic", "tools.isolation")
+DEFAULT_PRELOAD: tuple[str, ...] = ("torch", "pydantic", "tools.isolation", "tools.isolation_child")
 POLL_S = 0.05
 EXIT_GRACE_S = 2.0
 STACK_DUMP_WAIT_S = 0.2
 _DESCENDANTS_EVERY = 10
 _MB = 1024 * 1024
 _TARGET = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
-_THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 _start: dict[str, Any] = {"method": "forkserver", "preload": DEFAULT_PRELOAD}
 _start_lock = threading.Lock()
 _Process = multiprocessing.process.BaseProcess
 _SIGNAL_NAMES = {number.value: number.name for number in signal.Signals}
-
-
-class ChildCrashedError(OptimizationError):
-    """The child process died without answering: killed by a signal (segfault, OOM killer) or exited early."""
-
-    code = "child_crashed"
-
-
-class ChildTimeoutError(ResourceError):
-    """The child ran past its time limit and was killed with its process group."""
-
-    code = "child_timeout"
-
-
-class ChildMemoryError(ResourceError):
-    """The child's resident memory passed its limit and it was killed with its process group."""
-
-    code = "child_memory"
-
-
-class ChildCancelledError(RoboptError):
-    """The caller cancelled the call; the child was killed with its process group."""
-
-    code = "child_cancelled"
 
 
 @dataclass(frozen=True)
@@ -157,7 +133,7 @@ def run_isolated(
     fault_fd, fault_path = tempfile.mkstemp(prefix="robopt-isolation-", suffix=".fault")
     os.close(fault_fd)
     process = context.Process(
-        target=_child_main,
+        target=child_main,
         args=(sender, target, kwargs, limits, fault_path, dict(os.environ)),
         name=f"robopt-isolated-{job_id or target}",
     )
@@ -387,7 +363,7 @@ def _rebuild_error(payload: dict[str, Any]) -> RoboptError:
     error_class: type[RoboptError] = OptimizationError
     for path in payload["classes"]:  # the child's class, else its nearest base that imports here
         with contextlib.suppress(Exception):
-            error_class = _import_path(path)
+            error_class = import_path(path)
             break
     message, hint, detail = payload["message"], payload["hint"], payload["detail"]
     try:
@@ -407,126 +383,3 @@ def _read_tail(path: str, limit: int = 4000) -> str:
             return handle.read()[-limit:].strip()
     except OSError:
         return ""
-
-
-# --- the child's side --------------------------------------------------------------------------------------
-
-
-def _child_main(
-    conn: Connection,
-    target: str,
-    kwargs: dict[str, Any],
-    limits: Limits,
-    fault_path: str,
-    environ: dict[str, str],
-) -> None:
-    """Run in the child: lead a new process group, apply the limits, call the target, send one answer."""
-    os.setsid()
-    _watch_parent()
-    fault_file = open(fault_path, "w", encoding="utf-8")  # noqa: SIM115 - open until the process ends
-    faulthandler.enable(fault_file, all_threads=True)
-    faulthandler.register(signal.SIGUSR1, fault_file, all_threads=True)
-    os.environ.clear()
-    os.environ.update(environ)  # the caller's environment now, not the fork server's at its start
-    configure_logging("WARNING")
-    send_lock = threading.Lock()
-
-    def send(message: tuple[Any, ...]) -> None:
-        with send_lock:  # progress may come from the function's own threads
-            conn.send(message)
-
-    try:
-        if limits.threads is not None:
-            for name in _THREAD_ENV:
-                os.environ[name] = str(limits.threads)
-            import torch
-
-            torch.set_num_threads(limits.threads)
-        function = _resolve_target(target)
-        call_kwargs = dict(kwargs)
-        try:
-            takes_progress = "progress" in inspect.signature(function).parameters
-        except (TypeError, ValueError):  # a builtin without a signature
-            takes_progress = False
-        if takes_progress:
-            call_kwargs["progress"] = lambda percent, message="": send(
-                ("progress", float(percent), str(message))
-            )
-        result = function(**call_kwargs)
-        try:
-            send(("result", result))
-        except Exception as exc:  # noqa: BLE001 - an unpicklable result is the function's error
-            raise OptimizationError(
-                f"the result of {target} cannot be sent back: {first_line(exc)}",
-                hint="return picklable values only (pydantic models, paths, primitives)",
-            ) from None
-    except BaseException as exc:  # noqa: BLE001 - every failure goes back to the parent
-        send(("error", _error_payload(exc)))
-    finally:
-        conn.close()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)  # skip library atexit hooks and lingering non-daemon threads: the answer is sent
-
-
-def _watch_parent() -> None:
-    """Kill this process group when the parent dies (its sentinel closes), so no child outlives its caller."""
-    parent = multiprocessing.parent_process()
-    if parent is None:
-        return
-
-    def watch() -> None:
-        wait([parent.sentinel])
-        os.killpg(os.getpgrp(), signal.SIGKILL)
-
-    threading.Thread(target=watch, name="robopt-parent-watch", daemon=True).start()
-
-
-def _import_path(path: str) -> Any:
-    """Import 'module:Qual.Name' and return the object it names (ImportError, AttributeError when absent)."""
-    module_name, _, qualname = path.partition(":")
-    found: Any = importlib.import_module(module_name)
-    for part in qualname.split("."):
-        found = getattr(found, part)
-    return found
-
-
-def _resolve_target(target: str) -> Callable[..., Any]:
-    """Import the target; a missing module or function is a ConfigurationError naming it."""
-    module_name, _, qualname = target.partition(":")
-    try:
-        found = _import_path(target)
-    except ModuleNotFoundError as exc:
-        if exc.name and module_name != exc.name and not module_name.startswith(exc.name + "."):
-            raise MissingDependencyError(
-                f"{target} needs the package {exc.name!r}, which is not installed",
-                hint=f"install {exc.name} in robopt's environment",
-            ) from None
-        raise ConfigurationError(
-            f"isolated target {target} does not import: no module named {exc.name!r}",
-            hint="name a module importable in the child (on sys.path) as 'package.module:function'",
-        ) from None
-    except AttributeError:
-        raise ConfigurationError(
-            f"isolated target {target} does not exist: {module_name} has no {qualname!r}",
-            hint="check the function's name after ':'",
-        ) from None
-    if not callable(found):
-        raise ConfigurationError(f"isolated target {target} is not callable", hint="name a function")
-    return found
-
-
-def _error_payload(exc: BaseException) -> dict[str, Any]:
-    """Describe the child's exception as picklable data the parent rebuilds it from."""
-    text = traceback.format_exc()
-    if not isinstance(exc, RoboptError):
-        message = f"{type(exc).__name__}: {first_line(exc)}"
-        return {"kind": "plain", "type": type(exc).__name__, "message": message, "traceback": text}
-    classes = [f"{c.__module__}:{c.__qualname__}" for c in type(exc).__mro__ if issubclass(c, RoboptError)]
-    detail = exc.detail
-    try:
-        pickle.dumps(detail)
-    except Exception:  # noqa: BLE001 - keep what can travel, as text
-        detail = {key: repr(value) for key, value in detail.items()}
-    payload = {"message": exc.message, "hint": exc.hint, "detail": detail, "traceback": text}
-    return {"kind": "robopt", "classes": classes, **payload}

@@ -156,3 +156,20 @@ def test_bad_input_exits_2_with_one_line_and_leaves_nothing_running(
         statuses = {job.status for job in HistoryDB.for_data_dir(data_dir).list_jobs()}
         assert statuses <= {"needs_input"}
     assert not [p for p in tmp_path.iterdir() if p.name != "data"]  # nothing written outside the data dir
+
+
+@pytest.mark.integration
+def test_demo_meets_its_default_goal_with_a_measured_report(
+    tmp_path: Path, built_vla: Path, reference_cache: Path
+) -> None:
+    out = tmp_path / "data" / "demo-out"
+    result = _robopt(_env(tmp_path / "data", reference_cache), "demo", "--out", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "GOAL MET" in result.stdout and "(estimated)" in result.stdout
+    report = json.loads((out / "report.json").read_text())
+    assert report["goal_met"] is True and report["baseline"]["accuracy"]["level"] == "closed_loop"
+    artifact = next(p for p in out.iterdir() if p.suffix == ".onnx")
+    assert report["final"]["size"]["artifact_bytes"] == artifact.stat().st_size
+    orin = next(t for t in report["targets"] if t["target"] == "jetson-orin-nano-8gb")
+    assert orin["measured"] is False and orin["projected"]["estimated"] is True
+    assert (out / "report.md").is_file() and (out / "pareto.png").is_file()
