@@ -1,7 +1,8 @@
 """Run robopt's main job on embedded defaults: `python3 run_robopt.py` (extra arguments go to the `robopt` CLI).
 
-Installs robopt into `.venv` first if needed. With no arguments it runs `robopt analyze` on the bundled reference
-VLA (built and cached on first use).
+Installs robopt into `.venv` first if needed. With no arguments it runs `robopt demo`: it builds the bundled
+reference VLA (trained and cached on first use) and optimizes it toward the default goal with the offline rule
+reasoner, printing live progress, the before/after table and where the artifact and report are.
 """
 
 from __future__ import annotations
@@ -13,6 +14,6 @@ from _bootstrap import ROOT, ensure_venv
 
 if __name__ == "__main__":
     python = ensure_venv()
-    arguments = sys.argv[1:] or ["analyze"]
+    arguments = sys.argv[1:] or ["demo"]
     os.chdir(ROOT)
     os.execv(str(python), [str(python), "-m", "server.cli", *arguments])

@@ -221,7 +221,8 @@ class JobRunner:
             if goal.question:
                 raise ValidationError(f"the new goal needs an answer first: {goal.question}")
         goal_text = goal_text or values["goal_text"]
-        if last_node is None or last_node == "intake" and goal is not values.get("goal"):
+        goal_changed = goal is not values.get("goal")
+        if last_node is None or (last_node == "intake" and goal_changed):
             return await self.start(new_job_id, goal_text, values["original"], options)
         forked: dict[str, Any] = {
             **values,

@@ -57,7 +57,8 @@ def make_analyze_node(
         """Measure and profile the original in a child process, then ask the analysis agent."""
         writer = runtime.stream_writer
         options, goal = state["options"], state["goal"]
-        assert goal is not None  # routing only reaches analyze with a parsed goal
+        if goal is None:
+            raise RuntimeError("analyze reached without a parsed goal")
         emit(writer, "status", state="node", node="analyze", message="measuring and profiling the original")
         targets = report_targets(state)
         figures = await run_work(

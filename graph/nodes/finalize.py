@@ -80,7 +80,7 @@ async def finalize(state: JobState, runtime: Runtime[GraphContext]) -> dict[str,
                     lineage=lineage[attempt.version.version_id],
                 )
             )
-    final, check = choose_final(goal.criteria, goal.objective, baseline, points)
+    final, _ = choose_final(goal.criteria, goal.objective, baseline, points)
     records = [
         AttemptRecord(
             index=0, technique="original", status="baseline", reason="as given", measurement=baseline
