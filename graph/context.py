@@ -44,6 +44,7 @@ async def run_work(
         limits=limits,
         on_progress=forward,
         job_id=state["job_id"],
+        scratch_dir=context.data_dir / "work",
     )
 
 

@@ -96,7 +96,6 @@ def measure(
     if plan.level == "fidelity" and data.kind == "synthetic":
         held_out = None
     reference = reference_model if plan.level == "fidelity" else None
-    progress(25, "data ready; measuring accuracy, latency and size")
     manifest = store.verify(ref.job_id, ref.version_id)
     measurement = evaluate_version(
         store,
@@ -109,8 +108,8 @@ def measure(
         machine=_machine(root, targets),
         threads=threads,
         iterations=iterations,
+        progress=progress,
     )
-    progress(100, f"measured version {ref.version_id}")
     return measurement
 
 
@@ -203,13 +202,14 @@ def profile_original(
     root = Path(data_dir)
     progress(0, "measuring the original model")
     baseline = measure(data_dir, ref, ref, plan, data, targets, threads, iterations)
-    progress(40, "profiling components and FLOPs")
+    progress(25, "baseline measured; profiling components and FLOPs")
     store = VersionStore(root / "versions")
     model = load_version(store, ref.job_id, ref.version_id, root)
     profile = profile_model(model)
     machine = machine_profile(root)
+    progress(50, "profiled; measuring this machine's roofline")
     floor = roofline_floor_ms(profile.parameter_bytes, profile.flops, machine, threads=threads)
-    progress(60, "ranking layer sensitivity")
+    progress(75, "ranking layer sensitivity")
     quantization, pruning = [], []
     if model.module is not None:
         calibration, _ = split_data(load_data(data, model))

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from server.cli_flags import add_model_flags, load_options
 from server.settings import Settings, get_settings
 from tools.errors import RoboptError, ValidationError
 from tools.log import configure_logging, get_logger
@@ -38,21 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"model file or directory (default: the bundled reference {DEFAULT_REFERENCE!r})",
     )
     analyze.add_argument("--json", action="store_true", help="print the profile as JSON")
-    analyze.add_argument(
-        "--input-shape",
-        action="append",
-        default=[],
-        metavar="NAME:DIMS:DTYPE",
-        help="input spec, repeatable, e.g. pixel_values:1x3x224x224:float32",
-    )
-    analyze.add_argument(
-        "--arch", metavar="MODULE:CLASS", help="architecture for a state dict / safetensors file"
-    )
-    analyze.add_argument("--config", type=Path, help="Hugging Face config.json, or JSON kwargs for --arch")
-    analyze.add_argument(
-        "--trust-pickle", action="store_true", help="allow unpickling a whole pickled module"
-    )
-    analyze.add_argument("--trust-remote-code", action="store_true", help="allow Hugging Face custom code")
+    add_model_flags(analyze)
     analyze.add_argument("--no-latency", action="store_true", help="skip the latency and memory measurement")
     analyze.add_argument(
         "--threads", type=int, help="threads for the latency measurement (default: settings)"
@@ -103,8 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _analyze(args: argparse.Namespace, settings: Settings) -> int:
-    from tools.inputs import parse_input_spec
-    from tools.intake import LoadOptions, load_model
+    from tools.intake import load_model
     from tools.profiling import analyze_model, format_profile_table
 
     if args.threads is not None and args.threads < 1:
@@ -121,13 +107,7 @@ def _analyze(args: argparse.Namespace, settings: Settings) -> int:
         model_path, options = reference_model_file(DEFAULT_REFERENCE, settings.reference_dir)
     else:
         model_path = args.model
-        options = LoadOptions(
-            architecture=args.arch,
-            config_path=args.config,
-            trust_pickle=args.trust_pickle,
-            trust_remote_code=args.trust_remote_code,
-            input_specs=tuple(parse_input_spec(text) for text in args.input_shape),
-        )
+        options = load_options(args)
     loaded = load_model(model_path, options, data_dir=settings.data_dir)
     profile = analyze_model(
         loaded,

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from server.cli_flags import add_model_flags, load_options
 from server.settings import Settings
 from tools.errors import ValidationError
 
@@ -30,15 +31,7 @@ def add_job_commands(commands: Any) -> None:
     )
     optimize.add_argument("--goal", required=True, help='e.g. "under 50 MB and 20 ms on a Jetson Orin Nano"')
     _job_flags(optimize)
-    optimize.add_argument("--input-shape", action="append", default=[], metavar="NAME:DIMS:DTYPE")
-    optimize.add_argument(
-        "--arch", metavar="MODULE:CLASS", help="architecture for a state dict / safetensors"
-    )
-    optimize.add_argument("--config", type=Path, help="Hugging Face config.json, or JSON kwargs for --arch")
-    optimize.add_argument(
-        "--trust-pickle", action="store_true", help="allow unpickling a whole pickled module"
-    )
-    optimize.add_argument("--trust-remote-code", action="store_true", help="allow Hugging Face custom code")
+    add_model_flags(optimize)
 
     demo = commands.add_parser("demo", help="build the reference VLA and optimize it toward a default goal")
     demo.add_argument("--goal", default=DEMO_GOAL, help=f"default: {DEMO_GOAL!r}")
@@ -111,8 +104,6 @@ def run_job_command(args: argparse.Namespace, settings: Settings) -> int:
 
 def _source(args: argparse.Namespace, settings: Settings) -> Any:
     from server.jobs import ModelSource
-    from tools.inputs import parse_input_spec
-    from tools.intake import LoadOptions
     from tools.reference import REFERENCE_MODELS, reference_model_file
 
     if args.command == "demo":
@@ -129,13 +120,7 @@ def _source(args: argparse.Namespace, settings: Settings) -> Any:
             f"model not found: {path}",
             hint="give a model file or directory, or a name from `robopt reference list`",
         )
-    options = LoadOptions(
-        architecture=args.arch,
-        config_path=args.config,
-        trust_pickle=args.trust_pickle,
-        trust_remote_code=args.trust_remote_code,
-        input_specs=tuple(parse_input_spec(text) for text in args.input_shape),
-    )
+    options = load_options(args)
     return ModelSource(path=path, options=options, label=path.name)
 
 

@@ -38,6 +38,7 @@ import time
 import types
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
+from pathlib import Path
 from typing import Any, Callable, Iterator, Literal, Sequence
 
 import psutil
@@ -113,8 +114,12 @@ def run_isolated(
     on_progress: Callable[[float, str], None] | None = None,
     job_id: str | None = None,
     cancel_event: threading.Event | None = None,
+    scratch_dir: Path | None = None,
 ) -> Any:
     """Call `target` ('package.module:function') with `kwargs` in a child process and return its result.
+
+    `scratch_dir` holds the call's crash-dump file while it runs (default: the system's temp folder); pass the
+    data directory's work folder so that nothing is written outside it.
 
     The function gets `progress=callback(percent, message)` when it has a `progress` parameter; `on_progress`
     is called in this thread as messages arrive. Setting `cancel_event` kills the child (ChildCancelledError).
@@ -130,7 +135,9 @@ def run_isolated(
     if _start["method"] == "forkserver":
         context.set_forkserver_preload(_preload_modules())
     receiver, sender = context.Pipe(duplex=False)
-    fault_fd, fault_path = tempfile.mkstemp(prefix="robopt-isolation-", suffix=".fault")
+    if scratch_dir is not None:
+        Path(scratch_dir).mkdir(parents=True, exist_ok=True)
+    fault_fd, fault_path = tempfile.mkstemp(prefix="robopt-isolation-", suffix=".fault", dir=scratch_dir)
     os.close(fault_fd)
     process = context.Process(
         target=child_main,
@@ -163,6 +170,7 @@ async def run_isolated_async(
     limits: Limits,
     on_progress: Callable[[float, str], None] | None = None,
     job_id: str | None = None,
+    scratch_dir: Path | None = None,
 ) -> Any:
     """Run `run_isolated` in a worker thread; cancelling the awaiting task kills the child, then re-raises.
 
@@ -170,7 +178,9 @@ async def run_isolated_async(
     `loop.call_soon_threadsafe` or a thread-safe queue.
     """
     cancel = threading.Event()
-    call = functools.partial(run_isolated, target, kwargs, limits=limits, on_progress=on_progress)
+    call = functools.partial(
+        run_isolated, target, kwargs, limits=limits, on_progress=on_progress, scratch_dir=scratch_dir
+    )
     worker = asyncio.ensure_future(asyncio.to_thread(call, job_id=job_id, cancel_event=cancel))
     try:
         return await asyncio.shield(worker)

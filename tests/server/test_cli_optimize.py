@@ -20,8 +20,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _env(data_dir: Path, reference_cache: Path) -> dict[str, str]:
+    keys = ("OPENAI_API_KEY", "ROBOPT_LLM_API_KEY")
     return {
-        **os.environ,
+        **{name: value for name, value in os.environ.items() if name not in keys},
         "ROBOPT_DATA_DIR": str(data_dir),
         "ROBOPT_REFERENCE_CACHE_DIR": str(reference_cache),
         "ROBOPT_LATENCY_ITERATIONS": "20",
@@ -143,6 +144,7 @@ def test_an_impossible_goal_ends_in_best_effort_naming_what_is_missing(
         (["optimize", "vla", "--goal", "4x smaller", "--max-attempts", "0"], "--max-attempts"),
         (["optimize", "vla", "--goal", "4x smaller", "--sim", "no-such-sim"], "no-such-sim"),
         (["resume", "job-missing"], "job-missing"),
+        (["optimize", "vla", "--goal", "4x smaller", "--reasoner", "openai"], "no API key for the LLM reasoner"),
     ],
 )
 def test_bad_input_exits_2_with_one_line_and_leaves_nothing_running(

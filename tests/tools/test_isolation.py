@@ -112,6 +112,15 @@ def test_a_segfault_is_a_crash_naming_the_signal_and_the_parent_keeps_working() 
     assert run_isolated(f"{TARGETS}:add", {"a": 1, "b": 1}, limits=QUICK)["sum"] == 2
 
 
+def test_the_crash_dump_stays_in_the_scratch_folder_and_is_removed(tmp_path: Path) -> None:
+    scratch = tmp_path / "data" / "work"
+    with pytest.raises(ChildCrashedError) as caught:
+        run_isolated(f"{TARGETS}:segfault", {}, limits=QUICK, scratch_dir=scratch)
+    assert "segfault" in caught.value.detail["native_traceback"]  # it was written there and read back
+    assert run_isolated(f"{TARGETS}:add", {"a": 2, "b": 2}, limits=QUICK, scratch_dir=scratch)["sum"] == 4
+    assert scratch.is_dir() and not list(scratch.iterdir())
+
+
 def test_a_child_that_exits_without_an_answer_is_a_crash_with_its_status() -> None:
     with pytest.raises(ChildCrashedError, match="status 3"):
         run_isolated(f"{TARGETS}:exit_early", {}, limits=QUICK)

@@ -8,7 +8,7 @@ baseline and candidate are always measured the same way.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -83,11 +83,17 @@ def evaluate_version(
     machine: MachineProfile | None = None,
     threads: int = 1,
     iterations: int = 50,
+    progress: Callable[[float, str], None] | None = None,
 ) -> Measurement:
     """Measure a stored version: accuracy, batch-1 latency and memory here (child process), size, FLOPs and
-    the latency projected to each named target (estimated; this machine's figure is measured)."""
+    the latency projected to each named target (estimated; this machine's figure is measured).
+
+    `progress(percent, message)` hears of each stage: 25 loaded, 50 accuracy, 75 latency, 100 done."""
+    report = progress or (lambda percent, message: None)
     model = load_manifest(store, manifest, data_dir)
+    report(25, f"version {manifest.id} loaded; measuring {plan.level} accuracy")
     accuracy = measure_accuracy(plan, model, reference=reference, data=data)
+    report(50, f"{accuracy.label} {accuracy.value:.4g}; measuring latency")
     path = store.artifact_path(manifest.job_id, manifest.id)
     runtime_name: RuntimeName = "onnxruntime-cpu" if model.session is not None else "torch-cpu"
     runtime = measure_runtime(
@@ -98,6 +104,7 @@ def evaluate_version(
         iterations=iterations,
         data_dir=data_dir,
     )
+    report(75, f"p50 {runtime.p50_ms:.3f} ms; measuring size and FLOPs")
     size = size_of_loaded(model)
     flops = _flops(model)
     projections = []
@@ -107,6 +114,7 @@ def evaluate_version(
         if machine is None:
             raise ValidationError("projecting latency to other targets needs the measured machine profile")
         projections.append(project_latency(runtime, size, flops, resolve_target(name, machine), machine))
+    report(100, f"version {manifest.id} measured")
     _log.info(
         "evaluated version",
         extra={"job_id": manifest.job_id, "version_id": manifest.id, "p50_ms": runtime.p50_ms},
