@@ -16,8 +16,6 @@ from graph.state import DataSource, JobOptions
 from tools.evaluation.evaluate import AccuracyPlan
 from tools.versions import ArtifactRef, VersionStore
 
-DEMO_GOAL = "at least 3x faster and 3x smaller on this machine, lose at most 2 points of success rate"
-
 
 def store_reference(data_dir: Path, reference_dir: Path, job_id: str, name: str = "vla") -> ArtifactRef:
     """Store a built reference model as version 1 of `job_id` and return its reference."""

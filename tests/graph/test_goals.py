@@ -18,8 +18,9 @@ from agents.intake import ModelFacts
 from agents.llm import LLMReasoner
 from graph.runner import JobRunner
 from graph.state import DataSource, JobOptions
+from server.cli_jobs import DEMO_GOAL
 from tests.agents.test_llm_reasoner import BASE_URL, error_reply, settings, tool_reply
-from tests.graph.support import DEMO_GOAL, EventLog, store_reference, vla_options
+from tests.graph.support import EventLog, store_reference, vla_options
 from tools.evaluation.evaluate import AccuracyPlan
 from tools.evaluation.report import Report
 

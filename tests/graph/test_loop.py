@@ -15,8 +15,8 @@ import pytest
 from agents.base import RuleReasoner
 from graph.events import Event
 from graph.runner import JobResult, JobRunner
+from server.cli_jobs import DEMO_GOAL
 from tests.graph.support import (
-    DEMO_GOAL,
     EventLog,
     ScriptedReasoner,
     attempt_children,
@@ -52,7 +52,7 @@ def test_rule_reasoner_meets_the_demo_goal_with_measured_numbers(demo_job: Finis
     result, log = demo_job.result, demo_job.log
     assert result.status == "goal_met", result.error
     report = Report.model_validate_json(Path(result.values["report"].json_path).read_text())
-    assert report.goal_met and report.comparison.speedup >= 3 and report.comparison.compression >= 3
+    assert report.goal_met and report.comparison.speedup >= 2 and report.comparison.compression >= 3
     accepted = [a for a in result.values["attempts"] if a.status == "accepted"]
     final = accepted[-1]
     assert report.final.version_id == final.version.version_id == result.values["report"].final_version

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from server.cli_jobs import DEMO_GOAL
 from server.history import HistoryDB
-from tests.graph.support import DEMO_GOAL
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -144,7 +144,10 @@ def test_an_impossible_goal_ends_in_best_effort_naming_what_is_missing(
         (["optimize", "vla", "--goal", "4x smaller", "--max-attempts", "0"], "--max-attempts"),
         (["optimize", "vla", "--goal", "4x smaller", "--sim", "no-such-sim"], "no-such-sim"),
         (["resume", "job-missing"], "job-missing"),
-        (["optimize", "vla", "--goal", "4x smaller", "--reasoner", "openai"], "no API key for the LLM reasoner"),
+        (
+            ["optimize", "vla", "--goal", "4x smaller", "--reasoner", "openai"],
+            "no API key for the LLM reasoner",
+        ),
     ],
 )
 def test_bad_input_exits_2_with_one_line_and_leaves_nothing_running(
