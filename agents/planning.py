@@ -18,6 +18,7 @@ from agents.intake import GoalSpec
 from tools.errors import RoboptError, ValidationError
 from tools.evaluation.criteria import CriteriaCheck
 from tools.evaluation.measurement import Measurement
+from tools.evaluation.sensitivity import LayerSensitivity
 
 QUANTIZED_BY = {
     "ort_int8_dynamic",
@@ -122,6 +123,9 @@ class PlanningInput(BaseModel):
     current: VersionSummary
     check: CriteriaCheck = Field(description="The current version's criteria check against the baseline.")
     attempts: list[AttemptSummary] = Field(default_factory=list)
+    sensitivity: list[LayerSensitivity] = Field(
+        default_factory=list, description="Per-layer INT8 sensitivity of the original, most sensitive first."
+    )
     techniques: list[TechniqueOption]
     attempts_left: int
     seconds_left: float

@@ -18,6 +18,7 @@ from agents.planning import PlanStep
 from tools.evaluation.criteria import CriteriaCheck
 from tools.evaluation.evaluate import AccuracyPlan
 from tools.evaluation.measurement import Measurement
+from tools.evaluation.sensitivity import LayerSensitivity
 from tools.versions import ArtifactRef
 
 JobStatus = Literal["running", "needs_input", "goal_met", "best_effort", "failed"]
@@ -137,6 +138,8 @@ class JobState(TypedDict, total=False):
     goal: GoalSpec | None
     """Intake's parsed goal; its `question` set means the job waits for the user."""
     analysis: Analysis | None
+    sensitivity: list[LayerSensitivity]
+    """The original's per-layer INT8 sensitivity ranking (most sensitive first), for the planner."""
     baseline: Measurement | None
     current: VersionPoint | None
     """The last accepted version: where the next attempt starts; rollback returns here."""
@@ -170,5 +173,6 @@ STATE_TYPES: tuple[type[BaseModel], ...] = (
     CriteriaCheck,
     AccuracyPlan,
     ModelFacts,
+    LayerSensitivity,
 )
 """Pydantic types allowed in a checkpoint (nested models are stored as plain data inside these)."""

@@ -105,6 +105,7 @@ def make_analyze_node(
         return {
             "baseline": baseline,
             "analysis": decision.output,
+            "sensitivity": payload.quantization_sensitivity,
             "current": VersionPoint(ref=state["original"], measurement=baseline, lineage=[]),
             "last_node": "analyze",
             "notes": decision_note(writer, "analysis", decision),

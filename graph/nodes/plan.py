@@ -12,8 +12,9 @@ from agents.planning import PLANNING, AttemptSummary, PlanningInput, PlanStep, T
 from graph.context import GraphContext, attempts_left, seconds_left
 from graph.events import emit
 from graph.nodes.intake import decision_note
-from graph.state import Attempt, JobState
+from graph.state import JobState
 from tools.evaluation.criteria import check_criteria
+from tools.evaluation.measurement import Measurement
 from tools.techniques import list_techniques
 
 
@@ -61,20 +62,36 @@ def technique_options() -> list[TechniqueOption]:
     return options
 
 
-def summarize_attempt(attempt: Attempt) -> AttemptSummary:
-    """An attempt as the planner sees it, with its gains over its parent when measured."""
-    return AttemptSummary(
-        index=attempt.index,
-        parent_version=attempt.parent_version,
-        steps=attempt.steps,
-        status=attempt.status,
-        reason=attempt.reason,
-        accuracy=(
-            attempt.measurement.accuracy.value
-            if attempt.measurement and attempt.measurement.accuracy
-            else None
-        ),
-    )
+def summarize_attempts(state: JobState, target: str) -> list[AttemptSummary]:
+    """Every attempt as the planner sees it, with its speedup on the target and compression over its parent."""
+    measured: dict[str, Measurement] = {}
+    if state.get("baseline") is not None:
+        measured[state["original"].version_id] = state["baseline"]
+    summaries = []
+    for attempt in state.get("attempts", []):
+        parent, after = measured.get(attempt.parent_version), attempt.measurement
+        speedup = compression = None
+        if parent is not None and after is not None:
+            before_ms, after_ms = parent.latency_on(target), after.latency_on(target)
+            if before_ms and after_ms and after_ms[0] > 0:
+                speedup = round(before_ms[0] / after_ms[0], 3)
+            if parent.size and after.size and parent.size.artifact_bytes and after.size.artifact_bytes:
+                compression = round(parent.size.artifact_bytes / after.size.artifact_bytes, 3)
+        summaries.append(
+            AttemptSummary(
+                index=attempt.index,
+                parent_version=attempt.parent_version,
+                steps=attempt.steps,
+                status=attempt.status,
+                reason=attempt.reason,
+                speedup=speedup,
+                compression=compression,
+                accuracy=after.accuracy.value if after and after.accuracy else None,
+            )
+        )
+        if attempt.status == "accepted" and attempt.version is not None and after is not None:
+            measured[attempt.version.version_id] = after
+    return summaries
 
 
 def make_plan_node(
@@ -106,7 +123,8 @@ def make_plan_node(
                 measurement=current.measurement,
             ),
             check=check_criteria(goal.criteria, baseline, current.measurement),
-            attempts=[summarize_attempt(a) for a in state.get("attempts", [])],
+            attempts=summarize_attempts(state, goal.criteria.latency_target),
+            sensitivity=state.get("sensitivity", [])[:12],
             techniques=technique_options(),
             attempts_left=left,
             seconds_left=seconds,

@@ -103,3 +103,39 @@ def test_finalize_falls_back_to_the_closest_version_with_what_is_missing() -> No
     final, check = choose_final(criteria, "meet", baseline, points)
     assert final.ref.version_id == "v0002"  # misses speed and size; v0003 also misses accuracy
     assert not check.passed and {r.name for r in check.missing} == {"min_speedup", "max_size_mb"}
+
+
+def test_the_planner_sees_each_attempts_gain_over_its_own_parent() -> None:
+    from graph.nodes.plan import summarize_attempts
+
+    original = _point("v0001", 4.0, 24.0).ref
+    int8 = _point("v0002", 1.0, 6.0)
+    slower = _point("v0003", 2.0, 3.0)
+    attempts = [
+        Attempt(
+            index=1,
+            parent_version="v0001",
+            steps=[{"type": "ort_int8_dynamic"}],
+            status="accepted",
+            reason="ok",
+            version=int8.ref,
+            measurement=int8.measurement,
+        ),
+        Attempt(
+            index=2,
+            parent_version="v0002",
+            steps=[{"type": "ort_matmul_4bits"}],
+            status="rejected",
+            reason="slower",
+            version=slower.ref,
+            measurement=slower.measurement,
+        ),
+        Attempt(
+            index=3, parent_version="v0002", steps=[{"type": "ort_int8_static"}], status="failed", reason="x"
+        ),
+    ]
+    state = {"original": original, "baseline": _measurement("v0001", 4.0, 24.0, 0.99), "attempts": attempts}
+    summaries = summarize_attempts(state, "this-machine")
+    assert (summaries[0].speedup, summaries[0].compression) == (4.0, 4.0)
+    assert (summaries[1].speedup, summaries[1].compression) == (0.5, 2.0)  # against v0002, not the original
+    assert summaries[2].speedup is None and summaries[2].accuracy is None
