@@ -73,7 +73,7 @@ class JobRunner:
         subscribers: Sequence[Subscriber] = (),
         first_seq: Callable[[str], int] | None = None,
     ) -> None:
-        self.data_dir = Path(data_dir)
+        self.data_dir = Path(data_dir).resolve()
         self.reasoner = reasoner
         self.checkpoint_url = checkpoint_url
         self.subscribers = list(subscribers)

@@ -69,7 +69,7 @@ class JobService:
         self, settings: Settings, reasoner: Reasoner, subscribers: Sequence[Subscriber] = ()
     ) -> None:
         self.settings = settings
-        self.data_dir = Path(settings.data_dir)
+        self.data_dir = Path(settings.data_dir).resolve()
         self.store = VersionStore(self.data_dir / "versions")
         self.history = (
             HistoryDB(settings.history_url) if settings.history_url else HistoryDB.for_data_dir(self.data_dir)

@@ -83,6 +83,8 @@ def status_line(data: dict[str, Any]) -> str | None:
         names = " -> ".join(str(step.get("type")) for step in data.get("steps", []))
         return f"plan: {names} ({data.get('rationale')})"
     if state == "rolled_back":
+        if data.get("from_version") is None:
+            return f"rollback: attempt {data.get('attempt')} failed; staying at {data.get('to_version')}"
         return f"rollback: {data.get('from_version')} rejected, back to {data.get('to_version')}"
     if state == "analyzed":
         return f"analysis: {data.get('summary')}"

@@ -29,10 +29,12 @@ def _env(data_dir: Path, reference_cache: Path) -> dict[str, str]:
     }
 
 
-def _robopt(env: dict[str, str], *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+def _robopt(
+    env: dict[str, str], *args: str, timeout: float = 600, cwd: Path = REPO
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "server.cli", *args],
-        cwd=REPO,
+        cwd=cwd,
         env=env,
         capture_output=True,
         text=True,
@@ -167,10 +169,12 @@ def test_bad_input_exits_2_with_one_line_and_leaves_nothing_running(
 def test_demo_meets_its_default_goal_with_a_measured_report(
     tmp_path: Path, built_vla: Path, reference_cache: Path
 ) -> None:
-    out = tmp_path / "data" / "demo-out"
-    result = _robopt(_env(tmp_path / "data", reference_cache), "demo", "--out", str(out))
+    """Run the way `python3 run_robopt.py` runs it: from the working folder, with the relative data dir 'data'."""
+    env = {**_env(tmp_path / "data", reference_cache), "ROBOPT_DATA_DIR": "data"}
+    result = _robopt(env, "demo", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "GOAL MET" in result.stdout and "(estimated)" in result.stdout
+    (out,) = (tmp_path / "data" / "out").iterdir()
     report = json.loads((out / "report.json").read_text())
     assert report["goal_met"] is True and report["baseline"]["accuracy"]["level"] == "closed_loop"
     artifact = next(p for p in out.iterdir() if p.suffix == ".onnx")
@@ -178,3 +182,4 @@ def test_demo_meets_its_default_goal_with_a_measured_report(
     orin = next(t for t in report["targets"] if t["target"] == "jetson-orin-nano-8gb")
     assert orin["measured"] is False and orin["projected"]["estimated"] is True
     assert (out / "report.md").is_file() and (out / "pareto.png").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]  # nothing outside the data dir

@@ -86,7 +86,7 @@ def apply(
     report(0, f"{config.type}: loading version {version_id}")
     seed_everything(config.seed)
     source = load_version(store, job_id, version_id, data_dir)
-    work_dir = Path(data_dir) / "work" / job_id / f"{config.type}-{uuid.uuid4().hex[:12]}"
+    work_dir = Path(data_dir).resolve() / "work" / job_id / f"{config.type}-{uuid.uuid4().hex[:12]}"
     work_dir.mkdir(parents=True)
     try:
         context = TechniqueContext(
