@@ -91,18 +91,36 @@ def measure(
     root = Path(data_dir)
     store = VersionStore(root / "versions")
     progress(0, f"measuring version {ref.version_id}")
-    reference_model = load_version(store, original.job_id, original.version_id, root)
-    _, held_out = split_data(load_data(data, reference_model))
+    original_model = load_version(store, original.job_id, original.version_id, root)
+    dataset = load_data(data, original_model)
+    return _measure_version(
+        root, store, ref, original_model, dataset, plan, data, targets, threads, iterations, progress
+    )
+
+
+def _measure_version(
+    root: Path,
+    store: VersionStore,
+    ref: ArtifactRef,
+    original_model: LoadedModel,
+    dataset: CalibrationData | None,
+    plan: AccuracyPlan,
+    data: DataSource,
+    targets: list[str],
+    threads: int,
+    iterations: int,
+    progress: Progress,
+) -> Measurement:
+    """Measure `ref` with the original and the job's data already loaded (accuracy on the held-out part)."""
+    _, held_out = split_data(dataset)
     if plan.level == "fidelity" and data.kind == "synthetic":
         held_out = None
-    reference = reference_model if plan.level == "fidelity" else None
-    manifest = store.verify(ref.job_id, ref.version_id)
-    measurement = evaluate_version(
+    return evaluate_version(
         store,
-        manifest,
+        store.verify(ref.job_id, ref.version_id),
         plan,
         data_dir=root,
-        reference=reference,
+        reference=original_model if plan.level == "fidelity" else None,
         data=held_out,
         targets=targets,
         machine=_machine(root, targets),
@@ -110,7 +128,6 @@ def measure(
         iterations=iterations,
         progress=progress,
     )
-    return measurement
 
 
 def apply_chain(
@@ -200,11 +217,14 @@ def profile_original(
     from tools.techniques import load_version
 
     root = Path(data_dir)
-    progress(0, "measuring the original model")
-    baseline = measure(data_dir, ref, ref, plan, data, targets, threads, iterations)
-    progress(25, "baseline measured; profiling components and FLOPs")
     store = VersionStore(root / "versions")
+    progress(0, "measuring the original model")
     model = load_version(store, ref.job_id, ref.version_id, root)
+    dataset = load_data(data, model)
+    baseline = _measure_version(
+        root, store, ref, model, dataset, plan, data, targets, threads, iterations, _quiet
+    )
+    progress(25, "baseline measured; profiling components and FLOPs")
     profile = profile_model(model)
     machine = machine_profile(root)
     progress(50, "profiled; measuring this machine's roofline")
@@ -212,7 +232,7 @@ def profile_original(
     progress(75, "ranking layer sensitivity")
     quantization, pruning = [], []
     if model.module is not None:
-        calibration, _ = split_data(load_data(data, model))
+        calibration, _ = split_data(dataset)
         batches = (calibration.batches if calibration else [model.example_inputs()])[:2]
         quantization = quantization_sensitivity(model.module, batches)
         try:

@@ -192,9 +192,7 @@ def _finish(service: Any, result: Any, out: Path | None, settings: Settings) -> 
 def _jobs(args: argparse.Namespace, settings: Settings) -> int:
     from server.history import HistoryDB
 
-    history = (
-        HistoryDB(settings.history_url) if settings.history_url else HistoryDB.for_data_dir(settings.data_dir)
-    )
+    history = HistoryDB.open(settings.history_url, settings.data_dir)
     records = history.list_jobs(status=args.status)
     if args.json:
         print(json.dumps([r.model_dump(mode="json") for r in records], indent=2, default=str))
@@ -211,9 +209,7 @@ def _jobs(args: argparse.Namespace, settings: Settings) -> int:
 def _history(args: argparse.Namespace, settings: Settings) -> int:
     from server.history import HistoryDB
 
-    history = (
-        HistoryDB(settings.history_url) if settings.history_url else HistoryDB.for_data_dir(settings.data_dir)
-    )
+    history = HistoryDB.open(settings.history_url, settings.data_dir)
     job = history.get_job(args.job)
     attempts = history.attempts(args.job)
     events = history.events(args.job) if args.events or args.json else []

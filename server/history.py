@@ -175,6 +175,11 @@ class HistoryDB:
         data_dir.mkdir(parents=True, exist_ok=True)
         return cls(f"sqlite:///{(data_dir / HISTORY_FILE).resolve()}")
 
+    @classmethod
+    def open(cls, url: str | None, data_dir: Path) -> "HistoryDB":
+        """The configured history: `url` when set (ROBOPT_HISTORY_URL), else SQLite in the data dir."""
+        return cls(url) if url else cls.for_data_dir(data_dir)
+
     @staticmethod
     def _make_engine(url: str) -> sa.Engine:
         """Build the engine; SQLite gets WAL, a busy timeout and connections usable from any thread."""

@@ -71,9 +71,7 @@ class JobService:
         self.settings = settings
         self.data_dir = Path(settings.data_dir).resolve()
         self.store = VersionStore(self.data_dir / "versions")
-        self.history = (
-            HistoryDB(settings.history_url) if settings.history_url else HistoryDB.for_data_dir(self.data_dir)
-        )
+        self.history = HistoryDB.open(settings.history_url, self.data_dir)
         self.runner = JobRunner(
             self.data_dir,
             reasoner,

@@ -12,7 +12,7 @@ from agents.evaluation import EVALUATION, VerdictInput, guards
 from graph.context import GraphContext, report_targets, run_work
 from graph.events import emit
 from graph.nodes.intake import decision_note
-from graph.nodes.optimize import attempt_event
+from graph.nodes.optimize import attempt_event, planned_attempt, report_failure
 from graph.state import Attempt, JobState, VersionPoint
 from tools.errors import RoboptError
 from tools.evaluation.criteria import check_criteria
@@ -28,21 +28,12 @@ def make_evaluate_node(
         """Accept the candidate (it becomes current) or reject it (rollback follows); a crash fails it."""
         writer = runtime.stream_writer
         goal, current, baseline = state["goal"], state["current"], state["baseline"]
-        candidate, plan = state["candidate"], state["plan"]
+        candidate = state["candidate"]
         if goal is None or current is None or baseline is None or candidate is None or candidate.ref is None:
             raise RuntimeError("evaluate reached without a candidate")
         options = state["options"]
-        steps = [step.config_json() for step in plan.steps] if plan else []
-        index = len(state.get("attempts", [])) + 1
-        common = {
-            "index": index,
-            "parent_version": current.ref.version_id,
-            "steps": steps,
-            "rationale": plan.rationale if plan else "",
-            "planned_by": state.get("planned_by", "rules"),
-            "versions": candidate.versions,
-            "version": candidate.ref,
-        }
+        common = {**planned_attempt(state), "versions": candidate.versions, "version": candidate.ref}
+        index, steps = common["index"], common["steps"]
         emit(
             writer,
             "status",
@@ -76,8 +67,7 @@ def make_evaluate_node(
                 reason=f"measuring failed: {error.one_line()}",
                 duration_s=candidate.duration_s + time.monotonic() - started,
             )
-            emit(writer, "error", node="evaluate", attempt=index, **error.to_dict())
-            emit(writer, "attempt", **attempt_event(attempt))
+            report_failure(writer, "evaluate", attempt, error)
             return {"attempts": [attempt], "last_node": "evaluate"}
         check = check_criteria(goal.criteria, baseline, measurement)
         parent_check = check_criteria(goal.criteria, baseline, current.measurement)

@@ -13,11 +13,10 @@ from graph.events import Writer, emit
 from graph.state import JobState
 from tools.evaluation.evaluate import AccuracyPlan
 
-_HEADLINE = {
-    ("fidelity", "actions"): ("min_cosine", True),
-    ("task", "actions"): ("action_mse", False),
-    ("task", "tokens"): ("token_accuracy", True),
-    ("task", "classes"): ("accuracy", True),
+_TASK_HEADLINE = {
+    "actions": ("action_mse", False),
+    "tokens": ("token_accuracy", True),
+    "classes": ("accuracy", True),
 }
 
 
@@ -27,7 +26,7 @@ def accuracy_kind(plan: AccuracyPlan) -> AccuracyKind:
         return AccuracyKind(level="closed_loop", metric="success_rate", higher_is_better=True)
     if plan.level == "fidelity":
         return AccuracyKind(level="fidelity", metric="min_cosine", higher_is_better=True)
-    metric, higher = _HEADLINE[("task", plan.task_kind)]
+    metric, higher = _TASK_HEADLINE[plan.task_kind]
     return AccuracyKind(level="task", metric=metric, higher_is_better=higher)
 
 

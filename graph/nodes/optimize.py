@@ -8,7 +8,7 @@ from typing import Any
 from langgraph.runtime import Runtime
 
 from graph.context import GraphContext, run_work, seconds_left
-from graph.events import emit
+from graph.events import Writer, emit
 from graph.state import Attempt, Candidate, JobState
 from tools.errors import RoboptError
 
@@ -19,8 +19,8 @@ async def optimize(state: JobState, runtime: Runtime[GraphContext]) -> dict[str,
     plan, current = state["plan"], state["current"]
     if plan is None or current is None or not plan.steps:
         raise RuntimeError("optimize reached without a plan to apply")
-    steps = [step.config_json() for step in plan.steps]
-    index = len(state.get("attempts", [])) + 1
+    planned = planned_attempt(state)
+    steps, index = planned["steps"], planned["index"]
     names = "+".join(step.technique for step in plan.steps)
     emit(writer, "status", state="node", node="optimize", attempt=index, message=f"applying {names}")
     started = time.monotonic()
@@ -42,17 +42,9 @@ async def optimize(state: JobState, runtime: Runtime[GraphContext]) -> dict[str,
     except RoboptError as error:
         duration = time.monotonic() - started
         attempt = Attempt(
-            index=index,
-            parent_version=current.ref.version_id,
-            steps=steps,
-            rationale=plan.rationale,
-            planned_by=state.get("planned_by", "rules"),
-            status="failed",
-            reason=error.one_line(),
-            duration_s=duration,
+            **planned_attempt(state), status="failed", reason=error.one_line(), duration_s=duration
         )
-        emit(writer, "error", node="optimize", attempt=index, **error.to_dict())
-        emit(writer, "attempt", **attempt_event(attempt))
+        report_failure(writer, "optimize", attempt, error)
         return {
             "candidate": Candidate(error=error.to_dict(), duration_s=duration),
             "attempts": [attempt],
@@ -66,6 +58,24 @@ async def optimize(state: JobState, runtime: Runtime[GraphContext]) -> dict[str,
     )
     emit(writer, "status", state="optimized", versions=candidate.versions, technique=names)
     return {"candidate": candidate, "last_node": "optimize"}
+
+
+def planned_attempt(state: JobState) -> dict[str, Any]:
+    """The fields every record of the next attempt shares: its index, what was planned, by whom, from where."""
+    plan, current = state["plan"], state["current"]
+    return {
+        "index": len(state.get("attempts", [])) + 1,
+        "parent_version": current.ref.version_id if current else "",
+        "steps": [step.config_json() for step in plan.steps] if plan else [],
+        "rationale": plan.rationale if plan else "",
+        "planned_by": state.get("planned_by", "rules"),
+    }
+
+
+def report_failure(writer: Writer | None, node: str, attempt: Attempt, error: RoboptError) -> None:
+    """Emit the error and the failed attempt."""
+    emit(writer, "error", node=node, attempt=attempt.index, **error.to_dict())
+    emit(writer, "attempt", **attempt_event(attempt))
 
 
 def attempt_event(attempt: Attempt) -> dict[str, Any]:
