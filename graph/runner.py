@@ -120,9 +120,12 @@ class JobRunner:
             raise NotFoundError(
                 f"job {job_id} has no checkpoint to resume", hint="run `robopt jobs` to list jobs"
             )
-        if not snapshot.next:
+        # `next` leaves out tasks whose writes were saved before the kill but whose step never checkpointed;
+        # they still have to be applied, so the job is finished only when no task is left at all.
+        if not snapshot.next and not snapshot.tasks:
             return JobResult(job_id, str(snapshot.values.get("status", "finished")), dict(snapshot.values))
-        await self.publish(job_id, "status", {"state": "resumed", "next": list(snapshot.next)})
+        pending = [task.name for task in snapshot.tasks]
+        await self.publish(job_id, "status", {"state": "resumed", "next": pending})
         return await self._run(job_id, None)
 
     async def _run(self, job_id: str, state: JobState | None) -> JobResult:

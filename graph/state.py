@@ -50,6 +50,10 @@ class JobOptions(BaseModel):
     accuracy: AccuracyPlan = Field(default_factory=lambda: AccuracyPlan(level="fidelity"))
     data: DataSource = Field(default_factory=DataSource)
     target: str | None = Field(default=None, description="Target named outside the goal text (--target).")
+    goal_history: list[str] = Field(
+        default_factory=list,
+        description="Earlier chat messages the goal text answers or amends (oldest first).",
+    )
     max_attempts: int = Field(default=8, ge=1, le=200, description="Optimization attempts (planned steps).")
     time_budget_s: float = Field(default=1800.0, gt=0, description="Wall time for the whole job.")
     attempt_time_s: float = Field(

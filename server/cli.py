@@ -1,5 +1,6 @@
-"""The `robopt` command line: `robopt analyze MODEL`, `robopt techniques`, `robopt reference list|build`, and the
-job commands (`optimize`, `demo`, `jobs`, `history`, `checkpoints`, `replay`, `resume`: server/cli_jobs.py).
+"""The `robopt` command line: `robopt analyze MODEL`, `robopt techniques`, `robopt reference list|build`,
+`robopt serve` (the HTTP service), and the job commands (`optimize`, `demo`, `jobs`, `history`,
+`checkpoints`, `replay`, `resume`: server/cli_jobs.py).
 
 Exit codes: 0 success, 2 bad input (one line on stderr, from the project's exceptions), 1 unexpected failure.
 """
@@ -56,6 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_job_commands(commands)
 
+    serve = commands.add_parser("serve", help="run the HTTP service: REST, SSE and WebSocket under /api/v1")
+    serve.add_argument("--host", help="address to bind (default: ROBOPT_HOST or 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default: ROBOPT_PORT or 8000)")
+
     reference = commands.add_parser("reference", help="build or list the bundled reference models")
     reference_commands = reference.add_subparsers(dest="reference_command", required=True)
     reference_commands.add_parser("list", help="list the reference models")
@@ -76,6 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _analyze(args, settings)
         if args.command == "techniques":
             return _techniques(args)
+        if args.command == "serve":
+            return _serve(args, settings)
         if args.command in ("optimize", "demo", "jobs", "history", "checkpoints", "replay", "resume"):
             from server.cli_jobs import run_job_command
 
@@ -119,6 +126,27 @@ def _analyze(args: argparse.Namespace, settings: Settings) -> int:
         data_dir=settings.data_dir,
     )
     print(profile.model_dump_json(indent=2) if args.json else format_profile_table(profile))
+    return 0
+
+
+def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn
+
+    from server.main import check_bind, create_app
+
+    host = args.host or settings.host
+    port = settings.port if args.port is None else args.port
+    if not 0 <= port <= 65535:
+        raise ValidationError(f"--port must be 0-65535, got {port}")
+    check_bind(host, settings)
+    print(f"robopt: serving on http://{host}:{port}/api/v1 (docs at /docs)", file=sys.stderr, flush=True)
+    uvicorn.run(
+        create_app(settings),
+        host=host,
+        port=port,
+        log_level=settings.log_level.lower(),
+        timeout_graceful_shutdown=5,  # open event streams would otherwise hold shutdown forever
+    )
     return 0
 
 

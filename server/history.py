@@ -355,6 +355,11 @@ class HistoryDB:
             counts.update({status: count for status, count in session.exec(query).all()})
         return counts
 
+    def attempts_total(self) -> int:
+        """How many attempts every job made together."""
+        with self._session() as session:
+            return int(session.exec(select(func.count()).select_from(AttemptRecordRow)).one())
+
     @staticmethod
     def _attempt_fields(attempt: Mapping[str, Any] | BaseModel, index: int | None) -> dict[str, Any]:
         """The attempt's known fields, JSON-safe and validated (`measurement` and `version` read as aliases)."""

@@ -7,19 +7,22 @@ subscriber sees it, so a client that reconnects can replay the job from the star
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Sequence
 
 from agents.base import Reasoner
-from agents.intake import ModelFacts
+from agents.intake import INTAKE, AccuracyKind, GoalSpec, IntakeInput, ModelFacts
 from graph.events import Event
+from graph.nodes.intake import accuracy_kind
 from graph.runner import CheckpointInfo, JobResult, JobRunner
 from graph.state import DataSource, JobOptions
+from server.errors import GoalUnclearError
 from server.history import HistoryDB, JobRecord
 from server.settings import Settings
-from tools.errors import ValidationError
+from tools.errors import NotFoundError, ValidationError
 from tools.evaluation.evaluate import AccuracyPlan
 from tools.intake import LoadOptions
 from tools.log import get_logger
@@ -33,6 +36,7 @@ HISTORY_STATUS = {
     "needs_input": "needs_input",
     "failed": "failed",
     "running": "running",
+    "cancelled": "cancelled",
 }
 REFERENCE_TASKS = {"vla": "reaching", "conv_policy": "reaching"}
 """Reference models whose task generator gives real observations (with expert labels) for calibration."""
@@ -80,7 +84,11 @@ class JobService:
             first_seq=self.history.last_seq,
         )
 
-    def _record(self, event: Event) -> None:
+    async def _record(self, event: Event) -> None:
+        """Write the event (off the event loop) before any later subscriber sees it."""
+        await asyncio.to_thread(self._record_now, event)
+
+    def _record_now(self, event: Event) -> None:
         """Write the event, and what it says about attempts and status, to the history DB."""
         self.history.record_event(event.model_dump(mode="json"))
         data = event.data
@@ -122,6 +130,7 @@ class JobService:
         time_budget_s: float | None = None,
         episodes: int = 100,
         job_id: str | None = None,
+        goal_history: Sequence[str] = (),
     ) -> JobRecord:
         """Store the model as version 1 of a new job and record the job (status queued)."""
         from tools.evaluation.size import size_of_loaded
@@ -166,6 +175,7 @@ class JobService:
             accuracy=accuracy_plan(simulator, has_labels, episodes),
             data=data,
             target=target,
+            goal_history=list(goal_history),
             max_attempts=max_attempts or self.settings.max_attempts,
             time_budget_s=time_budget_s or self.settings.time_budget_s,
             attempt_memory_mb=self.settings.attempt_memory_mb,
@@ -199,22 +209,81 @@ class JobService:
         self.history.set_status(job_id, "running")
         return self._settle(await self.runner.resume(job_id))
 
-    async def fork(self, job_id: str, checkpoint_id: str, goal: str | None = None) -> JobResult:
-        """Replay a job from one of its checkpoints as a new job (optionally with a new goal)."""
+    def create_fork(self, job_id: str, checkpoint_id: str, goal: str | None = None) -> JobRecord:
+        """Record a new job (queued) that will replay `job_id` from `checkpoint_id`, optionally with a new goal."""
         parent = self.history.get_job(job_id)
-        new_id = new_job_id()
-        self.history.create_job(
+        return self.history.create_job(
             goal or parent.goal,
             parent.model,
-            job_id=new_id,
+            job_id=new_job_id(),
             target=parent.target,
             reasoner=self.runner.reasoner.name,
-            status="running",
             parent_job_id=job_id,
             fork_checkpoint_id=checkpoint_id,
-            options=parent.options,
+            options={**parent.options, "fork_goal": goal},
         )
-        return self._settle(await self.runner.fork(job_id, checkpoint_id, new_id, goal))
+
+    async def fork(self, job_id: str, checkpoint_id: str, goal: str | None = None) -> JobResult:
+        """Replay a job from one of its checkpoints as a new job (optionally with a new goal)."""
+        record = self.create_fork(job_id, checkpoint_id, goal)
+        return await self.run_fork(record.id)
+
+    async def run_fork(self, job_id: str) -> JobResult:
+        """Run a job created by `create_fork` from its parent's checkpoint."""
+        record = self.history.get_job(job_id)
+        if not record.parent_job_id or not record.fork_checkpoint_id:
+            raise ValidationError(f"job {job_id} is not a fork", hint="run it with `run` instead")
+        self.history.set_status(job_id, "running")
+        result = await self.runner.fork(
+            record.parent_job_id, record.fork_checkpoint_id, job_id, record.options.get("fork_goal")
+        )
+        return self._settle(result)
+
+    async def drive(self, job_id: str) -> JobResult:
+        """Take a job to its end from wherever it stands: resume from its last checkpoint, or start it."""
+        record = self.history.get_job(job_id)
+        try:
+            await self.runner.state(job_id)
+        except NotFoundError:
+            if record.parent_job_id and record.fork_checkpoint_id:
+                return await self.run_fork(job_id)
+            return await self.run(job_id)
+        return await self.resume(job_id)
+
+    async def parse_goal(
+        self,
+        text: str,
+        model: ModelFacts,
+        accuracy: AccuracyKind,
+        target: str | None = None,
+        history: Sequence[str] = (),
+    ) -> GoalSpec:
+        """Read the goal as the job's intake will; GoalUnclearError (the question) when it needs an answer."""
+        payload = IntakeInput(
+            text=text, history=list(history), model=model, accuracy=accuracy, default_target=target
+        )
+        spec = (await self.runner.reasoner.decide(INTAKE, payload)).output
+        if spec.question:
+            raise GoalUnclearError(
+                spec.question,
+                hint="answer the question in the goal (or in a new chat message) and send it again",
+                detail={"goal": spec.model_dump(mode="json")},
+            )
+        return spec
+
+    async def check_goal(self, job_id: str, goal: str | None = None) -> GoalSpec:
+        """Parse `goal` (default: the job's own) against the job's model, accuracy and target."""
+        record = self.history.get_job(job_id)
+        options = JobOptions.model_validate(record.options["job"])
+        history = options.goal_history if goal is None else []
+        return await self.parse_goal(
+            goal or record.goal, options.model, accuracy_kind(options.accuracy), options.target, history
+        )
+
+    def discard(self, job_id: str) -> None:
+        """Remove a job that never ran: its versions and its history."""
+        self.store.delete_job(job_id, confirm=True)
+        self.history.delete_job(job_id)
 
     def _settle(self, result: JobResult) -> JobResult:
         """Make sure no job is left 'running' once its run returned."""

@@ -10,7 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -75,9 +75,32 @@ class Settings(BaseSettings):
     reference_cache_dir: Path | None = Field(
         default=None, description="Where built reference models are cached (default: <data_dir>/reference)."
     )
+    api_key: SecretStr | None = Field(
+        default=None,
+        description="Bearer key the HTTP service requires on every route but /health; unset: no auth "
+        "(then the service only serves on a loopback address).",
+    )
+    host: str = Field(default="127.0.0.1", description="Address `robopt serve` binds.")
+    port: int = Field(default=8000, ge=0, le=65535, description="Port `robopt serve` binds.")
+    max_upload_bytes: int = Field(
+        default=8 * 1024**3, gt=0, description="Largest model or data upload the service accepts, bytes."
+    )
+    max_concurrent_jobs: int = Field(default=1, ge=1, le=64, description="Jobs the service runs at once.")
+    max_queued_jobs: int = Field(
+        default=32, ge=0, le=10_000, description="Jobs that may wait for a slot; beyond that: 503."
+    )
+    allow_trusted_loads: bool = Field(
+        default=False,
+        description="Let API clients set trust_pickle / trust_remote_code (code from an upload runs here).",
+    )
+    min_free_memory_mb: int = Field(
+        default=512,
+        ge=0,
+        description="Memory admission keeps this much free after a job's estimated needs; else 503.",
+    )
 
     @field_validator(
-        "reference_cache_dir", "history_url", "checkpoint_url", "attempt_memory_mb", mode="before"
+        "reference_cache_dir", "history_url", "checkpoint_url", "attempt_memory_mb", "api_key", mode="before"
     )
     @classmethod
     def _empty_is_unset(cls, value: Any) -> Any:

@@ -58,6 +58,7 @@ def make_intake_node(
         emit(writer, "status", state="node", node="intake", message="reading the goal")
         payload = IntakeInput(
             text=state["goal_text"],
+            history=list(options.goal_history),
             model=options.model,
             accuracy=accuracy_kind(options.accuracy),
             default_target=options.target,

@@ -1,0 +1,131 @@
+"""Live job events for SSE and WebSocket clients: the history DB's past, then the runner's present.
+
+The runner hands every event first to the history DB, then to `EventBus.publish`. A follower subscribes to
+the bus before it reads the history, so no event falls between the two; events it sees twice are dropped by
+seq, and a gap (a listener's queue overflowed, or another process wrote events) is filled from the history.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Callable
+
+from graph.events import Event
+from server.history import TERMINAL_STATUSES, HistoryDB
+from tools.log import get_logger
+
+_log = get_logger("events")
+QUEUE_SIZE = 1000
+KEEPALIVE_S = 15.0
+
+
+def is_terminal(event: dict[str, Any]) -> bool:
+    """Whether the event ends its job's stream: `complete`, or an `error` the job did not survive."""
+    return event["type"] == "complete" or (event["type"] == "error" and bool(event["data"].get("terminal")))
+
+
+@dataclass
+class Keepalive:
+    """Nothing happened for a while: SSE sends a comment, WebSocket a ping, so proxies keep the connection."""
+
+
+class EventBus:
+    """In-process fan-out of job events to every listener of the job (bounded queues; gaps refilled)."""
+
+    def __init__(self) -> None:
+        self._listeners: dict[str, set[asyncio.Queue[dict[str, Any]]]] = defaultdict(set)
+
+    def publish(self, event: Event) -> None:
+        """Hand the event to the job's listeners; a full queue drops it (the follower refills from history)."""
+        listeners = self._listeners.get(event.job_id)
+        if not listeners:
+            return
+        payload = event.model_dump(mode="json")
+        for queue in listeners:
+            try:
+                queue.put_nowait(payload)
+            except asyncio.QueueFull:
+                _log.warning("listener queue full", extra={"component": "events", "job_id": event.job_id})
+
+    def listeners(self, job_id: str) -> int:
+        """How many clients follow the job now."""
+        return len(self._listeners.get(job_id, ()))
+
+    def _subscribe(self, job_id: str) -> asyncio.Queue[dict[str, Any]]:
+        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=QUEUE_SIZE)
+        self._listeners[job_id].add(queue)
+        return queue
+
+    def _unsubscribe(self, job_id: str, queue: asyncio.Queue[dict[str, Any]]) -> None:
+        listeners = self._listeners.get(job_id)
+        if listeners is not None:
+            listeners.discard(queue)
+            if not listeners:
+                del self._listeners[job_id]
+
+    async def follow(
+        self,
+        history: HistoryDB,
+        job_id: str,
+        after: int = 0,
+        *,
+        is_active: Callable[[str], bool],
+        keepalive_s: float = KEEPALIVE_S,
+    ) -> AsyncIterator[dict[str, Any] | Keepalive]:
+        """Yield the job's events with seq above `after`, in order, then live ones until the job ends.
+
+        The stream ends after a terminal event, or once the job is neither running here (`is_active`) nor
+        unfinished in the history and every stored event was sent. Leaving the loop never touches the job.
+        """
+        queue = self._subscribe(job_id)
+        last = after
+        try:
+            for row in await asyncio.to_thread(history.events, job_id, last):
+                event = row.as_event()
+                yield event
+                last = event["seq"]
+                if is_terminal(event):
+                    return
+            while True:
+                try:
+                    event = await asyncio.wait_for(queue.get(), timeout=keepalive_s)
+                except TimeoutError:
+                    missed = await asyncio.to_thread(history.events, job_id, last)
+                    for row in missed:
+                        stored = row.as_event()
+                        yield stored
+                        last = stored["seq"]
+                        if is_terminal(stored):
+                            return
+                    if not missed:
+                        if await self._finished(history, job_id, is_active):
+                            return
+                        yield Keepalive()
+                    continue
+                if event["seq"] <= last:
+                    continue
+                if event["seq"] > last + 1:
+                    for row in await asyncio.to_thread(history.events, job_id, last):
+                        if row.seq >= event["seq"]:
+                            break
+                        stored = row.as_event()
+                        yield stored
+                        last = stored["seq"]
+                        if is_terminal(stored):
+                            return
+                yield event
+                last = event["seq"]
+                if is_terminal(event):
+                    return
+        finally:
+            self._unsubscribe(job_id, queue)
+
+    @staticmethod
+    async def _finished(history: HistoryDB, job_id: str, is_active: Callable[[str], bool]) -> bool:
+        """The job is over: not running in this process and its record says it ended."""
+        if is_active(job_id):
+            return False
+        record = await asyncio.to_thread(history.get_job, job_id)
+        return record.status in TERMINAL_STATUSES or record.status == "needs_input"

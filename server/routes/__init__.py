@@ -1,0 +1,1 @@
+"""One APIRouter per resource: models, datasets, jobs, events (SSE, WebSocket), chat, system."""

@@ -1,0 +1,103 @@
+"""/chat: one chat turn. The intake agent reads the conversation's goal; with a model, the job starts.
+
+The latest user message is the goal; earlier user messages are the base it amends (as `robopt optimize`'s
+intake reads them). A goal that needs an answer is refused with 422 `goal_unclear` whose message is the
+question: the client shows it, and sends the user's answer as the next message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter, Response, status
+
+from agents.intake import AccuracyKind, GoalSpec, ModelFacts
+from server.deps import AppServices, ServicesDep
+from server.routes.jobs import start_job
+from server.schemas import ChatRequest, ChatResponse, JobCreate
+from tools.errors import ValidationError
+
+router = APIRouter(tags=["chat"])
+CLOSED_LOOP = AccuracyKind(level="closed_loop", metric="success_rate", higher_is_better=True)
+
+
+def describe_goal(goal: GoalSpec) -> str:
+    """The criteria and assumptions in one short paragraph, as the assistant's reply."""
+    c = goal.criteria
+    parts = []
+    if c.max_size_mb is not None:
+        parts.append(f"at most {c.max_size_mb:g} MiB")
+    if c.max_latency_ms is not None:
+        parts.append(f"p50 at most {c.max_latency_ms:g} ms on {c.latency_target}")
+    if c.max_memory_mb is not None:
+        parts.append(f"peak memory at most {c.max_memory_mb:g} MB")
+    if c.min_speedup is not None:
+        parts.append(f"at least {c.min_speedup:g}x faster")
+    if c.min_compression is not None:
+        parts.append(f"at least {c.min_compression:g}x smaller")
+    if c.accuracy_floor is not None:
+        parts.append(f"{c.accuracy_metric} at least {c.accuracy_floor:g}")
+    if c.max_accuracy_drop is not None:
+        unit = "" if c.accuracy_drop_unit == "absolute" else "%"
+        parts.append(f"{c.accuracy_metric} drop at most {c.max_accuracy_drop:g}{unit}")
+    text = "Goal: " + (", ".join(parts) or "no hard limit") + f"; objective: {goal.objective}."
+    if goal.assumptions:
+        text += " Assumed: " + "; ".join(goal.assumptions) + "."
+    return text
+
+
+def _split(request: ChatRequest) -> tuple[str, list[str]]:
+    """The latest user message (the goal) and the earlier ones (its base)."""
+    said = [m.content for m in request.messages if m.role == "user"]
+    if not said:
+        raise ValidationError(
+            "the conversation has no user message", hint='add {"role": "user", "content": "<your goal>"}'
+        )
+    return said[-1], said[:-1]
+
+
+async def _facts(services: AppServices, request: ChatRequest) -> ModelFacts:
+    """What is known of the model: the uploaded one, or the parameter count the client gave."""
+    if request.model_id is None:
+        return ModelFacts(params=request.model_params)
+    record = await asyncio.to_thread(services.models.get, request.model_id)
+    return ModelFacts(
+        name=record.name, format=record.format, params=record.params, artifact_bytes=record.size_bytes
+    )
+
+
+@router.post(
+    "/chat",
+    response_model=ChatResponse,
+    responses={202: {"model": ChatResponse, "description": "The goal is clear and the job started."}},
+)
+async def chat(request: ChatRequest, response: Response, services: ServicesDep) -> ChatResponse:
+    """Read the goal from the conversation: the criteria, 422 with a question, or a started job (202)."""
+    text, history = _split(request)
+    facts = await _facts(services, request)
+    accuracy = CLOSED_LOOP if request.simulator else AccuracyKind()
+    goal = await services.jobs.parse_goal(text, facts, accuracy, request.target, history)
+    if request.model_id is None or not request.start:
+        hint = (
+            ""
+            if request.model_id
+            else " Upload the model (POST /api/v1/models) and send its model_id to start."
+        )
+        return ChatResponse(reply=describe_goal(goal) + hint, goal=goal)
+    body = JobCreate(
+        model_id=request.model_id,
+        goal=text,
+        target=request.target,
+        dataset_id=request.dataset_id,
+        simulator=request.simulator,
+        max_attempts=request.max_attempts,
+        time_budget_s=request.time_budget_s,
+    )
+    accepted = await start_job(services, body, history)
+    response.status_code = status.HTTP_202_ACCEPTED
+    started = accepted.goal or goal
+    return ChatResponse(
+        reply=f"{describe_goal(started)} Started job {accepted.job.id}; follow {accepted.job.links.events}.",
+        goal=started,
+        job=accepted.job,
+    )

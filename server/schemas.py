@@ -1,0 +1,221 @@
+"""Request and response bodies of the HTTP API (`XCreate` in, `XPublic` out, `XsPublic(data, count)` lists).
+
+Everything the OpenAPI document at /docs shows is generated from these models.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from agents.intake import GoalSpec
+
+
+class ErrorPublic(BaseModel):
+    """Every error answer: a stable code, one line, what was wrong in detail, and what to do."""
+
+    code: str = Field(description="Stable machine-readable code, e.g. not_found, goal_unclear, service_busy.")
+    message: str
+    detail: dict[str, Any] = Field(default_factory=dict)
+    hint: str | None = None
+
+
+class ModelPublic(BaseModel):
+    """An uploaded model: what intake found and the measured profile (the analysis)."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    name: str
+    filename: str
+    format: str
+    size_bytes: int
+    sha256: str
+    params: int
+    created: datetime
+    options: dict[str, Any] = Field(description="How the model is loaded (architecture, input specs, trust).")
+    profile: dict[str, Any] = Field(
+        description="Parameters, FLOPs, components, architecture, and latency/memory measured on this server."
+    )
+
+
+class ModelsPublic(BaseModel):
+    data: list[ModelPublic]
+    count: int
+
+
+class DatasetPublic(BaseModel):
+    """An uploaded data file: inputs (and labels) for calibration and accuracy."""
+
+    id: str
+    filename: str
+    size_bytes: int
+    sha256: str
+    arrays: dict[str, list[int]] = Field(description="Array name -> shape.")
+    has_labels: bool
+
+
+class JobCreate(BaseModel):
+    """Start an optimization: a model, a goal in plain words, and optionally a target, data and simulator."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model_id: str | None = Field(default=None, description="An uploaded model (POST /models).")
+    reference: str | None = Field(
+        default=None, description="Or a bundled reference model by name (vla, conv_policy, reacher, ...)."
+    )
+    goal: str = Field(
+        min_length=1,
+        max_length=2000,
+        description='Plain words, e.g. "under 8 MB and 2 ms on a Jetson Orin Nano, lose at most 2 points".',
+    )
+    target: str | None = Field(
+        default=None, description="Edge target to report on, e.g. jetson-orin-nano-8gb."
+    )
+    dataset_id: str | None = Field(default=None, description="Uploaded data (POST /datasets).")
+    simulator: str | None = Field(default=None, description="Closed-loop success: reaching, gym:<id>.")
+    episodes: int = Field(default=100, ge=1, le=10_000, description="Closed-loop episodes per evaluation.")
+    max_attempts: int | None = Field(default=None, ge=1, le=200)
+    time_budget_s: float | None = Field(default=None, gt=0, le=7 * 24 * 3600)
+
+
+class AttemptPublic(BaseModel):
+    """One attempt: the technique chain, the verdict and what it measured."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    index: int
+    technique: str
+    params: dict[str, Any]
+    status: str
+    reason: str
+    version_id: str | None
+    metrics: dict[str, Any] | None
+    duration_s: float | None
+
+
+class JobLinks(BaseModel):
+    events: str
+    websocket: str
+    report: str
+    checkpoints: str
+
+
+class JobPublic(BaseModel):
+    """A job: where it stands, its attempts and, once it ended, its result."""
+
+    id: str
+    goal: str
+    model: str
+    target: str | None
+    reasoner: str
+    status: str
+    created: datetime
+    updated: datetime
+    finished: datetime | None
+    parent_job_id: str | None
+    fork_checkpoint_id: str | None
+    goal_met: bool | None
+    best_version: str | None
+    error: str | None
+    attempts_count: int
+    queue_position: int | None = Field(default=None, description="0 = next to start; None when not waiting.")
+    attempts: list[AttemptPublic] = Field(default_factory=list)
+    links: JobLinks
+
+
+class JobsPublic(BaseModel):
+    data: list[JobPublic]
+    count: int
+
+
+class JobAccepted(BaseModel):
+    """A queued job, as POST /jobs, /chat and /replay answer (202)."""
+
+    job: JobPublic
+    goal: GoalSpec | None = Field(default=None, description="The goal as intake read it.")
+    estimated_memory_mb: float | None = Field(
+        default=None, description="Memory admission's estimate of what one attempt needs (an estimate)."
+    )
+
+
+class CancelPublic(BaseModel):
+    id: str
+    status: str
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    role: Literal["user", "assistant"]
+    content: str = Field(max_length=4000)
+
+
+class ChatRequest(BaseModel):
+    """One chat turn: the conversation so far; with a model the job starts once the goal is clear."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    messages: list[ChatMessage] = Field(min_length=1, max_length=50)
+    model_id: str | None = Field(default=None, description="Start a job on this uploaded model.")
+    model_params: int | None = Field(
+        default=None, ge=1, description="Without a model: its parameter count, to check the goal is possible."
+    )
+    target: str | None = None
+    simulator: str | None = None
+    dataset_id: str | None = None
+    start: bool = Field(
+        default=True, description="Start the job when the goal is clear and a model is given."
+    )
+    max_attempts: int | None = Field(default=None, ge=1, le=200)
+    time_budget_s: float | None = Field(default=None, gt=0, le=7 * 24 * 3600)
+
+
+class ChatResponse(BaseModel):
+    """The intake agent's answer: the criteria it read (and assumed), and the job when one started."""
+
+    reply: str
+    goal: GoalSpec
+    job: JobPublic | None = None
+
+
+class CheckpointPublic(BaseModel):
+    checkpoint_id: str
+    step: int
+    node: str | None
+    next: list[str]
+    created: datetime | None
+    current_version: str | None
+    attempts: int
+    status: str | None
+
+
+class CheckpointsPublic(BaseModel):
+    data: list[CheckpointPublic]
+    count: int
+
+
+class ReplayCreate(BaseModel):
+    """Replay a job from a checkpoint as a new job, optionally with a changed goal."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    checkpoint_id: str = Field(min_length=1, max_length=100)
+    goal: str | None = Field(default=None, min_length=1, max_length=2000)
+
+
+class HealthPublic(BaseModel):
+    status: Literal["ok"]
+    version: str
+    uptime_s: float
+
+
+class MetricsPublic(BaseModel):
+    """Jobs by status, attempts, memory (measured now) and the queue."""
+
+    jobs: dict[str, int]
+    attempts: int
+    memory: dict[str, float]
+    queue: dict[str, Any]
