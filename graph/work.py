@@ -47,14 +47,25 @@ def load_data(source: DataSource, model: LoadedModel) -> CalibrationData | None:
             raise ValidationError("a data source of kind 'file' needs a path")
         arrays = load_input_data(Path(source.path))
         label = next((key for key in LABEL_KEYS if key in arrays), None)
+        batch_size, batches = source.batch_size, source.batches
+        fixed = fixed_batch_size(model)
+        if (
+            fixed is not None and fixed != batch_size
+        ):  # an export with a fixed batch: same samples, more batches
+            batches, batch_size = max(1, batches * batch_size // fixed), fixed
         return calibration_from_data(
-            arrays,
-            model.input_specs,
-            label_key=label,
-            batch_size=source.batch_size,
-            max_batches=source.batches,
+            arrays, model.input_specs, label_key=label, batch_size=batch_size, max_batches=batches
         )
     return synthetic_calibration(model.input_specs, num_batches=min(source.batches, 8), batch_size=4)
+
+
+def fixed_batch_size(model: LoadedModel) -> int | None:
+    """The batch size an ONNX model was exported with when its first dimension is fixed; None when dynamic."""
+    if model.session is None:
+        return None
+    sizes = {node.shape[0] for node in model.session.get_inputs() if node.shape}
+    fixed = {size for size in sizes if isinstance(size, int) and size > 0}
+    return min(fixed) if fixed else None
 
 
 def split_data(data: CalibrationData | None) -> tuple[CalibrationData | None, CalibrationData | None]:

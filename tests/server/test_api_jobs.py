@@ -236,3 +236,50 @@ def test_health_metrics_and_openapi(server: Server) -> None:
     for path in ("/api/v1/models", "/api/v1/jobs", "/api/v1/jobs/{job_id}/events", "/api/v1/chat"):
         assert path in schema["paths"], path
     assert httpx.get(f"{server.url}/docs").status_code == 200
+
+
+def test_a_state_dict_uploads_with_its_config_and_architecture(server: Server, tmp_path: Path) -> None:
+    from tests.model_zoo import TinyMLP, write_all_formats
+
+    files = write_all_formats(tmp_path)
+    with server.client() as client, files["state_dict"].open("rb") as weights:
+        response = client.post(
+            "/models",
+            files={
+                "file": ("tiny_state.pt", weights),
+                "config": ("config.json", files["config"].read_bytes()),
+            },
+            data={"options": json.dumps({"architecture": "tests.model_zoo:TinyMLP"})},
+        )
+    assert response.status_code == 201, response.text
+    model = response.json()
+    assert model["params"] == sum(p.numel() for p in TinyMLP().parameters())
+    assert model["options"]["architecture"] == "tests.model_zoo:TinyMLP"
+    assert Path(model["options"]["config_path"]).is_relative_to(Path(server.env["ROBOPT_DATA_DIR"]).resolve())
+
+
+def test_labelled_data_makes_the_job_judge_by_a_task_metric(
+    server: Server, policy: dict[str, Any], tmp_path: Path
+) -> None:
+    rng = np.random.default_rng(0)
+    states = rng.standard_normal((64, 64), dtype=np.float32)
+    original = ort.InferenceSession(str(policy["local_path"]), providers=["CPUExecutionProvider"])
+    policy_actions = np.concatenate([original.run(None, {"state": s[None]})[0] for s in states])
+    actions = policy_actions + 0.05 * rng.standard_normal(
+        policy_actions.shape, dtype=np.float32
+    )  # expert demos
+    np.savez(tmp_path / "demos.npz", state=states, actions=actions)
+    with server.client() as client:
+        uploaded = client.post(
+            "/datasets", files={"file": ("demos.npz", (tmp_path / "demos.npz").read_bytes())}
+        )
+        assert uploaded.status_code == 201, uploaded.text
+        dataset = uploaded.json()
+        assert dataset["has_labels"] and dataset["arrays"] == {"state": [64, 64], "actions": [64, 8]}
+        job_id = _start(client, policy["id"], dataset_id=dataset["id"])["job"]["id"]
+        assert follow_job(server, job_id)[-1]["type"] == "complete"
+        report = client.get(f"/jobs/{job_id}/report").json()
+        bad = client.post("/datasets", files={"file": ("demos.npz", b"not an npz at all")})
+    assert report["criteria"]["accuracy_level"] == "task"
+    assert bad.status_code == 422
+    assert not (Path(server.env["ROBOPT_DATA_DIR"]) / "datasets" / "x").exists()
