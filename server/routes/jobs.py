@@ -91,6 +91,13 @@ async def model_source(services: AppServices, model_id: str | None, reference: s
     return ModelSource(path=path, options=options, label=reference, reference=reference)
 
 
+def artifact_bytes(path: Path) -> int:
+    """Bytes of a model file, or of every file in a model directory."""
+    if path.is_file():
+        return path.stat().st_size
+    return sum(item.stat().st_size for item in path.rglob("*") if item.is_file())
+
+
 def dataset_path(services: AppServices, dataset_id: str | None) -> Path | None:
     """The stored file of an uploaded dataset."""
     if dataset_id is None:
@@ -104,7 +111,7 @@ async def start_job(services: AppServices, body: JobCreate, history: Sequence[st
     """Admit, create (the model becomes version 1), read the goal, and queue the job."""
     source = await model_source(services, body.model_id, body.reference)
     data = dataset_path(services, body.dataset_id)
-    size = sum(p.stat().st_size for p in [source.path] if p.is_file()) or None
+    size = await asyncio.to_thread(artifact_bytes, source.path)
     estimate = services.scheduler.admit(ModelFacts(name=source.label, artifact_bytes=size))
     record = await asyncio.to_thread(
         services.jobs.create_job,
