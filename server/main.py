@@ -8,6 +8,7 @@ model work in child processes, then resumes the jobs a previous run left running
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator
 
@@ -52,6 +53,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
     settings: Settings = app.state.settings or get_settings()
     configure_logging(settings.log_level)
+    # Each running attempt holds a worker thread while it waits on its child process; history writes and
+    # uploads need threads too, so the pool grows with the job slots instead of starving at the default size.
+    asyncio.get_running_loop().set_default_executor(
+        ThreadPoolExecutor(max_workers=2 * settings.max_concurrent_jobs + 16, thread_name_prefix="robopt-io")
+    )
     services = build_services(settings)
     app.state.services = services
     orphans = await asyncio.to_thread(services.models.purge_orphans)  # what a crash mid-upload left
