@@ -289,16 +289,18 @@ def test_an_onnx_teacher_gives_outputs_but_no_features(
     source = load(version_store, original, data_dir)
     narrow = slice_architecture(source.module, derive_search_space(source.module), NARROW)
     student = _store_module(version_store, original, narrow, source.input_specs)
-    calibration = reaching_calibration(3, 8)
+    calibration = reaching_calibration(4, 16)
+    # 20 steps at the default peak lr: measured 0.76 -> 0.97 held-out cosine. Three steps at 1e-3 moved every
+    # weight by ~lr at once and made the student worse on a VLA trained on another CPU (0.91 -> 0.44).
     result = apply(
         version_store,
         student.job_id,
         student.id,
-        DistillConfig(teacher_version=exported.id, steps=3, lr=1e-3),
+        DistillConfig(teacher_version=exported.id, steps=20, lr=2e-4),
         data_dir=data_dir,
         calibration=calibration,
     )
-    assert result.facts["teacher_version"] == exported.id and result.facts["steps_run"] == 3
+    assert result.facts["teacher_version"] == exported.id and result.facts["steps_run"] == 20
     assert result.facts["after"]["fidelity_cosine"] > result.facts["before"]["fidelity_cosine"]
     with pytest.raises(OptimizationError, match="feature_pairs need an eager PyTorch teacher"):
         apply(
