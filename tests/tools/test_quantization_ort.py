@@ -149,8 +149,8 @@ def test_static_int8_calibrates_and_stays_faithful(vla: dict) -> None:
     ratio = result.version.size_bytes / vla["fp32"].size_bytes
     assert ratio <= 0.30, f"INT8 static is {ratio:.1%} of FP32"
     cosine, fp32_err, int8_err = _fidelity(vla["fp32_model"], int8)
-    # Static INT8 quantizes every activation too: measured +3% to +16% action error over FP32 on reference VLAs
-    # trained on different CPUs (dynamic: +0.1%), still an order of magnitude below the zero-action error.
+    # Static INT8 quantizes every activation too: measured +14% to +19% action error over FP32 on a VLA trained
+    # on an Intel Xeon, under +10% on one trained on AMD EPYC (dynamic: +0.1%), far below the zero-action error.
     assert cosine >= MIN_COSINE["static"] and int8_err <= 1.25 * fp32_err + 1e-6
     assert result.facts["calibration"] == {
         "method": "minmax",
