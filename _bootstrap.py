@@ -16,6 +16,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 STAMP = VENV / ".robopt-install-stamp"
+NO_DEPS_EXTRAS: dict[str, tuple[str, ...]] = {
+    # Installed with --no-deps after the extra's own requirements: their pins (torch<2.11, transformers<5,
+    # huggingface-hub<0.36 or <2) conflict with robopt's torch 2.13 / transformers 5, while the policy code we use
+    # runs on them. torchvision 0.28 is the one build served for torch 2.13 (a CUDA build; tools/lerobot/imports.py
+    # makes its pure-Python parts import on the CPU build).
+    "lerobot": ("lerobot==0.4.4", "torchvision==0.28.0", "draccus==0.10.0", "datasets>=4,<5"),
+}
 
 
 def venv_python() -> Path:
@@ -30,9 +37,7 @@ def ensure_venv(extras: tuple[str, ...] = ()) -> Path:
     if not venv_python().exists():
         print(f"[robopt] creating {VENV.relative_to(ROOT)} ...", flush=True)
         venv.EnvBuilder(with_pip=True, clear=True).create(VENV)
-    wanted = hashlib.sha256(
-        (ROOT / "pyproject.toml").read_bytes() + ",".join(sorted(extras)).encode()
-    ).hexdigest()
+    wanted = _install_digest(extras)
     installed = STAMP.read_text().strip() if STAMP.exists() else ""
     if installed != wanted and not _stamp_covers(installed, extras):
         target = f".[{','.join(sorted(extras))}]" if extras else "."
@@ -47,13 +52,32 @@ def ensure_venv(extras: tuple[str, ...] = ()) -> Path:
             "-e",
             target,
         ]
-        result = subprocess.run(command, cwd=ROOT)
-        if result.returncode != 0:
-            sys.exit(
-                f"[robopt] installing dependencies failed (exit {result.returncode}); see pip's output above"
-            )
+        _run_pip(command)
+        no_deps = [spec for extra in sorted(extras) for spec in NO_DEPS_EXTRAS.get(extra, ())]
+        if no_deps:
+            print(f"[robopt] installing {' '.join(no_deps)} without their pins ...", flush=True)
+            _run_pip(command[:-2] + ["--no-deps", *no_deps])
         STAMP.write_text(wanted + "\n" + ",".join(sorted(extras)) + "\n")
     return venv_python()
+
+
+def _run_pip(command: list[str]) -> None:
+    """Run one pip command; exit with its status when it fails."""
+    result = subprocess.run(command, cwd=ROOT)
+    if result.returncode != 0:
+        sys.exit(
+            f"[robopt] installing dependencies failed (exit {result.returncode}); see pip's output above"
+        )
+
+
+def _install_digest(extras: tuple[str, ...]) -> str:
+    """What an install of `extras` depends on: pyproject.toml, the extras and their --no-deps packages."""
+    no_deps = [spec for extra in sorted(extras) for spec in NO_DEPS_EXTRAS.get(extra, ())]
+    return hashlib.sha256(
+        (ROOT / "pyproject.toml").read_bytes()
+        + ",".join(sorted(extras)).encode()
+        + " ".join(no_deps).encode()
+    ).hexdigest()
 
 
 def _stamp_covers(installed: str, extras: tuple[str, ...]) -> bool:
@@ -64,7 +88,4 @@ def _stamp_covers(installed: str, extras: tuple[str, ...]) -> bool:
     recorded_extras = tuple(e for e in lines[1].split(",") if e)
     if not set(extras) <= set(recorded_extras):
         return False
-    same_project = hashlib.sha256(
-        (ROOT / "pyproject.toml").read_bytes() + ",".join(sorted(recorded_extras)).encode()
-    ).hexdigest()
-    return lines[0] == same_project
+    return lines[0] == _install_digest(recorded_extras)
