@@ -58,7 +58,9 @@ class VariantResult(BaseModel):
     variant: str
     directory: Path
     bytes: int = Field(description="Bytes of the variant's ONNX files.")
-    p50_ms: float = Field(description="Median latency of one policy call (ORT CPU, 1 thread, this machine).")
+    p50_ms: float | None = Field(
+        description="Median latency of one policy call (ORT CPU, 1 thread, this machine); None when not timed."
+    )
     parity: ParityReport = Field(description="Actions against the torch policy on held-out observations.")
     facts: dict[str, Any] = Field(default_factory=dict)
 
@@ -166,6 +168,7 @@ def diffusion_fp16_variant(
     held_out: Sequence[Mapping[str, torch.Tensor]],
     steps: Sequence[int | None] = (None,),
     config: OnnxFp16Config | None = None,
+    time_it: bool = True,
 ) -> VariantResult:
     """Write the FP16 encoder and denoiser of an exported Diffusion Policy and measure the runner's actions."""
     from tools.lerobot.diffusion_export import diffusion_parity
@@ -177,9 +180,11 @@ def diffusion_fp16_variant(
     shutil.copyfile(Path(source_dir) / SAMPLER_FILE, directory / SAMPLER_FILE)
     parity = diffusion_parity(module, directory, held_out, steps, what="onnx fp16 runner vs torch")
     parity.save(directory)
-    runner = DiffusionOnnxRunner(directory)
-    single = {name: value[:1].numpy() for name, value in held_out[0].items()}
-    latency = p50_latency(lambda: runner(single), warmup=1, runs=5)
+    latency = None
+    if time_it:
+        runner = DiffusionOnnxRunner(directory)
+        single = {name: value[:1].numpy() for name, value in held_out[0].items()}
+        latency = p50_latency(lambda: runner(single), warmup=1, runs=5)
     size = sum((directory / name).stat().st_size for name in (ENCODER_ONNX, DENOISER_ONNX))
     return VariantResult(variant="fp16", directory=directory, bytes=size, p50_ms=latency, parity=parity)
 

@@ -22,7 +22,13 @@ from torch import nn
 from tools.compression.onnx_export import DEFAULT_OPSET, export_to_onnx, graph_opset
 from tools.errors import UnsupportedFormatError
 from tools.inputs import InputSpec
-from tools.lerobot.export import MANIFEST_FILE, OnnxPolicyExport, held_out_observations, rename_outputs
+from tools.lerobot.export import (
+    MANIFEST_FILE,
+    OnnxPolicyExport,
+    held_out_observations,
+    observation_specs,
+    rename_outputs,
+)
 from tools.lerobot.parity import ParityReport, compare_chunks
 from tools.lerobot.policy_module import LeRobotPolicyModule
 from tools.lerobot.sampler import (
@@ -116,11 +122,6 @@ def schedule_of(module: LeRobotPolicyModule) -> SamplerSchedule:
         action_offset=[float(v) for v in module.action_offset.expand(action_dim)],
         input_names=list(module.input_names),
     )
-
-
-def observation_specs(module: LeRobotPolicyModule) -> list[InputSpec]:
-    """Input specs of the raw observations at batch 1 ((1, n_obs_steps, ...) for Diffusion Policy)."""
-    return [InputSpec(name=name, shape=shape) for name, shape in module.input_shapes(1).items()]
 
 
 @contextlib.contextmanager

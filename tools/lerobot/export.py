@@ -46,6 +46,23 @@ class OnnxPolicyExport(BaseModel):
         return self.directory / self.files[role]
 
 
+def load_policy_module(directory: Path, seed: int = 0) -> Any:
+    """A LeRobot policy directory as robopt's policy module (LeRobot's own classes and processors)."""
+    from tools.lerobot.imports import import_policy_class
+    from tools.lerobot.policy_module import LeRobotPolicyModule, load_processors
+
+    directory = Path(directory)
+    policy_type = json.loads((directory / "config.json").read_text())["type"]
+    policy = import_policy_class(policy_type).from_pretrained(str(directory))
+    pre, post = load_processors(directory)
+    return LeRobotPolicyModule(policy.eval(), pre, post, seed=seed)
+
+
+def observation_specs(module: Any) -> list[InputSpec]:
+    """Input specs of a policy module's raw observations at batch 1 (its `input_shapes`)."""
+    return [InputSpec(name=name, shape=shape) for name, shape in module.input_shapes(1).items()]
+
+
 def held_out_observations(
     specs: Sequence[InputSpec],
     count: int = 2,

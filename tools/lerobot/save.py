@@ -57,6 +57,17 @@ def _plain_tensors(policy: nn.Module) -> None:
         )
 
 
+def _own_storage(policy: nn.Module) -> None:
+    """Give every tensor that views part of a larger storage (slices left by pruning) its own copy.
+
+    safetensors refuses to save a tensor that covers only part of its storage.
+    """
+    with torch.no_grad():
+        for tensor in [*policy.parameters(), *policy.buffers()]:
+            if tensor.untyped_storage().nbytes() != tensor.numel() * tensor.element_size():
+                tensor.data = tensor.data.clone()
+
+
 def config_overrides(policy: nn.Module) -> dict[str, Any]:
     """Config fields to rewrite so that LeRobot builds the policy's (pruned) shapes; raise when none can.
 
@@ -139,6 +150,7 @@ def save_lerobot_policy(
 
     policy = module.policy
     _plain_tensors(policy)
+    _own_storage(policy)
     overrides = config_overrides(policy)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
