@@ -51,6 +51,8 @@ TENSORRT_QDQ = OrtInt8StaticConfig(
     op_types_to_quantize=("Conv", "MatMul", "Gemm"),
 )
 
+ORT_CPU_QDQ = OrtInt8StaticConfig(per_channel=True, op_types_to_quantize=("Conv", "MatMul", "Gemm"))
+
 
 class VariantResult(BaseModel):
     """One measured precision variant of an exported policy."""
@@ -133,14 +135,19 @@ def onnx_policy_variant(
     input_specs: Sequence[InputSpec],
     held_out: Sequence[Mapping[str, torch.Tensor]],
     calibration: Sequence[Mapping[str, torch.Tensor]] | None = None,
+    static_config: OrtInt8StaticConfig = TENSORRT_QDQ,
 ) -> VariantResult:
-    """Write one precision variant of a single-forward policy export and measure it against `module`."""
+    """Write one precision variant of a single-forward policy export and measure it against `module`.
+
+    `static_config` shapes int8_static_qdq: TensorRT's symmetric int8 by default; `ORT_CPU_QDQ` (uint8
+    activations) suits ONNX Runtime's x86 kernels.
+    """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     source = Path(source_dir) / POLICY_ONNX
     output = directory / POLICY_ONNX
     if variant == "int8_static_qdq":
-        static_int8_qdq(source, output, calibration or [])
+        static_int8_qdq(source, output, calibration or [], static_config)
     elif variant == "int8_dynamic":
         dynamic_int8(source, output)
     elif variant == "fp16":
@@ -156,8 +163,14 @@ def onnx_policy_variant(
     session = cpu_session(output, "extended")
     single = {name: value[:1] for name, value in held_out[0].items()}
     latency = p50_latency(lambda: run_onnx(session, single))
+    facts = {"static_config": static_config.model_dump(mode="json")} if variant == "int8_static_qdq" else {}
     return VariantResult(
-        variant=variant, directory=directory, bytes=output.stat().st_size, p50_ms=latency, parity=parity
+        variant=variant,
+        directory=directory,
+        bytes=output.stat().st_size,
+        p50_ms=latency,
+        parity=parity,
+        facts=facts,
     )
 
 

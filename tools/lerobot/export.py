@@ -20,7 +20,7 @@ from torch import nn
 
 from tools.compression.onnx_export import DEFAULT_OPSET, export_to_onnx, graph_opset, module_outputs
 from tools.compression.onnx_sessions import cpu_session
-from tools.errors import InputSpecError
+from tools.errors import InputSpecError, OptimizationError
 from tools.inputs import InputSpec, synthesize_inputs
 from tools.lerobot.parity import ParityReport, compare_chunks
 from tools.log import get_logger
@@ -31,6 +31,9 @@ POLICY_ONNX = "policy.onnx"
 MANIFEST_FILE = "export.json"
 HELD_OUT_SEED = 7_000_000  # far from the seeds calibration and search draw from
 PARITY_BATCH_SIZES = (1, 3)
+RANDOM_OPS = frozenset(
+    {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial", "Bernoulli"}
+)
 
 
 class OnnxPolicyExport(BaseModel):
@@ -100,6 +103,23 @@ def rename_outputs(proto: Any, names: Sequence[str]) -> None:
                 node.input[slot] = renames[name]
     for value in proto.graph.output:
         value.name = renames.get(value.name, value.name)
+
+
+def refuse_sampling_graph(proto: Any, model_name: str) -> None:
+    """Raise OptimizationError naming the random operator when a graph samples inside itself.
+
+    Such a graph (VQ-BeT's code sampling, a sampler loop with its noise drawn inside) gives other actions on
+    every call and on every runtime, so no parity check can pass; its noise must become an input instead.
+    """
+    found = sorted({node.op_type for node in proto.graph.node if node.op_type in RANDOM_OPS})
+    if found:
+        raise OptimizationError(
+            f"the ONNX graph of {model_name} draws random numbers inside itself ({', '.join(found)}): its actions "
+            "differ on every call, so it cannot reproduce the torch policy",
+            hint="export the network without its sampling and feed the noise as an input (Diffusion Policy: "
+            "tools.lerobot.diffusion_export); VQ-BeT's code sampling is not exportable yet",
+            detail={"operator": found[0], "operators": found},
+        )
 
 
 def run_onnx(session: Any, observations: Mapping[str, torch.Tensor | np.ndarray]) -> dict[str, np.ndarray]:
@@ -176,6 +196,7 @@ def export_policy_onnx(
     names += [value.name for value in proto.graph.output[len(names) :]]
     rename_outputs(proto, names)
     onnx.save(proto, str(path))
+    refuse_sampling_graph(proto, type(module).__name__)
     batches = list(held_out) if held_out is not None else held_out_observations(input_specs)
     reference = torch_reference(module, input_specs, batches, names)
     parity = onnx_parity(path, reference, batches, "onnx fp32 vs torch")

@@ -166,3 +166,16 @@ def test_per_layer_pruned_widths_are_refused_with_the_tensors_named(
         save_lerobot_policy(
             module, tmp_path / "bad", lerobot_act_dir, held_out_observations(observation_specs(module))
         )
+
+
+class _Noisy(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + torch.randn_like(x)
+
+
+def test_a_graph_that_samples_inside_itself_is_refused_with_the_op_named(tmp_path: Path) -> None:
+    from tools.lerobot.export import export_policy_onnx
+
+    with pytest.raises(OptimizationError, match="random numbers") as caught:
+        export_policy_onnx(_Noisy(), [InputSpec(name="x", shape=(1, 4))], tmp_path)
+    assert caught.value.detail["operator"].startswith("Random")
