@@ -79,6 +79,24 @@ def p50_latency(call: Callable[[], Any], warmup: int = 2, runs: int = 10) -> flo
     return statistics.median(times)
 
 
+def require_disjoint(
+    calibration: Sequence[Mapping[str, torch.Tensor]], held_out: Sequence[Mapping[str, torch.Tensor]]
+) -> None:
+    """Refuse held-out observations that were also used for calibration (the parity would flatter)."""
+    seen = {_fingerprint(batch) for batch in calibration}
+    if any(_fingerprint(batch) in seen for batch in held_out):
+        raise ValidationError(
+            "a held-out observation batch is also a calibration batch",
+            hint="measure parity on observations that calibration never saw",
+        )
+
+
+def _fingerprint(batch: Mapping[str, torch.Tensor]) -> tuple[Any, ...]:
+    return tuple(
+        (name, tuple(value.shape), float(value.double().sum())) for name, value in sorted(batch.items())
+    )
+
+
 def static_int8_qdq(
     source: Path,
     output: Path,
@@ -142,6 +160,7 @@ def onnx_policy_variant(
     `static_config` shapes int8_static_qdq: TensorRT's symmetric int8 by default; `ORT_CPU_QDQ` (uint8
     activations) suits ONNX Runtime's x86 kernels.
     """
+    require_disjoint(calibration or [], held_out)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     source = Path(source_dir) / POLICY_ONNX

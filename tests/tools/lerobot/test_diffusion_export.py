@@ -75,3 +75,27 @@ def test_fp16_export_runs_without_dtype_errors_and_stays_close(
     assert result.bytes < 0.6 * fp32_bytes
     # measured: 6.6e-4 relative L2 over whole chunks (tiny policy, 10 and 4 DDPM steps; 4 here)
     assert result.parity.outputs[0].relative_l2 < 1e-2 and result.parity.min_cosine > 0.999
+
+
+def test_a_ddim_policy_runs_under_the_same_networks(
+    lerobot_diffusion_dir: Path, diffusion_export: Any, tmp_path: Path
+) -> None:
+    import shutil
+
+    from diffusers import DDIMScheduler
+
+    from tools.lerobot.diffusion_export import diffusion_parity, schedule_of
+    from tools.lerobot.export import held_out_observations, load_policy_module, observation_specs
+
+    module = load_policy_module(lerobot_diffusion_dir, seed=3)
+    model = module.policy.diffusion
+    # what LeRobot builds for noise_scheduler_type DDIM: the same settings, another scheduler class
+    model.noise_scheduler = DDIMScheduler.from_config(model.noise_scheduler.config)
+    model.config.noise_scheduler_type = "DDIM"
+    for name in ("encoder.onnx", "denoiser.onnx"):
+        shutil.copyfile(diffusion_export.directory / name, tmp_path / name)
+    schedule_of(module).save(tmp_path)
+    parity = diffusion_parity(
+        module, tmp_path, held_out_observations(observation_specs(module), count=1), (5,)
+    )
+    assert parity.max_abs_error < 1e-4
