@@ -16,6 +16,7 @@ What is supported (LeRobot builds a policy from config.json alone, so every tens
 
 from __future__ import annotations
 
+import copy
 import shutil
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -101,8 +102,6 @@ def config_overrides(policy: nn.Module) -> dict[str, Any]:
 
 
 def _with(config: Any, overrides: Mapping[str, Any]) -> Any:
-    import copy
-
     changed = copy.deepcopy(config)
     for key, value in overrides.items():
         setattr(changed, key, value)
@@ -175,12 +174,20 @@ def save_lerobot_policy(
     loaded = LeRobotPolicyModule(reloaded.eval(), pre, post, seed=module.seed)
     names = list(module.input_names)
     reference, candidate = [], []
+    # LeRobot loads float16/bfloat16 weights into float32 parameters: the saved values, float32 compute
+    dtypes = {p.dtype for p in policy.parameters() if p.is_floating_point()}
+    expected = module if dtypes <= {torch.float32} else copy.deepcopy(module).float()
     with torch.inference_mode():
         for batch in held_out:
             inputs = [batch[name] for name in names]
-            reference.append({"action": module(*inputs).float()})
+            reference.append({"action": expected(*inputs).float()})
             candidate.append({"action": loaded(*inputs).float()})
-    parity = compare_chunks(reference, candidate, what="LeRobot from_pretrained vs saved torch policy")
+    parity = compare_chunks(
+        reference,
+        candidate,
+        what="LeRobot from_pretrained vs saved torch policy",
+        notes={"saved_dtypes": sorted(str(d) for d in dtypes), "loaded_as": "float32"},
+    )
     parity.save(directory)
     parity.require(max_abs_error, 0.999)
     _log.info("saved a LeRobot policy directory", extra={"component": "lerobot.save", "path": str(directory)})

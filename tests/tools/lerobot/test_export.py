@@ -179,3 +179,24 @@ def test_a_graph_that_samples_inside_itself_is_refused_with_the_op_named(tmp_pat
     with pytest.raises(OptimizationError, match="random numbers") as caught:
         export_policy_onnx(_Noisy(), [InputSpec(name="x", shape=(1, 4))], tmp_path)
     assert caught.value.detail["operator"].startswith("Random")
+
+
+def test_a_bf16_cast_act_is_stored_in_bf16_and_loads_back_with_its_values(
+    lerobot_act_dir: Path, tmp_path: Path
+) -> None:
+    from safetensors.torch import load_file
+
+    from tools.lerobot.export import held_out_observations, load_policy_module, observation_specs
+    from tools.lerobot.save import save_lerobot_policy
+
+    module = load_policy_module(lerobot_act_dir)
+    module.policy.to(torch.bfloat16)
+    saved = save_lerobot_policy(
+        module, tmp_path / "bf16", lerobot_act_dir, held_out_observations(observation_specs(module), count=1)
+    )
+    assert saved.parity.max_abs_error == 0.0 and saved.parity.notes["loaded_as"] == "float32"
+    assert {t.dtype for t in load_file(str(tmp_path / "bf16" / "model.safetensors")).values()} == {
+        torch.bfloat16
+    }
+    original = (lerobot_act_dir / "model.safetensors").stat().st_size
+    assert (tmp_path / "bf16" / "model.safetensors").stat().st_size < 0.55 * original
