@@ -184,8 +184,17 @@ class LeRobotPolicyModule(nn.Module):
         }
 
     # ---------------------------------------------------------------- forward
-    def forward(self, *observations: torch.Tensor) -> torch.Tensor:
-        """Map raw observations (positional, in `input_names` order) to the unnormalized action chunk."""
+    def forward(self, *observations: torch.Tensor, **named: torch.Tensor) -> torch.Tensor:
+        """Map raw observations (positional in `input_names` order, or by those names) to the action chunk."""
+        if named:
+            unknown = sorted(set(named) - set(self.input_names))
+            missing = [name for name in self.input_names[len(observations) :] if name not in named]
+            if unknown or missing:
+                raise ValidationError(
+                    f"the {self.policy_type} policy takes {', '.join(self.input_names)}; "
+                    f"unknown {unknown}, missing {missing}"
+                )
+            observations = (*observations, *(named[name] for name in self.input_names[len(observations) :]))
         if len(observations) != len(self.feature_keys):
             raise ValidationError(
                 f"the {self.policy_type} policy takes {len(self.feature_keys)} observations "
