@@ -43,6 +43,33 @@ ACTION_KEY = "action"
 _IMAGES_KEY = "observation.images"
 _STOCHASTIC_TYPES = frozenset({"diffusion", "vqbet"})
 _OBSERVATION_KINDS = frozenset({"visual", "state", "env"})
+# Each policy type's network and the roles of its parts, for profiling by component. ACT's transformer
+# encoder fuses image and state tokens ("other"); its decoder turns action queries into the chunk.
+_COMPONENT_ROLES: dict[str, tuple[str, dict[str, str]]] = {
+    "act": (
+        "policy.model",
+        {
+            "backbone": "vision_tower",
+            "encoder_img_feat_input_proj": "projector",
+            "encoder_robot_state_input_proj": "projector",
+            "encoder_env_state_input_proj": "projector",
+            "encoder_latent_input_proj": "projector",
+            "decoder": "action_head",
+            "decoder_pos_embed": "action_head",
+            "action_head": "action_head",
+        },
+    ),
+    "diffusion": ("policy.diffusion", {"rgb_encoder": "vision_tower", "unet": "action_head"}),
+    "vqbet": (
+        "policy.vqbet",
+        {
+            "rgb_encoder": "vision_tower",
+            "state_projector": "projector",
+            "rgb_feature_projector": "projector",
+            "action_head": "action_head",
+        },
+    ),
+}
 # Steps of the saved pipelines that act on dict plumbing only (batch dim, device, renames, dtype).
 _PLUMBING_STEPS = frozenset(
     {
@@ -143,6 +170,10 @@ class LeRobotPolicyModule(nn.Module):
             "seed": self.seed,
         }
 
+    def component_roles(self) -> tuple[str, dict[str, str]]:
+        """The wrapper path of the policy's network and the role of each of its children (others: 'other')."""
+        return _COMPONENT_ROLES.get(self.policy_type, ("policy", {}))
+
     def input_shapes(self, batch: int = 1) -> dict[str, tuple[int, ...]]:
         """The shape of each raw observation input, by ONNX-safe name."""
         features = self.policy.config.input_features
@@ -153,8 +184,17 @@ class LeRobotPolicyModule(nn.Module):
         }
 
     # ---------------------------------------------------------------- forward
-    def forward(self, *observations: torch.Tensor) -> torch.Tensor:
-        """Map raw observations (positional, in `input_names` order) to the unnormalized action chunk."""
+    def forward(self, *observations: torch.Tensor, **named: torch.Tensor) -> torch.Tensor:
+        """Map raw observations (positional in `input_names` order, or by those names) to the action chunk."""
+        if named:
+            unknown = sorted(set(named) - set(self.input_names))
+            missing = [name for name in self.input_names[len(observations) :] if name not in named]
+            if unknown or missing:
+                raise ValidationError(
+                    f"the {self.policy_type} policy takes {', '.join(self.input_names)}; "
+                    f"unknown {unknown}, missing {missing}"
+                )
+            observations = (*observations, *(named[name] for name in self.input_names[len(observations) :]))
         if len(observations) != len(self.feature_keys):
             raise ValidationError(
                 f"the {self.policy_type} policy takes {len(self.feature_keys)} observations "
