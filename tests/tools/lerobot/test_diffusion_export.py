@@ -24,9 +24,13 @@ def diffusion(lerobot_diffusion_dir: Path) -> Any:
 @pytest.fixture(scope="module")
 def diffusion_export(diffusion: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
     from tools.lerobot.diffusion_export import export_diffusion_onnx
+    from tools.lerobot.export import held_out_observations, observation_specs
 
-    # the zoo's policy runs 10 DDPM steps; parity is also checked at 4
-    return export_diffusion_onnx(diffusion, tmp_path_factory.mktemp("diffusion_onnx"), parity_steps=(None, 4))
+    # the zoo's policy runs 10 DDPM steps; parity is also checked at 4; one held-out batch of 3
+    held_out = held_out_observations(observation_specs(diffusion), count=1, batch_sizes=(3,))
+    return export_diffusion_onnx(
+        diffusion, tmp_path_factory.mktemp("diffusion_onnx"), held_out=held_out, parity_steps=(None, 4)
+    )
 
 
 def test_runner_reproduces_torch_actions_with_the_same_noise_for_two_step_counts(
@@ -34,7 +38,7 @@ def test_runner_reproduces_torch_actions_with_the_same_noise_for_two_step_counts
 ) -> None:
     parity = diffusion_export.parity
     assert parity.notes["num_inference_steps"] == [10, 4]
-    assert parity.held_out and parity.batches == 4
+    assert parity.held_out and parity.batches == 2 and parity.rows == 6
     assert parity.max_abs_error < 1e-4 and parity.min_cosine > 0.9999
     assert json.loads((diffusion_export.directory / "export.json").read_text())["scheduler"] == "DDPM"
 

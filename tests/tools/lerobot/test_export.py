@@ -86,7 +86,7 @@ def test_static_int8_qdq_quantizes_the_conv_backbone_and_keeps_actions_close(
 
     specs = observation_specs(act)
     held_out = held_out_observations(specs, count=2)
-    calibration = held_out_observations(specs, count=4, batch_sizes=(4,), seed=123)  # not the held-out ones
+    calibration = held_out_observations(specs, count=2, batch_sizes=(4,), seed=123)  # not the held-out ones
     dynamic = onnx_policy_variant(
         act_export.directory, "int8_dynamic", tmp_path / "dyn", act, specs, held_out
     )
