@@ -127,6 +127,15 @@ class _TensorOutputs(nn.Module):
         return tuple(tensor for _, tensor in self.named_outputs(*inputs))
 
 
+def module_outputs(
+    module: nn.Module, names: list[str], batch: Mapping[str, torch.Tensor]
+) -> list[tuple[str, torch.Tensor]]:
+    """Call `module` on the named inputs the way the exporter does; return its output tensors with names."""
+    wrapper = _TensorOutputs(module.eval(), list(names))
+    with torch.inference_mode():
+        return wrapper.named_outputs(*(batch[name] for name in names))
+
+
 def _call_convention(model: nn.Module, names: list[str]) -> tuple[str, dict[str, Any]]:
     """How forward() takes the inputs ('explicit' names, '**kwargs' or 'positional') and extra kwargs to pass."""
     try:
@@ -208,6 +217,8 @@ def export_to_onnx(
         target = wrapper
         if batch is not None:
             dynamic_shapes = (tuple({0: batch} for _ in names),)  # one entry: the wrapper's *inputs
+    elif batch is not None and _takes_var_positional(module):  # forward(*inputs): one entry for the tuple
+        dynamic_shapes = (tuple({0: batch} for _ in names),)
     elif batch is not None:
         dynamic_shapes = tuple({0: batch} for _ in names)
     try:
@@ -235,6 +246,15 @@ def export_to_onnx(
         set_robopt_metadata(proto, {**metadata, "opset": graph_opset(proto)})
     onnx.save(proto, str(path))
     return path
+
+
+def _takes_var_positional(module: nn.Module) -> bool:
+    """Whether forward() takes its inputs as `*inputs` (torch.export then wants one dynamic-shape entry)."""
+    try:
+        params = inspect.signature(module.forward).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params)
 
 
 def graph_opset(proto: Any) -> int:

@@ -65,6 +65,20 @@ def sort_topologically(graph: Any) -> None:
     graph.node.extend(copies)
 
 
+def convert_to_fp16(model: Any, config: OnnxFp16Config, blocked_nodes: list[str] | None = None) -> Any:
+    """ONNX Runtime's float16 conversion of `model` with the config's blocked ops, topologically sorted."""
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+
+    converted = convert_float_to_float16(
+        model,
+        keep_io_types=config.keep_io_types,
+        op_block_list=sorted(set(DEFAULT_OP_BLOCK_LIST) | set(config.op_block_list)),
+        node_block_list=list(blocked_nodes or []),
+    )
+    sort_topologically(converted.graph)
+    return converted
+
+
 def _fp16_specs(specs: list[InputSpec]) -> list[InputSpec]:
     """Input specs of a graph whose float32 inputs became float16."""
     return [s.model_copy(update={"dtype": "float16"}) if s.dtype == "float32" else s for s in specs]
@@ -89,7 +103,6 @@ def _fp16_specs(specs: list[InputSpec]) -> list[InputSpec]:
 def _apply_onnx_fp16(ctx: TechniqueContext, config: OnnxFp16Config) -> TechniqueProduct:
     """Convert float tensors to float16 except the blocked ops and nodes, and store the graph."""
     import onnx
-    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
     ctx.progress(25, "onnx_fp16: getting the ONNX graph")
     source, facts = onnx_source_path(ctx, config.type)
@@ -98,13 +111,7 @@ def _apply_onnx_fp16(ctx: TechniqueContext, config: OnnxFp16Config) -> Technique
     blocked_nodes = resolve_excluded_nodes(model, config.nodes_to_exclude)
     before = onnx.load(str(source))
     ctx.progress(50, f"onnx_fp16: converting ({len(blocked_nodes)} nodes kept in float32)")
-    converted = convert_float_to_float16(
-        model,
-        keep_io_types=config.keep_io_types,
-        op_block_list=sorted(set(DEFAULT_OP_BLOCK_LIST) | set(config.op_block_list)),
-        node_block_list=blocked_nodes,
-    )
-    sort_topologically(converted.graph)
+    converted = convert_to_fp16(model, config, blocked_nodes)
     set_robopt_metadata(
         converted, {**metadata, "technique": config.type, "source_version": ctx.source_version}
     )

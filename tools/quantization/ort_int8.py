@@ -367,6 +367,38 @@ def _quant_type(name: str) -> Any:
     return QuantType.QInt8 if name == "int8" else QuantType.QUInt8
 
 
+def quantize_static_qdq(
+    source: Path, output: Path, feeds: Any, config: OrtInt8StaticConfig, excluded: list[str] | None = None
+) -> Path:
+    """Calibrate activation ranges on `feeds` (a CalibrationDataReader) and write `source` as a QDQ graph."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
+
+    method = {
+        "minmax": CalibrationMethod.MinMax,
+        "entropy": CalibrationMethod.Entropy,
+        "percentile": CalibrationMethod.Percentile,
+    }[config.calibration_method]
+    extra: dict[str, Any] = {"ActivationSymmetric": config.symmetric_activations}
+    if config.calibration_method == "percentile":
+        extra["CalibPercentile"] = config.percentile
+    with quiet_ort_quantization():
+        quantize_static(
+            str(source),
+            str(output),
+            feeds,
+            quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=list(config.op_types_to_quantize) or None,
+            per_channel=config.per_channel,
+            reduce_range=config.reduce_range,
+            activation_type=_quant_type(config.activation_type),
+            weight_type=_quant_type(config.weight_type),
+            nodes_to_exclude=list(excluded or []),
+            calibrate_method=method,
+            extra_options=extra,
+        )
+    return Path(output)
+
+
 @register(
     OrtInt8DynamicConfig,
     TechniqueSpec(
@@ -428,40 +460,16 @@ def _apply_ort_int8_dynamic(ctx: TechniqueContext, config: OrtInt8DynamicConfig)
 )
 def _apply_ort_int8_static(ctx: TechniqueContext, config: OrtInt8StaticConfig) -> TechniqueProduct:
     """Pre-process, calibrate activation ranges on the calibration data, and write a QDQ graph."""
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
-
     calibration = ctx.require_calibration(config.type)
     ctx.progress(25, "ort_int8_static: preparing the ONNX graph")
     prepared = quantization_input(ctx, config.type, rewrite_gemm=False)
     excluded = resolve_excluded_nodes(prepared.model, config.nodes_to_exclude, config.op_types_to_exclude)
     feeds = CalibrationFeeds(prepared.model, calibration, config.calibration_batches, config.max_batch_rows)
-    method = {
-        "minmax": CalibrationMethod.MinMax,
-        "entropy": CalibrationMethod.Entropy,
-        "percentile": CalibrationMethod.Percentile,
-    }[config.calibration_method]
-    extra: dict[str, Any] = {"ActivationSymmetric": config.symmetric_activations}
-    if config.calibration_method == "percentile":
-        extra["CalibPercentile"] = config.percentile
     ctx.progress(
         50, f"ort_int8_static: calibrating ({config.calibration_method}) on {len(feeds.feeds)} feeds"
     )
     output = ctx.work_dir / "quantized.onnx"
-    with quiet_ort_quantization():
-        quantize_static(
-            str(prepared.path),
-            str(output),
-            feeds,
-            quant_format=QuantFormat.QDQ,
-            op_types_to_quantize=list(config.op_types_to_quantize) or None,
-            per_channel=config.per_channel,
-            reduce_range=config.reduce_range,
-            activation_type=_quant_type(config.activation_type),
-            weight_type=_quant_type(config.weight_type),
-            nodes_to_exclude=excluded,
-            calibrate_method=method,
-            extra_options=extra,
-        )
+    quantize_static_qdq(prepared.path, output, feeds, config, excluded)
     ctx.progress(75, "ort_int8_static: storing the QDQ graph")
     prepared.facts.update(
         {
