@@ -71,7 +71,12 @@ def _job_flags(
     parser.add_argument(
         "--data", type=Path, help="inputs (+ labels) for calibration and accuracy: .npz/.safetensors/.pt"
     )
-    parser.add_argument("--sim", default=sim, help="simulator for closed-loop success (reaching, gym:<id>)")
+    parser.add_argument(
+        "--sim",
+        default=sim,
+        help="simulator for closed-loop accuracy: reaching, gym:<id> (success rate); pusht, aloha, "
+        "aloha:transfer_cube, aloha:fast (action agreement with the original, success rate alongside)",
+    )
     parser.add_argument("--episodes", type=int, default=100, help="closed-loop episodes per evaluation")
     parser.add_argument("--out", type=Path, help="output folder (default: <data>/out/<job>)")
     parser.add_argument("--max-attempts", type=int, default=max_attempts, help="attempt budget")

@@ -58,7 +58,12 @@ def new_job_id() -> str:
 
 
 def accuracy_plan(simulator: str | None, has_labels: bool, episodes: int = 100) -> AccuracyPlan:
-    """Closed loop when a simulator is given, a task metric when the data has labels, fidelity otherwise."""
+    """Closed loop when a simulator is given (action agreement with the original in LeRobot's simulators),
+    a task metric when the data has labels, fidelity otherwise."""
+    from tools.evaluation.simulators import AGREEMENT_SIMULATORS
+
+    if simulator in AGREEMENT_SIMULATORS:
+        return AccuracyPlan(level="closed_loop_agreement", simulator=simulator, episodes=episodes)
     if simulator:
         return AccuracyPlan(level="closed_loop", simulator=simulator, episodes=episodes)
     if has_labels:
