@@ -3,7 +3,8 @@
 
 The environments are created with `obs_type="pixels_agent_pos"`; the adapter feeds `observation.state` from
 `agent_pos` and every `observation.image` / `observation.images.<camera>` input from the rendered camera
-(HWC uint8 -> CHW float in [0, 1], resized when the policy's image shape differs). A policy that takes a
+(HWC uint8 -> CHW float in [0, 1], resized when the policy's image shape differs). Inputs may also carry the
+ONNX-safe form of those names (`observation_images_top`), as robopt's LeRobot intake names them. A policy that takes a
 history of observations (an input shaped (B, T, ...)) gets the last T observations, the first one repeated at
 the start of an episode as LeRobot's observation queues do. The loop executes `actions_per_call` actions of
 each chunk (the policy's `n_action_steps` once bound to a LeRobot policy) and then re-plans.
@@ -76,7 +77,12 @@ class LeRobotSimPlugin(GymPlugin):
     def bind(self, input_specs: Sequence[InputSpec], metadata: dict[str, Any]) -> None:
         """Take the observation history length from the inputs and `n_action_steps` from LeRobot metadata."""
         self.history = max(
-            [1] + [_time_steps(spec) for spec in input_specs if spec.name.startswith("observation.")]
+            [1]
+            + [
+                _time_steps(spec)
+                for spec in input_specs
+                if _feature_key(spec.name).startswith("observation.")
+            ]
         )
         policy = metadata.get("policy") if isinstance(metadata, dict) else None
         steps = _policy_value(policy, "n_action_steps")
@@ -149,7 +155,7 @@ class LeRobotSimPlugin(GymPlugin):
         return sample
 
     def _frame(self, observation: dict[str, Any], spec: InputSpec) -> np.ndarray:
-        if spec.name == STATE_KEY:
+        if _feature_key(spec.name) == STATE_KEY:
             state = np.asarray(observation["agent_pos"], dtype=np.float32)
             if state.shape[0] != spec.shape[-1]:
                 raise ValidationError(
@@ -163,7 +169,7 @@ class LeRobotSimPlugin(GymPlugin):
                 f"{self.name} has no observation for input {spec.name!r}",
                 hint=f"it feeds {STATE_KEY}, {IMAGE_KEY} and {IMAGES_PREFIX}<camera>",
             )
-        return _to_chw(self._camera(observation, spec.name), spec)
+        return _to_chw(self._camera(observation, _feature_key(spec.name)), spec)
 
     def _camera(self, observation: dict[str, Any], name: str) -> np.ndarray:
         cameras = self._cameras(observation)
@@ -178,8 +184,20 @@ class LeRobotSimPlugin(GymPlugin):
         )
 
 
+def _feature_key(name: str) -> str:
+    """LeRobot's feature key for an input name, also from its ONNX-safe form (`observation_images_top`)."""
+    for key in (STATE_KEY, IMAGE_KEY):
+        if name in (key, key.replace(".", "_")):
+            return key
+    safe_prefix = IMAGES_PREFIX.replace(".", "_")
+    if name.startswith(safe_prefix):
+        return IMAGES_PREFIX + name[len(safe_prefix) :]
+    return name
+
+
 def _is_image(spec: InputSpec) -> bool:
-    return spec.name == IMAGE_KEY or spec.name.startswith(IMAGES_PREFIX)
+    key = _feature_key(spec.name)
+    return key == IMAGE_KEY or key.startswith(IMAGES_PREFIX)
 
 
 def _time_steps(spec: InputSpec) -> int:
