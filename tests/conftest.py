@@ -61,3 +61,31 @@ def version_store(data_dir: Path) -> "VersionStore":
     from tools.versions import VersionStore
 
     return VersionStore(data_dir / "versions")
+
+
+@pytest.fixture(scope="session")
+def lerobot_zoo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Small random-weight LeRobot policy directories (act, diffusion, vqbet), built once per session."""
+    pytest.importorskip("lerobot", reason="the lerobot extra is not installed")
+    from tests.lerobot_zoo import BUILDERS
+
+    root = tmp_path_factory.mktemp("lerobot")
+    return {name: build(root / name) for name, build in BUILDERS.items()}
+
+
+@pytest.fixture(scope="session")
+def lerobot_act_dir(lerobot_zoo: dict[str, Path]) -> Path:
+    """A small random-weight LeRobot ACT directory (config.json, model.safetensors, processors)."""
+    return lerobot_zoo["act"]
+
+
+@pytest.fixture(scope="session")
+def lerobot_diffusion_dir(lerobot_zoo: dict[str, Path]) -> Path:
+    """A small random-weight LeRobot Diffusion Policy directory."""
+    return lerobot_zoo["diffusion"]
+
+
+@pytest.fixture(scope="session")
+def lerobot_vqbet_dir(lerobot_zoo: dict[str, Path]) -> Path:
+    """A small random-weight LeRobot VQ-BeT directory."""
+    return lerobot_zoo["vqbet"]
