@@ -19,7 +19,7 @@ from tools.evaluation.simulators import AlohaPlugin, PushTPlugin, get_simulator
 from tools.inputs import InputSpec
 from tools.intake.types import LoadedModel, LoadOptions, ModelFormat
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("single_thread")]
 pytest.importorskip("gym_pusht", reason="the sim extra is not installed (pip install 'robopt[sim]')")
 
 
@@ -143,13 +143,13 @@ def test_aloha_agreement_and_plan_through_measure_accuracy() -> None:
 def test_named_plans_judge_by_agreement_and_keep_the_success_rate() -> None:
     from server.jobs import accuracy_plan
 
-    plan = accuracy_plan("pusht", has_labels=False, episodes=2)
+    plan = accuracy_plan("pusht", has_labels=False, episodes=1)
     assert plan.level == "closed_loop_agreement" and accuracy_plan("reaching", False).level == "closed_loop"
     original = _pusht_policy()
     result = measure_accuracy(plan.model_copy(update={"seed": 7}), original, reference=_pusht_policy())
     assert result.value == 1.0 and result.samples > 0
     (success,) = companion_figures(result)
-    plain = evaluate_closed_loop(original, get_simulator("pusht"), episodes=2, seed=7)
+    plain = evaluate_closed_loop(original, get_simulator("pusht"), episodes=1, seed=7)
     assert success.value == plain.value  # the same episodes as the success-rate measurement
     with pytest.raises(Exception, match="needs the original"):
         measure_accuracy(AccuracyPlan(level="closed_loop_agreement", simulator="pusht", episodes=1), original)

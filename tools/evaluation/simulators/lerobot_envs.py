@@ -25,7 +25,7 @@ import torch
 
 from tools.errors import MissingDependencyError, ValidationError
 from tools.evaluation.simulators.base import numpy_dtype
-from tools.evaluation.simulators.gym_env import GymEpisode, GymPlugin
+from tools.evaluation.simulators.gym_env import GymEpisode, GymPlugin, _gymnasium
 from tools.inputs import InputSpec
 
 STATE_KEY = "observation.state"
@@ -280,18 +280,17 @@ class AlohaPlugin(LeRobotSimPlugin):
 
     def make_env(self, seed: int) -> tuple[GymEpisode, dict[str, Any]]:
         """Create the episode, rendering only the cameras a policy reads (and, if fast, without shadows)."""
-        episode, _ = GymPlugin.make_env(self, seed)  # pay for one full render, then patch and reset again
-        sim = episode.env.unwrapped._env
-        if self.fast_render:
+        env = _gymnasium().make(self.env_id, max_episode_steps=self.max_steps, **self.env_kwargs)
+        sim = env.unwrapped._env
+        if self.fast_render:  # read when the rendering context is made, at the first render
             sim.physics.model.vis.quality.shadowsize = 0
             sim.physics.model.vis.quality.offsamples = 0
         sim.task.get_observation = _observe_cameras(sim.task, self.cameras)
-        observation, info = episode.env.reset(seed=seed)
-        episode.info = {
-            **info,
-            "history": collections.deque([observation] * self.history, maxlen=self.history),
-        }
-        return episode, {"history": list(episode.info["history"])}
+        observation, info = env.reset(seed=seed)
+        env.action_space.seed(seed)
+        history = collections.deque([observation] * self.history, maxlen=self.history)
+        episode = GymEpisode(env=env, seed=seed, info={**info, "history": history})
+        return episode, {"history": list(history)}
 
     def trajectory_state(self, env: GymEpisode) -> np.ndarray:
         """Every joint and free body's position (arms, grippers, objects) from MuJoCo's qpos."""
