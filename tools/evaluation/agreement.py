@@ -3,12 +3,14 @@
 With random (or unknown) weights a success rate says nothing, so the candidate is judged against the
 original in the simulator itself:
 - **Per-step action error.** The original drives; at each re-plan both models see the same observation and
-  the actions that get executed are compared (relative L2 over all executed steps, max and mean abs error).
+  the actions that get executed are compared over all executed steps: the normalized error (L2 of the
+  differences over L2 of the original's actions about their mean, so an offset such as PushT's pixel
+  coordinates around 256 does not hide errors), the plain relative L2, max and mean abs error.
 - **Trajectory divergence.** The candidate drives the same seeds; the distance between the two runs'
   simulator states (`plugin.trajectory_state`) is taken step by step (a finished run keeps its last state).
 
-The headline is `action_agreement` = max(0, 1 - relative L2): 1 for identical actions, higher is better, so
-"within 2%" means the actions moved by at most 2% relative L2. Both runs' success rates come along, and
+The headline is `action_agreement` = max(0, 1 - normalized error): 1 for identical actions, higher is better,
+so "within 2%" means the actions moved by at most 2% of their own variation. Both runs' success rates come along, and
 `success_figure` turns the candidate's into the usual closed-loop figure. Model calls are seeded per call, so
 stochastic samplers (diffusion) draw the same noise for both models.
 """
@@ -69,11 +71,13 @@ def evaluate_closed_loop_agreement(
     errors = np.concatenate([np.stack(e) for e in led.errors if e])
     executed = np.concatenate([np.stack(a) for a in led.executed if a])
     relative_l2 = float(np.linalg.norm(errors) / max(float(np.linalg.norm(executed)), 1e-12))
+    normalized = _normalized_error(errors, executed)
     divergence = _divergence(led.states, followed.states)
     seconds = time.perf_counter() - started
     details: dict[str, Any] = {
         "simulator": plugin.describe(),
         "seed": seed,
+        "action_normalized_error": normalized,
         "action_relative_l2": relative_l2,
         "action_max_abs_error": float(np.abs(errors).max()),
         "action_mean_abs_error": float(np.abs(errors).mean()),
@@ -108,16 +112,16 @@ def evaluate_closed_loop_agreement(
         ],
     }
     logger.info(
-        "closed-loop agreement %s: relative L2 %.4g over %d steps",
+        "closed-loop agreement %s: normalized action error %.4g over %d steps",
         plugin.name,
-        relative_l2,
+        normalized,
         errors.shape[0],
         extra={"component": "evaluation", "seconds": round(seconds, 2)},
     )
     return AccuracyResult(
         level="closed_loop_agreement",
         metric="action_agreement",
-        value=max(0.0, 1.0 - relative_l2),
+        value=max(0.0, 1.0 - normalized),
         higher_is_better=True,
         samples=int(errors.shape[0]),
         details=details,
@@ -227,6 +231,14 @@ def _divergence(led: list[list[np.ndarray]], followed: list[list[np.ndarray]]) -
         "per_episode_mean": means,
         "unit": "the plugin's trajectory_state units (see the simulator)",
     }
+
+
+def _normalized_error(errors: np.ndarray, executed: np.ndarray) -> float:
+    """L2 of the errors over L2 of the executed actions about their per-dimension mean (plain L2 if constant)."""
+    spread = float(np.linalg.norm(executed - executed.mean(axis=0)))
+    if spread <= 1e-9 * max(float(np.linalg.norm(executed)), 1e-12):
+        spread = float(np.linalg.norm(executed))
+    return float(np.linalg.norm(errors) / max(spread, 1e-12))
 
 
 def _relative(errors: list[np.ndarray], actions: list[np.ndarray]) -> float | None:

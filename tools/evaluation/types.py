@@ -34,6 +34,6 @@ class AccuracyResult(BaseModel):
             "fidelity": "fidelity to the original",
             "task": "task metric",
             "closed_loop": "closed-loop",
-            "closed_loop_agreement": "closed-loop agreement with the original,",
+            "closed_loop_agreement": "closed-loop agreement",
         }
         return f"{names[self.level]} {self.metric}"
