@@ -78,7 +78,12 @@ class JobCreate(BaseModel):
     simulator: str | None = Field(
         default=None, description="Closed-loop simulator: reaching, gym:<id>, pusht, aloha."
     )
-    episodes: int = Field(default=100, ge=1, le=10_000, description="Closed-loop episodes per evaluation.")
+    episodes: int | None = Field(
+        default=None,
+        ge=1,
+        le=10_000,
+        description="Closed-loop episodes per evaluation (default 100; 10 for action agreement in pusht/aloha).",
+    )
     max_attempts: int | None = Field(default=None, ge=1, le=200)
     time_budget_s: float | None = Field(default=None, gt=0, le=7 * 24 * 3600)
 

@@ -149,6 +149,7 @@ def test_named_plans_judge_by_agreement_and_keep_the_success_rate() -> None:
 
     plan = accuracy_plan("pusht", has_labels=False, episodes=1)
     assert plan.level == "closed_loop_agreement" and accuracy_plan("reaching", False).level == "closed_loop"
+    assert accuracy_plan("aloha", False).episodes == 10 and accuracy_plan("reaching", False).episodes == 100
     original = _pusht_policy()
     result = measure_accuracy(plan.model_copy(update={"seed": 7}), original, reference=_pusht_policy())
     assert result.value == 1.0 and result.samples > 0
