@@ -38,6 +38,7 @@ def _import_package(module: str) -> None:
     """Import the package that registers the environment ids, with an install hint when it is missing."""
     if module == "gym_aloha":
         os.environ.setdefault("MUJOCO_GL", "egl")  # headless rendering; osmesa or glfw can be chosen outside
+    os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")  # pygame greets on stdout at import otherwise
     try:
         __import__(module)
     except ImportError as exc:
