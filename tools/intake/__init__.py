@@ -51,6 +51,10 @@ def load_model(
             f"{source.name}: loading it ran out of memory; its headers may be forged"
         ) from None
     loaded.source = source
+    if loaded.module is not None and callable(getattr(loaded.module, "policy_facts", None)):
+        loaded.metadata.setdefault(
+            "policy", loaded.module.policy_facts()
+        )  # robopt's own torch versions of it
     _log.info(
         "loaded model",
         extra={"model_id": source.name, "model_path": str(source), "format": loaded.format.value},
@@ -59,7 +63,7 @@ def load_model(
 
 
 def _load_detected(detection: Detection, options: LoadOptions, data_dir: Path) -> LoadedModel:
-    from tools.intake import hf_loader, onnx_loader, torch_loaders
+    from tools.intake import hf_loader, lerobot_loader, onnx_loader, torch_loaders
 
     fmt, path = detection.format, detection.path
     if fmt == ModelFormat.TORCHSCRIPT:
@@ -70,6 +74,8 @@ def _load_detected(detection: Detection, options: LoadOptions, data_dir: Path) -
         return torch_loaders.load_safetensors_file(path, options)
     if fmt == ModelFormat.HF_DIRECTORY:
         return hf_loader.load_hf_directory(path, options)
+    if fmt == ModelFormat.LEROBOT_POLICY:
+        return lerobot_loader.load_lerobot_policy(path, options)
     if fmt == ModelFormat.ONNX:
         return onnx_loader.load_onnx(path, options)
     if fmt in (ModelFormat.TF_SAVEDMODEL, ModelFormat.KERAS):

@@ -40,8 +40,10 @@ _HF_WEIGHT_FILES = (
     "pytorch_model.bin",
     "pytorch_model.bin.index.json",
 )
+_CONFIG_READ_LIMIT = 4 * 1024 * 1024  # a policy's config.json is a few KB; never parse a huge one
 KNOWN_FORMATS = (
-    "TorchScript (.pt), PyTorch state dict (.pt/.pth), SafeTensors, Hugging Face directory, ONNX, "
+    "TorchScript (.pt), PyTorch state dict (.pt/.pth), SafeTensors, Hugging Face directory, LeRobot policy "
+    "directory, ONNX, "
     "TensorFlow SavedModel / Keras, .zip / .tar.gz of a model directory"
 )
 
@@ -98,6 +100,16 @@ def _detect_directory(path: Path) -> Detection:
     names = {child.name for child in path.iterdir()}
     if "saved_model.pb" in names or "saved_model.pbtxt" in names:
         return Detection(ModelFormat.TF_SAVEDMODEL, path)
+    if "config.json" in names:
+        policy_type = lerobot_policy_type(path / "config.json")
+        if policy_type is not None:
+            if "model.safetensors" not in names:
+                raise UnsupportedFormatError(
+                    f"{path.name}/ is a LeRobot {policy_type} policy directory without model.safetensors",
+                    hint="save the policy with policy.save_pretrained(dir), which writes config.json and "
+                    "model.safetensors",
+                )
+            return Detection(ModelFormat.LEROBOT_POLICY, path, {"policy_type": policy_type})
     if "config.json" in names and any(name in names for name in _HF_WEIGHT_FILES):
         return Detection(ModelFormat.HF_DIRECTORY, path)
     if "config.json" in names and any(name.endswith(".safetensors") for name in names):
@@ -117,6 +129,25 @@ def _detect_directory(path: Path) -> Detection:
         f"{path.name}/ holds no recognizable model ({len(candidates)} files, {len(models)} model files)",
         hint=f"point at one model file or a Hugging Face directory; robopt reads {KNOWN_FORMATS}",
     )
+
+
+def lerobot_policy_type(config_path: Path) -> str | None:
+    """The policy `type` of a LeRobot config.json (it carries `type` and input/output features), else None."""
+    try:
+        if config_path.stat().st_size > _CONFIG_READ_LIMIT:
+            return None
+        config = json.loads(config_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if not isinstance(config, dict) or "model_type" in config:
+        return None
+    policy_type = config.get("type")
+    has_features = isinstance(config.get("input_features"), dict) or isinstance(
+        config.get("output_features"), dict
+    )
+    if isinstance(policy_type, str) and policy_type and has_features:
+        return policy_type
+    return None
 
 
 def _detect_zip(path: Path) -> Detection:

@@ -88,6 +88,10 @@ def _load_pickled_module(path: Path, options: LoadOptions) -> LoadedModel:
             f"{path.name} is a whole pickled object that imports {', '.join(unsafe[:3])}; unpickling it can run code",
             hint="pass --trust-pickle only if you trust its source, or save model.state_dict() and pass --arch",
         )
+    if any(name.startswith("lerobot.") for name in unsafe):  # a robopt version of a LeRobot policy
+        from tools.lerobot.imports import install_shims
+
+        install_shims()
     try:
         module = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # noqa: BLE001 - arbitrary errors from user classes while unpickling

@@ -21,6 +21,7 @@ class ModelFormat(str, Enum):
     TORCH_PICKLED_MODULE = "torch_pickled_module"
     SAFETENSORS = "safetensors"
     HF_DIRECTORY = "hf_directory"
+    LEROBOT_POLICY = "lerobot_policy"
     ONNX = "onnx"
     TF_SAVEDMODEL = "tf_savedmodel"
     KERAS = "keras"

@@ -136,7 +136,7 @@ def import_lerobot_module(name: str) -> types.ModuleType:
         raise MissingDependencyError(
             "loading a LeRobot policy needs the lerobot package, which is not installed", hint=INSTALL_HINT
         )
-    _install_shims()
+    install_shims()
     try:
         return importlib.import_module(name)
     except ImportError as exc:
@@ -148,8 +148,13 @@ def import_lerobot_module(name: str) -> types.ModuleType:
         ) from None
 
 
-def _install_shims() -> None:
-    """Make torchvision and `lerobot.policies` importable beside robopt's torch and transformers (idempotent)."""
+def install_shims() -> None:
+    """Make torchvision and `lerobot.policies` importable beside robopt's torch and transformers (idempotent).
+
+    Also called before unpickling a robopt-written module that references LeRobot classes.
+    """
+    if not lerobot_available():
+        return
     if "torchvision" not in sys.modules and "torchvision._meta_registrations" not in sys.modules:
         sys.modules["torchvision._meta_registrations"] = types.ModuleType("torchvision._meta_registrations")
     if "lerobot.policies" in sys.modules:

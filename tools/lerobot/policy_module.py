@@ -43,6 +43,33 @@ ACTION_KEY = "action"
 _IMAGES_KEY = "observation.images"
 _STOCHASTIC_TYPES = frozenset({"diffusion", "vqbet"})
 _OBSERVATION_KINDS = frozenset({"visual", "state", "env"})
+# Each policy type's network and the roles of its parts, for profiling by component. ACT's transformer
+# encoder fuses image and state tokens ("other"); its decoder turns action queries into the chunk.
+_COMPONENT_ROLES: dict[str, tuple[str, dict[str, str]]] = {
+    "act": (
+        "policy.model",
+        {
+            "backbone": "vision_tower",
+            "encoder_img_feat_input_proj": "projector",
+            "encoder_robot_state_input_proj": "projector",
+            "encoder_env_state_input_proj": "projector",
+            "encoder_latent_input_proj": "projector",
+            "decoder": "action_head",
+            "decoder_pos_embed": "action_head",
+            "action_head": "action_head",
+        },
+    ),
+    "diffusion": ("policy.diffusion", {"rgb_encoder": "vision_tower", "unet": "action_head"}),
+    "vqbet": (
+        "policy.vqbet",
+        {
+            "rgb_encoder": "vision_tower",
+            "state_projector": "projector",
+            "rgb_feature_projector": "projector",
+            "action_head": "action_head",
+        },
+    ),
+}
 # Steps of the saved pipelines that act on dict plumbing only (batch dim, device, renames, dtype).
 _PLUMBING_STEPS = frozenset(
     {
@@ -103,6 +130,10 @@ class LeRobotPolicyModule(nn.Module):
         self.register_buffer("action_offset", offset)
         self.normalized = normalizer is not None or unnormalizer is not None
         if self.policy_type == "diffusion":
+            scheduler = policy.diffusion.noise_scheduler
+            if not isinstance(scheduler, StaticTimesteps):
+                scheduler = policy.diffusion.noise_scheduler = StaticTimesteps(scheduler)
+            scheduler.set_timesteps(policy.diffusion.num_inference_steps)
             generator = torch.Generator().manual_seed(self.seed)
             noise = torch.randn((1, config.horizon, self.action_dim), generator=generator)
             self.register_buffer("initial_noise", noise)
@@ -143,6 +174,10 @@ class LeRobotPolicyModule(nn.Module):
             "seed": self.seed,
         }
 
+    def component_roles(self) -> tuple[str, dict[str, str]]:
+        """The wrapper path of the policy's network and the role of each of its children (others: 'other')."""
+        return _COMPONENT_ROLES.get(self.policy_type, ("policy", {}))
+
     def input_shapes(self, batch: int = 1) -> dict[str, tuple[int, ...]]:
         """The shape of each raw observation input, by ONNX-safe name."""
         features = self.policy.config.input_features
@@ -153,8 +188,17 @@ class LeRobotPolicyModule(nn.Module):
         }
 
     # ---------------------------------------------------------------- forward
-    def forward(self, *observations: torch.Tensor) -> torch.Tensor:
-        """Map raw observations (positional, in `input_names` order) to the unnormalized action chunk."""
+    def forward(self, *observations: torch.Tensor, **named: torch.Tensor) -> torch.Tensor:
+        """Map raw observations (positional in `input_names` order, or by those names) to the action chunk."""
+        if named:
+            unknown = sorted(set(named) - set(self.input_names))
+            missing = [name for name in self.input_names[len(observations) :] if name not in named]
+            if unknown or missing:
+                raise ValidationError(
+                    f"the {self.policy_type} policy takes {', '.join(self.input_names)}; "
+                    f"unknown {unknown}, missing {missing}"
+                )
+            observations = (*observations, *(named[name] for name in self.input_names[len(observations) :]))
         if len(observations) != len(self.feature_keys):
             raise ValidationError(
                 f"the {self.policy_type} policy takes {len(self.feature_keys)} observations "
@@ -187,6 +231,47 @@ class LeRobotPolicyModule(nn.Module):
         if self.policy_type == "vqbet":
             return self.policy.vqbet(batch, rollout=True)[:, : self.chunk_size]
         raise UnsupportedFormatError(f"no forward for LeRobot policy type {self.policy_type!r}")
+
+
+class StaticTimesteps:
+    """A diffusers scheduler whose timesteps are Python ints, so the denoising loop unrolls under torch.export.
+
+    diffusers keeps timesteps as a tensor; indexing its tables with a traced 0-d tensor and DDPM's
+    `previous_timestep` (a `nonzero` lookup) are data-dependent and stop torch.export. With ints the same
+    arithmetic runs eagerly and every step's constants fold. Everything else delegates to the scheduler.
+    """
+
+    def __init__(self, scheduler: Any) -> None:
+        self.scheduler = scheduler
+        self.timesteps: list[int] = [int(t) for t in getattr(scheduler, "timesteps", [])]
+        if hasattr(scheduler, "previous_timestep"):  # DDPM looks the previous step up in its own table
+            scheduler.previous_timestep = self.previous_timestep
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "scheduler":  # not set yet (unpickling)
+            raise AttributeError(name)
+        return getattr(self.scheduler, name)
+
+    def set_timesteps(self, *args: Any, **kwargs: Any) -> None:
+        """Set the scheduler's inference timesteps and keep them as ints (once per setting: the loop calls
+        this on every forward, and under torch.export the tensor it builds would be traced)."""
+        key = repr((args, sorted(kwargs.items())))
+        if key == self.__dict__.get("_set_with"):
+            return
+        self.scheduler.set_timesteps(*args, **kwargs)
+        self.timesteps = [int(t) for t in self.scheduler.timesteps]
+        self._set_with = key
+
+    def previous_timestep(self, timestep: int | torch.Tensor) -> int:
+        """The timestep after `timestep` in the inference schedule, -1 after the last."""
+        index = self.timesteps.index(int(timestep))
+        return self.timesteps[index + 1] if index + 1 < len(self.timesteps) else -1
+
+    def step(
+        self, model_output: torch.Tensor, timestep: int | torch.Tensor, sample: torch.Tensor, **kwargs: Any
+    ) -> Any:
+        """One scheduler step with an int timestep."""
+        return self.scheduler.step(model_output, int(timestep), sample, **kwargs)
 
 
 def load_processors(directory: Path) -> tuple[Any | None, Any | None]:

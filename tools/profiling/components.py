@@ -24,6 +24,18 @@ _VISION = {"vision", "visual", "image", "images", "img", "pixel", "vit", "siglip
 _LANGUAGE = {"language", "text", "llm", "lm", "instruction", "instructions", "instr", "lang", "vocab", "word",
              "words", "token", "tokens", "tok", "llama", "gemma", "mistral", "qwen", "phi", "gpt", "opt",
              "bloom", "falcon", "smollm", "t5", "mixtral", "olmo", "causal"}  # fmt: skip
+# Embedding tables that are not a token vocabulary: positions, CLS tokens, learned queries (ACT's VAE CLS).
+_NOT_VOCABULARY = {
+    "pos",
+    "position",
+    "positional",
+    "cls",
+    "query",
+    "queries",
+    "latent",
+    "register",
+    "registers",
+}
 _GENERIC_STACK = {"blocks", "block", "layers", "layer", "transformer", "decoder", "encoder", "h", "trunk"}
 _CONV_TYPES = {
     "Conv1d",
@@ -163,7 +175,7 @@ def _role(node: TreeNode, language_present: bool) -> ComponentRole:
         return "other"
     if node.layer_types & _CONV_TYPES and "Embedding" not in node.layer_types:
         return "vision_tower"  # a convolutional image encoder (a policy's `backbone`)
-    if node.type_name == "Embedding" and not words & {"pos", "position", "positional"}:
+    if node.type_name == "Embedding" and not words & _NOT_VOCABULARY:
         return "language_backbone"
     return "other"
 

@@ -21,6 +21,7 @@ from tools.profiling.common import WeightRecord, conv_backbones, dtype_name
 from tools.profiling.components import (
     ROOT,
     ComponentIndex,
+    ComponentSpec,
     TreeNode,
     child_path,
     split_components,
@@ -104,7 +105,22 @@ def module_tree(module: torch.nn.Module) -> TreeNode:
 
 
 def component_index(module: torch.nn.Module) -> ComponentIndex:
-    """Split a module into components and return the index that maps names to them."""
+    """Split a module into components and return the index that maps names to them.
+
+    A module that knows its own parts (`component_roles()` -> (wrapper path, {child name: role}), as
+    LeRobot policies do) is split at that wrapper's children with those roles; others by name rules.
+    """
+    declared = getattr(module, "component_roles", None)
+    if callable(declared):
+        wrapper, roles = declared()
+        parent = module.get_submodule(wrapper)
+        specs = [
+            ComponentSpec(child_path(wrapper, name), roles.get(name, "other"), type_name(child))
+            for name, child in parent.named_children()
+        ]
+        parts = wrapper.split(".")
+        opened = [""] + [".".join(parts[: end + 1]) for end in range(len(parts))]
+        return ComponentIndex(specs, opened)
     return ComponentIndex(*split_components(module_tree(module)))
 
 

@@ -30,6 +30,7 @@ TORCH_INPUTS = (
     ModelFormat.TORCH_STATE_DICT.value,
     ModelFormat.SAFETENSORS.value,
     ModelFormat.HF_DIRECTORY.value,
+    ModelFormat.LEROBOT_POLICY.value,
 )
 # What a technique that exports to ONNX Runtime first (or takes ONNX as it is) accepts.
 ONNX_OR_TORCH_INPUTS = (ModelFormat.ONNX.value, *TORCH_INPUTS)
