@@ -158,3 +158,29 @@ def test_named_plans_judge_by_agreement_and_keep_the_success_rate() -> None:
     assert success.value == plain.value  # the same episodes as the success-rate measurement
     with pytest.raises(Exception, match="needs the original"):
         measure_accuracy(AccuracyPlan(level="closed_loop_agreement", simulator="pusht", episodes=1), original)
+
+
+def test_a_goal_on_success_rate_is_judged_by_the_success_rate_of_the_same_episodes() -> None:
+    from agents.intake import AccuracyKind, IntakeInput, parse_goal_rules
+    from tools.evaluation.criteria import check_criteria
+    from tools.evaluation.measurement import Measurement
+
+    job = AccuracyKind(level="closed_loop_agreement", metric="action_agreement", higher_is_better=True)
+    goal = parse_goal_rules(
+        IntakeInput(text="2x faster, lose at most 5 points of success rate", accuracy=job)
+    )
+    assert (goal.criteria.accuracy_level, goal.criteria.accuracy_metric) == ("closed_loop", "success_rate")
+    assert not any("can be checked only once" in note for note in goal.assumptions)
+    original = _pusht_policy()
+    plugin = PushTPlugin(max_steps=20)
+    figures = []
+    for candidate in (_pusht_policy(), _perturbed(original, 0.3)):
+        agreement = evaluate_closed_loop_agreement(original, candidate, plugin, episodes=1, seed=3)
+        figures.append(
+            Measurement(
+                version_id="v", technique="t", accuracy=agreement, other_accuracy=companion_figures(agreement)
+            )
+        )
+    check = check_criteria(goal.criteria.model_copy(update={"min_speedup": None}), figures[0], figures[1])
+    (accuracy,) = [r for r in check.results if r.name == "max_accuracy_drop"]
+    assert "closed-loop success_rate" in accuracy.note and accuracy.passed  # no success either way here
