@@ -22,6 +22,8 @@ NO_DEPS_EXTRAS: dict[str, tuple[str, ...]] = {
     # runs on them. torchvision 0.28 is the one build served for torch 2.13 (a CUDA build; tools/lerobot/imports.py
     # makes its pure-Python parts import on the CPU build).
     "lerobot": ("lerobot==0.4.4", "torchvision==0.28.0", "draccus==0.10.0", "datasets>=4,<5"),
+    # gym-aloha pins mujoco<3.9 and dm-control<1.1, yet runs on mujoco 4.0.1 with dm-control 1.0.52.
+    "sim": ("gym-aloha==0.1.5",),
 }
 
 

@@ -13,7 +13,7 @@ import sys
 from _bootstrap import ROOT, ensure_venv
 
 if __name__ == "__main__":
-    python = ensure_venv(extras=("lerobot",))
+    python = ensure_venv(extras=("lerobot", "sim"))
     arguments = sys.argv[1:] or ["demo"]
     os.chdir(ROOT)
     os.execv(str(python), [str(python), "-m", "server.cli", *arguments])

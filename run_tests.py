@@ -49,7 +49,7 @@ def main() -> int:
     parser.add_argument("--suite", choices=sorted(SUITES), default="all")
     parser.add_argument("pytest_args", nargs="*", help="extra arguments passed to pytest (after --)")
     args = parser.parse_args()
-    python = str(ensure_venv(extras=("dev", "lerobot")))
+    python = str(ensure_venv(extras=("dev", "lerobot", "sim")))
     style = check_style(python) if args.suite == "all" else 0
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
     command = [python, "-m", "pytest", *SUITES[args.suite], "--durations=10", *args.pytest_args]

@@ -131,7 +131,7 @@ def _measure_version(
         store.verify(ref.job_id, ref.version_id),
         plan,
         data_dir=root,
-        reference=original_model if plan.level == "fidelity" else None,
+        reference=original_model if plan.level in ("fidelity", "closed_loop_agreement") else None,
         data=held_out,
         targets=targets,
         machine=_machine(root, targets),

@@ -71,8 +71,18 @@ def _job_flags(
     parser.add_argument(
         "--data", type=Path, help="inputs (+ labels) for calibration and accuracy: .npz/.safetensors/.pt"
     )
-    parser.add_argument("--sim", default=sim, help="simulator for closed-loop success (reaching, gym:<id>)")
-    parser.add_argument("--episodes", type=int, default=100, help="closed-loop episodes per evaluation")
+    parser.add_argument(
+        "--sim",
+        default=sim,
+        help="simulator for closed-loop accuracy: reaching, gym:<id> (success rate); pusht, aloha, "
+        "aloha:transfer_cube, aloha:fast (action agreement with the original, success rate alongside)",
+    )
+    parser.add_argument(
+        "--episodes",
+        type=int,
+        default=None,
+        help="closed-loop episodes per evaluation (default 100; 10 for action agreement in pusht/aloha)",
+    )
     parser.add_argument("--out", type=Path, help="output folder (default: <data>/out/<job>)")
     parser.add_argument("--max-attempts", type=int, default=max_attempts, help="attempt budget")
     parser.add_argument("--time-budget", type=float, default=time_budget, help="wall-time budget, seconds")
@@ -129,7 +139,7 @@ def _check_budget_flags(args: argparse.Namespace) -> None:
         raise ValidationError(f"--max-attempts must be at least 1, got {args.max_attempts}")
     if args.time_budget is not None and args.time_budget <= 0:
         raise ValidationError(f"--time-budget must be positive, got {args.time_budget}")
-    if args.episodes < 1:
+    if args.episodes is not None and args.episodes < 1:
         raise ValidationError(f"--episodes must be at least 1, got {args.episodes}")
 
 

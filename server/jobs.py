@@ -57,10 +57,24 @@ def new_job_id() -> str:
     return f"job-{uuid.uuid4().hex[:10]}"
 
 
-def accuracy_plan(simulator: str | None, has_labels: bool, episodes: int = 100) -> AccuracyPlan:
-    """Closed loop when a simulator is given, a task metric when the data has labels, fidelity otherwise."""
+DEFAULT_EPISODES = 100
+"""Closed-loop episodes per evaluation when none are asked for (success rate: a tight interval)."""
+AGREEMENT_EPISODES = 10
+"""Episodes for closed-loop action agreement when none are asked for: thousands of compared steps already,
+and gym-aloha renders a few steps per second on a CPU."""
+
+
+def accuracy_plan(simulator: str | None, has_labels: bool, episodes: int | None = None) -> AccuracyPlan:
+    """Closed loop when a simulator is given (action agreement with the original in LeRobot's simulators),
+    a task metric when the data has labels, fidelity otherwise."""
+    from tools.evaluation.simulators import AGREEMENT_SIMULATORS
+
+    if simulator in AGREEMENT_SIMULATORS:
+        return AccuracyPlan(
+            level="closed_loop_agreement", simulator=simulator, episodes=episodes or AGREEMENT_EPISODES
+        )
     if simulator:
-        return AccuracyPlan(level="closed_loop", simulator=simulator, episodes=episodes)
+        return AccuracyPlan(level="closed_loop", simulator=simulator, episodes=episodes or DEFAULT_EPISODES)
     if has_labels:
         return AccuracyPlan(level="task")
     return AccuracyPlan(level="fidelity")
@@ -128,7 +142,7 @@ class JobService:
         target: str | None = None,
         max_attempts: int | None = None,
         time_budget_s: float | None = None,
-        episodes: int = 100,
+        episodes: int | None = None,
         job_id: str | None = None,
         goal_history: Sequence[str] = (),
     ) -> JobRecord:

@@ -75,8 +75,15 @@ class JobCreate(BaseModel):
         default=None, description="Edge target to report on, e.g. jetson-orin-nano-8gb."
     )
     dataset_id: str | None = Field(default=None, description="Uploaded data (POST /datasets).")
-    simulator: str | None = Field(default=None, description="Closed-loop success: reaching, gym:<id>.")
-    episodes: int = Field(default=100, ge=1, le=10_000, description="Closed-loop episodes per evaluation.")
+    simulator: str | None = Field(
+        default=None, description="Closed-loop simulator: reaching, gym:<id>, pusht, aloha."
+    )
+    episodes: int | None = Field(
+        default=None,
+        ge=1,
+        le=10_000,
+        description="Closed-loop episodes per evaluation (default 100; 10 for action agreement in pusht/aloha).",
+    )
     max_attempts: int | None = Field(default=None, ge=1, le=200)
     time_budget_s: float | None = Field(default=None, gt=0, le=7 * 24 * 3600)
 

@@ -24,6 +24,8 @@ def accuracy_kind(plan: AccuracyPlan) -> AccuracyKind:
     """The headline metric the job's accuracy plan produces, and its direction."""
     if plan.level == "closed_loop":
         return AccuracyKind(level="closed_loop", metric="success_rate", higher_is_better=True)
+    if plan.level == "closed_loop_agreement":
+        return AccuracyKind(level="closed_loop_agreement", metric="action_agreement", higher_is_better=True)
     if plan.level == "fidelity":
         return AccuracyKind(level="fidelity", metric="min_cosine", higher_is_better=True)
     metric, higher = _TASK_HEADLINE[plan.task_kind]

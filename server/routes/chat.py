@@ -21,6 +21,15 @@ router = APIRouter(tags=["chat"])
 CLOSED_LOOP = AccuracyKind(level="closed_loop", metric="success_rate", higher_is_better=True)
 
 
+def _simulator_accuracy(simulator: str) -> AccuracyKind:
+    """The headline a job with this simulator measures: action agreement in LeRobot's, else success rate."""
+    from tools.evaluation.simulators import AGREEMENT_SIMULATORS
+
+    if simulator in AGREEMENT_SIMULATORS:
+        return AccuracyKind(level="closed_loop_agreement", metric="action_agreement", higher_is_better=True)
+    return CLOSED_LOOP
+
+
 def describe_goal(goal: GoalSpec) -> str:
     """The criteria and assumptions in one short paragraph, as the assistant's reply."""
     c = goal.criteria
@@ -75,7 +84,7 @@ async def chat(request: ChatRequest, response: Response, services: ServicesDep) 
     """Read the goal from the conversation: the criteria, 422 with a question, or a started job (202)."""
     text, history = _split(request)
     facts = await _facts(services, request)
-    accuracy = CLOSED_LOOP if request.simulator else AccuracyKind()
+    accuracy = _simulator_accuracy(request.simulator) if request.simulator else AccuracyKind()
     goal = await services.jobs.parse_goal(text, facts, accuracy, request.target, history)
     if request.model_id is None or not request.start:
         hint = (

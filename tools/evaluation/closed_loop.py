@@ -43,6 +43,7 @@ def evaluate_closed_loop(
     if batch_size is not None and batch_size <= 0:
         raise ValidationError(f"batch_size must be positive, got {batch_size}")
     plugin = get_simulator(plugin) if isinstance(plugin, str) else plugin
+    plugin.bind(model.input_specs, model.metadata)
     started = time.perf_counter()
     seeds = [seed + index for index in range(episodes)]
     envs: list[Any] = []

@@ -36,10 +36,13 @@ class AccuracyPlan(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    level: AccuracyLevel = Field(description="fidelity (no data), task (labelled data) or closed_loop.")
+    level: AccuracyLevel = Field(
+        description="fidelity (no data), task (labelled data), closed_loop (success rate) or "
+        "closed_loop_agreement (actions and trajectories against the original's in the simulator)."
+    )
     task_kind: TaskKind = Field(default="actions", description="For 'task': actions, tokens or classes.")
     tolerance: float | None = Field(default=None, gt=0, description="For 'task' actions: success tolerance.")
-    simulator: str | None = Field(default=None, description="For 'closed_loop': a simulator plugin name.")
+    simulator: str | None = Field(default=None, description="For 'closed_loop*': a simulator plugin name.")
     episodes: int = Field(default=100, ge=1, le=100_000, description="For 'closed_loop': episodes.")
     seed: int = Field(default=10_000, ge=0, description="For 'closed_loop': seed of the first episode.")
 
@@ -51,7 +54,8 @@ def measure_accuracy(
     reference: LoadedModel | None = None,
     data: CalibrationData | None = None,
 ) -> AccuracyResult:
-    """Measure `model`'s accuracy as the plan says; fidelity needs the original as `reference`."""
+    """Measure `model`'s accuracy as the plan says; fidelity and closed-loop agreement need the original as
+    `reference`."""
     if plan.level == "fidelity":
         if reference is None:
             raise ValidationError("fidelity needs the original model as the reference")
@@ -68,6 +72,8 @@ def measure_accuracy(
         return measure_task(model, data.batches, data.labels, plan.task_kind, tolerance=plan.tolerance)
     if plan.simulator is None:
         raise ValidationError("closed-loop accuracy needs a simulator plugin name (e.g. 'reaching')")
+    if plan.level == "closed_loop_agreement":
+        return _agreement(plan, model, reference)
     return evaluate_closed_loop(model, plan.simulator, plan.episodes, plan.seed)
 
 
@@ -93,6 +99,7 @@ def evaluate_version(
     model = load_manifest(store, manifest, data_dir)
     report(25, f"version {manifest.id} loaded; measuring {plan.level} accuracy")
     accuracy = measure_accuracy(plan, model, reference=reference, data=data)
+    other_accuracy = companion_figures(accuracy)
     report(50, f"{accuracy.label} {accuracy.value:.4g}; measuring latency")
     path = store.artifact_path(manifest.job_id, manifest.id)
     runtime_name: RuntimeName = "onnxruntime-cpu" if model.session is not None else "torch-cpu"
@@ -124,11 +131,30 @@ def evaluate_version(
         technique=manifest.technique,
         params=manifest.params,
         accuracy=accuracy,
+        other_accuracy=other_accuracy,
         runtime=runtime,
         size=size,
         flops=flops,
         projections=projections,
     )
+
+
+def _agreement(plan: AccuracyPlan, model: LoadedModel, reference: LoadedModel | None) -> AccuracyResult:
+    """Closed-loop action agreement of `model` with the original on the plan's seeded episodes."""
+    from tools.evaluation.agreement import evaluate_closed_loop_agreement
+
+    if reference is None:
+        raise ValidationError("closed-loop agreement needs the original model as the reference")
+    return evaluate_closed_loop_agreement(reference, model, plan.simulator or "", plan.episodes, plan.seed)
+
+
+def companion_figures(accuracy: AccuracyResult) -> list[AccuracyResult]:
+    """Figures measured along with the headline: closed-loop agreement also yields the success rate."""
+    if accuracy.level != "closed_loop_agreement":
+        return []
+    from tools.evaluation.agreement import success_figure
+
+    return [success_figure(accuracy)]
 
 
 def _flops(model: LoadedModel) -> int | None:

@@ -17,6 +17,7 @@ from typing import Any, Literal, Sequence
 from pydantic import BaseModel, ConfigDict, Field
 
 from tools.errors import RoboptError
+from tools.evaluation.agreement_report import agreement_section
 from tools.evaluation.comparison import Comparison, ParetoResult, compare, pareto_front
 from tools.evaluation.criteria import Criteria, CriteriaCheck, CriterionResult, check_criteria
 from tools.evaluation.machine import MachineProfile
@@ -341,6 +342,7 @@ def render_markdown(report: Report, images: Sequence[str] = ()) -> str:
             margin = "" if r.margin is None else f", short by {_fmt(-r.margin)} {r.unit}"
             lines.append(f"- {r.name}: {value} against a limit of {_fmt(r.limit)} {r.unit}{margin}")
     lines += ["", "## Before / after", "", *_before_after(report), ""]
+    lines += agreement_section(report.final.accuracy_for("closed_loop_agreement"))
     if report.criteria_check.results:
         lines += ["## Criteria", "", *_criteria_rows(report.criteria_check.results), ""]
     if report.targets:

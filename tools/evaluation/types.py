@@ -6,10 +6,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-AccuracyLevel = Literal["fidelity", "task", "closed_loop"]
+AccuracyLevel = Literal["fidelity", "task", "closed_loop", "closed_loop_agreement"]
 """Which kind of accuracy a number is: agreement with the original model (no data), a task metric on
-labelled data, or the success rate of closed-loop rollouts in a simulator. A fidelity number is never
-called accuracy."""
+labelled data, the success rate of closed-loop rollouts in a simulator, or the agreement of the candidate's
+actions and trajectories with the original's in closed loop (same seeded episodes). A fidelity number is
+never called accuracy."""
 
 
 class AccuracyResult(BaseModel):
@@ -29,5 +30,10 @@ class AccuracyResult(BaseModel):
     @property
     def label(self) -> str:
         """A human label that never calls fidelity 'accuracy'."""
-        names = {"fidelity": "fidelity to the original", "task": "task metric", "closed_loop": "closed-loop"}
+        names = {
+            "fidelity": "fidelity to the original",
+            "task": "task metric",
+            "closed_loop": "closed-loop",
+            "closed_loop_agreement": "closed-loop agreement",
+        }
         return f"{names[self.level]} {self.metric}"

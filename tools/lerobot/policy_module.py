@@ -130,6 +130,10 @@ class LeRobotPolicyModule(nn.Module):
         self.register_buffer("action_offset", offset)
         self.normalized = normalizer is not None or unnormalizer is not None
         if self.policy_type == "diffusion":
+            scheduler = policy.diffusion.noise_scheduler
+            if not isinstance(scheduler, StaticTimesteps):
+                scheduler = policy.diffusion.noise_scheduler = StaticTimesteps(scheduler)
+            scheduler.set_timesteps(policy.diffusion.num_inference_steps)
             generator = torch.Generator().manual_seed(self.seed)
             noise = torch.randn((1, config.horizon, self.action_dim), generator=generator)
             self.register_buffer("initial_noise", noise)
@@ -227,6 +231,47 @@ class LeRobotPolicyModule(nn.Module):
         if self.policy_type == "vqbet":
             return self.policy.vqbet(batch, rollout=True)[:, : self.chunk_size]
         raise UnsupportedFormatError(f"no forward for LeRobot policy type {self.policy_type!r}")
+
+
+class StaticTimesteps:
+    """A diffusers scheduler whose timesteps are Python ints, so the denoising loop unrolls under torch.export.
+
+    diffusers keeps timesteps as a tensor; indexing its tables with a traced 0-d tensor and DDPM's
+    `previous_timestep` (a `nonzero` lookup) are data-dependent and stop torch.export. With ints the same
+    arithmetic runs eagerly and every step's constants fold. Everything else delegates to the scheduler.
+    """
+
+    def __init__(self, scheduler: Any) -> None:
+        self.scheduler = scheduler
+        self.timesteps: list[int] = [int(t) for t in getattr(scheduler, "timesteps", [])]
+        if hasattr(scheduler, "previous_timestep"):  # DDPM looks the previous step up in its own table
+            scheduler.previous_timestep = self.previous_timestep
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "scheduler":  # not set yet (unpickling)
+            raise AttributeError(name)
+        return getattr(self.scheduler, name)
+
+    def set_timesteps(self, *args: Any, **kwargs: Any) -> None:
+        """Set the scheduler's inference timesteps and keep them as ints (once per setting: the loop calls
+        this on every forward, and under torch.export the tensor it builds would be traced)."""
+        key = repr((args, sorted(kwargs.items())))
+        if key == self.__dict__.get("_set_with"):
+            return
+        self.scheduler.set_timesteps(*args, **kwargs)
+        self.timesteps = [int(t) for t in self.scheduler.timesteps]
+        self._set_with = key
+
+    def previous_timestep(self, timestep: int | torch.Tensor) -> int:
+        """The timestep after `timestep` in the inference schedule, -1 after the last."""
+        index = self.timesteps.index(int(timestep))
+        return self.timesteps[index + 1] if index + 1 < len(self.timesteps) else -1
+
+    def step(
+        self, model_output: torch.Tensor, timestep: int | torch.Tensor, sample: torch.Tensor, **kwargs: Any
+    ) -> Any:
+        """One scheduler step with an int timestep."""
+        return self.scheduler.step(model_output, int(timestep), sample, **kwargs)
 
 
 def load_processors(directory: Path) -> tuple[Any | None, Any | None]:

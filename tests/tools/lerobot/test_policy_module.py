@@ -21,7 +21,8 @@ def _load(directory: Path) -> tuple[torch.nn.Module, object, object, object]:
     policy_type = json.loads((directory / "config.json").read_text())["type"]
     policy = import_policy_class(policy_type).from_pretrained(str(directory))
     pre, post = load_processors(directory)
-    return LeRobotPolicyModule(policy, pre, post), policy, pre, post
+    untouched = import_policy_class(policy_type).from_pretrained(str(directory))  # LeRobot's own, unwrapped
+    return LeRobotPolicyModule(policy, pre, post), untouched, pre, post
 
 
 def _raw_observations(module: torch.nn.Module, batch: int = 2, seed: int = 1) -> list[torch.Tensor]:

@@ -53,6 +53,13 @@ class SimulatorPlugin(ABC):
     def is_success(self, env: Any) -> bool:
         """Whether the finished episode in `env` succeeded (see `success_definition`)."""
 
+    def bind(self, input_specs: Sequence[InputSpec], metadata: dict[str, Any]) -> None:
+        """Adapt to the model about to drive (observation history, actions per chunk); nothing by default."""
+
+    def trajectory_state(self, env: Any) -> np.ndarray | None:
+        """Return the state two trajectories are compared on, or None when the plugin cannot say."""
+        return None
+
     def initial_state(self, env: Any, observation: Observation) -> np.ndarray:
         """Return what identifies an episode's start (default: its first observation)."""
         return flatten_observation(observation)
