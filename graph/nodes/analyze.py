@@ -108,7 +108,7 @@ def make_analyze_node(
             "sensitivity": payload.quantization_sensitivity,
             "current": VersionPoint(ref=state["original"], measurement=baseline, lineage=[]),
             "last_node": "analyze",
-            "notes": decision_note(writer, "analysis", decision),
+            "notes": list(figures.get("notes", [])) + decision_note(writer, "analysis", decision),
         }
 
     return analyze

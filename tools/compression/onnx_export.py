@@ -33,7 +33,7 @@ from tools.compression.onnx_sessions import (
 from tools.errors import OptimizationError
 from tools.inputs import InputSpec, synthesize_inputs
 from tools.log import get_logger
-from tools.techniques.artifacts import TORCH_INPUTS, output_agreement, save_onnx_model
+from tools.techniques.artifacts import EXPORTABLE_INPUTS, output_agreement, save_onnx_model
 from tools.techniques.base import (
     Family,
     Needs,
@@ -50,6 +50,7 @@ DEFAULT_OPSET = 18
 ROBOPT_METADATA_KEY = "robopt.json"
 _EXPORT_BATCH = 2  # a batch of 1 would let torch.export specialize the batch dimension to a constant
 _PROTOBUF_LIMIT = 2**31 - 2**26  # protobuf's 2 GiB cap, less room for the graph itself
+_SCRIPTED_MAX_OPSET = 20  # the highest opset the TorchScript-based exporter writes
 _BULKY_NODE_METADATA = frozenset({"pkg.torch.onnx.stack_trace", "pkg.torch.onnx.fx_node"})
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _OP_PATTERNS = (
@@ -195,6 +196,9 @@ def export_to_onnx(
     args: tuple[Any, ...] = tuple(example[name] for name in names)
     with torch.no_grad():
         output_names = _unique([name for name, _ in wrapper.named_outputs(*args)])
+    if isinstance(module, torch.jit.ScriptModule):
+        _export_scripted(module, args, names, output_names, path, opset, dynamic_batch)
+        return _finish_export(path, metadata)
     batch = torch.export.Dim("batch", min=1, max=1024) if dynamic_batch else None
     target: nn.Module = module
     kwargs: dict[str, Any] | None = None
@@ -229,12 +233,48 @@ def export_to_onnx(
     if program is None:
         raise OptimizationError("the ONNX exporter returned no program")
     program.save(str(path), external_data=False)
+    return _finish_export(path, metadata)
+
+
+def _finish_export(path: Path, metadata: dict[str, Any] | None) -> Path:
+    """Drop bulky node metadata and record robopt's description (with the opset reached) in the file."""
+    import onnx
+
     proto = onnx.load(str(path))
     _drop_bulky_node_metadata(proto)
     if metadata is not None:  # record the opset reached: a down-conversion that fails keeps the exporter's
         set_robopt_metadata(proto, {**metadata, "opset": graph_opset(proto)})
     onnx.save(proto, str(path))
     return path
+
+
+def _export_scripted(
+    module: torch.jit.ScriptModule,
+    args: tuple[Any, ...],
+    names: list[str],
+    output_names: list[str],
+    path: Path,
+    opset: int,
+    dynamic_batch: bool,
+) -> None:
+    """Export a TorchScript module with the TorchScript-based exporter (torch.export cannot trace a
+    ScriptModule); the batch axis of every input and output is dynamic when asked."""
+    axes = {name: {0: "batch"} for name in [*names, *output_names]} if dynamic_batch else None
+    try:
+        with _quiet_exporter(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                module,
+                args,
+                str(path),
+                input_names=names,
+                output_names=output_names,
+                opset_version=min(opset, _SCRIPTED_MAX_OPSET),
+                dynamic_axes=axes,
+                dynamo=False,
+            )
+    except Exception as exc:  # noqa: BLE001 - the exporter raises many error types
+        raise export_error(exc, "the TorchScript module") from exc
 
 
 def graph_opset(proto: Any) -> int:
@@ -425,6 +465,13 @@ def require_parity(parity: dict[str, Any], max_abs_error: float, min_cosine: flo
         )
 
 
+def exportable_module(ctx: TechniqueContext, technique: str) -> nn.Module:
+    """The source as a module the ONNX exporter takes: an eager module, or a TorchScript archive as it is."""
+    if isinstance(ctx.source.module, torch.jit.ScriptModule):
+        return ctx.source.module
+    return ctx.require_module(technique)
+
+
 def onnx_source_path(ctx: TechniqueContext, technique: str) -> tuple[Path, dict[str, Any]]:
     """The source version as an ONNX file: the stored graph, or an export (with parity) of an eager module.
 
@@ -434,7 +481,7 @@ def onnx_source_path(ctx: TechniqueContext, technique: str) -> tuple[Path, dict[
 
     if ctx.source.session is not None:
         return Path(ctx.source.metadata.get("converted_to", ctx.source.path)), {"exported_from_torch": False}
-    module = ctx.require_module(technique)
+    module = exportable_module(ctx, technique)
     config = OnnxExportConfig()
     path = export_to_onnx(
         module,
@@ -461,7 +508,7 @@ def onnx_source_path(ctx: TechniqueContext, technique: str) -> tuple[Path, dict[
             packages=("onnx", "onnxruntime", "onnxscript"),
             install_hint="pip install onnx onnxruntime onnxscript",
         ),
-        input_formats=TORCH_INPUTS,
+        input_formats=EXPORTABLE_INPUTS,
         output_format="onnx",
         runtimes=("onnxruntime-cpu", "onnxruntime-cuda", "tensorrt"),
         precision="fp32",
@@ -473,7 +520,7 @@ def _apply_onnx_export(ctx: TechniqueContext, config: OnnxExportConfig) -> Techn
     """Export the source module, check parity on calibration (or synthetic) batches, and store the graph."""
     import onnx
 
-    module = ctx.require_module(config.type)
+    module = exportable_module(ctx, config.type)
     specs = ctx.source.input_specs
     ctx.progress(25, f"onnx_export: exporting {type(module).__name__} at opset {config.opset}")
     started = time.perf_counter()
