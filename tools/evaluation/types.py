@@ -11,6 +11,11 @@ AccuracyLevel = Literal["fidelity", "task", "closed_loop"]
 labelled data, or the success rate of closed-loop rollouts in a simulator. A fidelity number is never
 called accuracy."""
 
+ACTION_ERROR_METRIC = "action_rel_error"
+"""A policy's fidelity headline: ||a_candidate - a_original|| / ||a_original|| over all whole action chunks."""
+RELATIVE_ERROR_METRICS = frozenset({ACTION_ERROR_METRIC})
+"""Fidelity metrics that are already an error relative to the original's outputs (0 for the original itself)."""
+
 
 class AccuracyResult(BaseModel):
     """One accuracy figure, always stating its level, metric, direction and (when sampled) its 95% interval."""
@@ -30,4 +35,5 @@ class AccuracyResult(BaseModel):
     def label(self) -> str:
         """A human label that never calls fidelity 'accuracy'."""
         names = {"fidelity": "fidelity to the original", "task": "task metric", "closed_loop": "closed-loop"}
-        return f"{names[self.level]} {self.metric}"
+        space = " in action space" if self.metric in RELATIVE_ERROR_METRICS else ""
+        return f"{names[self.level]}{space} {self.metric}"
