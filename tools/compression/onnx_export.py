@@ -32,6 +32,7 @@ from tools.compression.onnx_sessions import (
 )
 from tools.errors import OptimizationError
 from tools.inputs import InputSpec, synthesize_inputs
+from tools.intake.hf_inputs import TOKEN_INPUTS
 from tools.log import get_logger
 from tools.techniques.artifacts import EXPORTABLE_INPUTS, output_agreement, save_onnx_model
 from tools.techniques.base import (
@@ -199,21 +200,24 @@ def export_to_onnx(
     if isinstance(module, torch.jit.ScriptModule):
         _export_scripted(module, args, names, output_names, path, opset, dynamic_batch)
         return _finish_export(path, metadata)
-    batch = torch.export.Dim("batch", min=1, max=1024) if dynamic_batch else None
+    axes = dynamic_axes(module, input_specs, dynamic_batch)
     target: nn.Module = module
     kwargs: dict[str, Any] | None = None
     dynamic_shapes: Any = None
     if wrapper.binding == "explicit":
         # Export the model itself, so node scopes and weight names are its own module paths.
         kwargs, args = {**example, **wrapper.extra}, ()
-        if batch is not None:
-            dynamic_shapes = {**{name: {0: batch} for name in names}, **{key: None for key in wrapper.extra}}
+        if axes:
+            dynamic_shapes = {
+                **{name: axes.get(name) for name in names},
+                **{key: None for key in wrapper.extra},
+            }
     elif wrapper.binding == "**kwargs":  # names only reach forward() through **kwargs: export the wrapper
         target = wrapper
-        if batch is not None:
-            dynamic_shapes = (tuple({0: batch} for _ in names),)  # one entry: the wrapper's *inputs
-    elif batch is not None:
-        dynamic_shapes = tuple({0: batch} for _ in names)
+        if axes:
+            dynamic_shapes = (tuple(axes.get(name) for name in names),)  # one entry: the wrapper's *inputs
+    elif axes:
+        dynamic_shapes = tuple(axes.get(name) for name in names)
     try:
         with _quiet_exporter():
             program = torch.onnx.export(
@@ -236,6 +240,34 @@ def export_to_onnx(
     return _finish_export(path, metadata)
 
 
+def sequence_inputs(input_specs: list[InputSpec]) -> list[str]:
+    """Token inputs laid out (batch, sequence) whose sequence length a deployment varies: every 2-D integer
+    input named like a token input, unless image placeholder tokens fix the layout (multimodal prompts)."""
+    if any(spec.prefix for spec in input_specs):
+        return []
+    return [
+        spec.name
+        for spec in input_specs
+        if spec.name in TOKEN_INPUTS and spec.is_integer and len(spec.shape) == 2 and spec.shape[1] > 1
+    ]
+
+
+def dynamic_axes(module: nn.Module, input_specs: list[InputSpec], dynamic_batch: bool) -> dict[str, Any]:
+    """The exporter's dynamic axes per input: the batch (when asked) and the sequence of token inputs, up to
+    the model's position limit."""
+    axes: dict[str, dict[int, Any]] = {}
+    if dynamic_batch:
+        batch = torch.export.Dim("batch", min=1, max=1024)
+        axes = {spec.name: {0: batch} for spec in input_specs}
+    tokens = sequence_inputs(input_specs)
+    if tokens:
+        limit = getattr(getattr(module, "config", None), "max_position_embeddings", None)
+        sequence = torch.export.Dim("sequence", min=2, max=int(limit) if limit else 4096)
+        for name in tokens:
+            axes.setdefault(name, {})[1] = sequence
+    return axes
+
+
 def _finish_export(path: Path, metadata: dict[str, Any] | None) -> Path:
     """Drop bulky node metadata and record robopt's description (with the opset reached) in the file."""
     import onnx
@@ -246,6 +278,35 @@ def _finish_export(path: Path, metadata: dict[str, Any] | None) -> Path:
         set_robopt_metadata(proto, {**metadata, "opset": graph_opset(proto)})
     onnx.save(proto, str(path))
     return path
+
+
+def _parity_at_other_lengths(
+    module: nn.Module, specs: list[InputSpec], session: Any, config: OnnxExportConfig
+) -> dict[str, Any]:
+    """With a dynamic sequence axis, check parity at a shorter and a longer sequence than the measured one
+    too, so the graph is known to hold at the lengths a deployment feeds it; {} without token inputs."""
+    tokens = set(sequence_inputs(specs))
+    if not tokens:
+        return {}
+    measured = next(spec.shape[1] for spec in specs if spec.name in tokens)
+    limit = getattr(getattr(module, "config", None), "max_position_embeddings", None) or 4096
+    lengths = sorted({max(2, measured // 2), min(int(limit), measured * 2)} - {measured})
+    checked: dict[str, Any] = {}
+    for length in lengths:
+        resized = [
+            spec.model_copy(update={"shape": (spec.shape[0], length)}) if spec.name in tokens else spec
+            for spec in specs
+        ]
+        batches = [export_inputs(resized, config.dynamic_batch, seed=2000 + i) for i in range(2)]
+        parity = check_onnx_parity(module, specs, session, batches)
+        require_parity(
+            parity,
+            config.max_abs_error,
+            config.min_cosine,
+            f"the exported ONNX graph at sequence length {length}",
+        )
+        checked[str(length)] = {"max_abs_error": parity["max_abs_error"], "min_cosine": parity["min_cosine"]}
+    return {"sequence_lengths": [measured, *lengths], "parity_by_length": checked}
 
 
 def _export_scripted(
@@ -549,6 +610,7 @@ def _apply_onnx_export(ctx: TechniqueContext, config: OnnxExportConfig) -> Techn
     parity = check_onnx_parity(module, specs, session, batches)
     parity["inputs_source"] = source
     require_parity(parity, config.max_abs_error, config.min_cosine, "the exported ONNX graph")
+    parity.update(_parity_at_other_lengths(module, specs, session, config))
     proto = onnx.load(str(artifact), load_external_data=False)
     path, fmt, options = save_onnx_model(artifact, ctx.work_dir, specs)
     facts = {

@@ -143,9 +143,9 @@ def build_from_state_dict(
         from tools.intake.hf_loader import model_from_config
 
         module = model_from_config(config, options)
-        from tools.intake.hf_inputs import infer_hf_input_specs
+        from tools.intake.hf_inputs import infer_hf_input_specs, with_encoder_inputs
 
-        specs = list(options.input_specs) or infer_hf_input_specs(config)
+        specs = list(options.input_specs) or with_encoder_inputs(infer_hf_input_specs(config), module, config)
     else:
         raise ValidationError(
             f"{path.name} holds only weights ({len(state)} tensors); robopt needs the architecture to run them",
