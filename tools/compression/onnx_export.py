@@ -252,6 +252,13 @@ def sequence_inputs(input_specs: list[InputSpec]) -> list[str]:
     ]
 
 
+def sequence_limit(module: nn.Module) -> int | None:
+    """The longest sequence a Hugging Face model takes (its position limit); None for other models, whose
+    token layout robopt cannot know, so their sequence axis stays as measured."""
+    limit = getattr(getattr(module, "config", None), "max_position_embeddings", None)
+    return int(limit) if isinstance(limit, int) and limit > 2 else None
+
+
 def dynamic_axes(module: nn.Module, input_specs: list[InputSpec], dynamic_batch: bool) -> dict[str, Any]:
     """The exporter's dynamic axes per input: the batch (when asked) and the sequence of token inputs, up to
     the model's position limit."""
@@ -260,9 +267,9 @@ def dynamic_axes(module: nn.Module, input_specs: list[InputSpec], dynamic_batch:
         batch = torch.export.Dim("batch", min=1, max=1024)
         axes = {spec.name: {0: batch} for spec in input_specs}
     tokens = sequence_inputs(input_specs)
-    if tokens:
-        limit = getattr(getattr(module, "config", None), "max_position_embeddings", None)
-        sequence = torch.export.Dim("sequence", min=2, max=int(limit) if limit else 4096)
+    limit = sequence_limit(module)
+    if tokens and limit is not None:
+        sequence = torch.export.Dim("sequence", min=2, max=limit)
         for name in tokens:
             axes.setdefault(name, {})[1] = sequence
     return axes
@@ -285,12 +292,11 @@ def _parity_at_other_lengths(
 ) -> dict[str, Any]:
     """With a dynamic sequence axis, check parity at a shorter and a longer sequence than the measured one
     too, so the graph is known to hold at the lengths a deployment feeds it; {} without token inputs."""
-    tokens = set(sequence_inputs(specs))
-    if not tokens:
+    tokens, limit = set(sequence_inputs(specs)), sequence_limit(module)
+    if not tokens or limit is None:
         return {}
     measured = next(spec.shape[1] for spec in specs if spec.name in tokens)
-    limit = getattr(getattr(module, "config", None), "max_position_embeddings", None) or 4096
-    lengths = sorted({max(2, measured // 2), min(int(limit), measured * 2)} - {measured})
+    lengths = sorted({max(2, measured // 2), min(limit, measured * 2)} - {measured})
     checked: dict[str, Any] = {}
     for length in lengths:
         resized = [
