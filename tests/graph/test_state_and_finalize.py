@@ -165,3 +165,39 @@ def test_finalize_prefers_the_accepted_better_version_over_the_untouched_origina
     final, check = choose_final(criteria, "meet", original.measurement, [original, accepted])
     assert final.ref.version_id == "v0002"
     assert [r.name for r in check.missing] == ["min_speedup"]
+
+
+def test_the_float_base_is_the_latest_accepted_unquantized_version() -> None:
+    from graph.nodes.plan import float_base
+
+    original, exported, int8 = (
+        _point("v0001", 4.0, 24.0),
+        _point("v0002", 2.0, 24.0),
+        _point("v0003", 1.6, 7.0),
+    )
+
+    def accepted(index: int, parent: str, step: str, point: VersionPoint) -> Attempt:
+        return Attempt(
+            index=index,
+            parent_version=parent,
+            steps=[{"type": step}],
+            status="accepted",
+            reason="r",
+            version=point.ref,
+            measurement=point.measurement,
+        )
+
+    attempts = [accepted(1, "v0001", "onnx_export", exported), accepted(2, "v0002", "ort_int8_dynamic", int8)]
+    current = int8.model_copy(update={"lineage": ["onnx_export", "ort_int8_dynamic"]})
+    state = {
+        "current": current,
+        "baseline": original.measurement,
+        "original": original.ref,
+        "attempts": attempts,
+    }
+    base = float_base(state)  # type: ignore[arg-type]
+    assert base is not None and base.ref.version_id == "v0002" and base.lineage == ["onnx_export"]
+    state["attempts"] = [accepted(1, "v0001", "ort_int8_dynamic", int8)]  # INT8 straight from the original
+    assert float_base(state).ref.version_id == "v0001"  # type: ignore[arg-type, union-attr]
+    state["current"] = exported.model_copy(update={"lineage": ["onnx_export"]})
+    assert float_base(state) is None  # type: ignore[arg-type]  # not quantized: nothing to go back to
