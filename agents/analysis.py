@@ -19,6 +19,8 @@ from tools.evaluation.targets import Feasibility
 
 _MB = 1024 * 1024
 Bottleneck = Literal["compute", "memory", "overhead", "unknown"]
+CONV_HEAVY_SHARE = 0.3
+"""Share of the FLOPs in convolutions from which dynamic INT8 (MatMul/Gemm only) leaves too much in float."""
 
 
 class ComponentShare(BaseModel):
@@ -48,6 +50,9 @@ class ModelSummary(BaseModel):
     components: list[ComponentShare] = Field(default_factory=list)
     layer_types: dict[str, int] = Field(default_factory=dict, description="Layer type -> parameters.")
     transformer_blocks: int = 0
+    conv_flops_share: float | None = Field(
+        default=None, ge=0, le=1, description="Share of the FLOPs in convolutions (None when not counted)."
+    )
 
 
 class AnalysisInput(BaseModel):
@@ -89,6 +94,13 @@ class Analysis(BaseModel):
         description="The Linear layers among the sensitive ones: what MatMul/Gemm INT8 can keep in float.",
     )
     prunable_blocks: list[str] = Field(default_factory=list, description="Blocks cheapest to remove.")
+    conv_flops_share: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="Measured share of the FLOPs in convolutions: what dynamic INT8 (MatMul/Gemm) leaves in "
+        "float and static INT8 covers.",
+    )
     speedup_needed: float | None = Field(default=None, description="Baseline / limit latency on the target.")
     compression_needed: float | None = Field(default=None, description="Baseline / limit artifact bytes.")
     recommended: list[str] = Field(default_factory=list, description="Technique names, most promising first.")
@@ -154,6 +166,11 @@ def analyze_rules(payload: AnalysisInput) -> Analysis:
     recommended += ["ort_int8_dynamic", "ort_int8_static", "onnx_export"]
     if bottleneck == "overhead":
         risks.append("latency is dominated by framework overhead: a graph runtime (ONNX Runtime) helps most")
+    if (model.conv_flops_share or 0.0) >= CONV_HEAVY_SHARE:
+        risks.append(
+            f"{model.conv_flops_share:.0%} of the FLOPs are convolutions, which dynamic INT8 leaves in float: "
+            "static INT8 (calibrated) covers them"
+        )
     if fragile:
         risks.append(
             f"int8 error concentrates in {', '.join(fragile[:2])}: keep them in float if accuracy drops"
@@ -186,6 +203,7 @@ def analyze_rules(payload: AnalysisInput) -> Analysis:
         sensitive_layers=fragile,
         sensitive_linear_layers=fragile_linear,
         prunable_blocks=prunable,
+        conv_flops_share=model.conv_flops_share,
         speedup_needed=speedup,
         compression_needed=compression,
         recommended=recommended,

@@ -126,6 +126,11 @@ class PlanningInput(BaseModel):
     sensitivity: list[LayerSensitivity] = Field(
         default_factory=list, description="Per-layer INT8 sensitivity of the original, most sensitive first."
     )
+    float_base: VersionSummary | None = Field(
+        default=None,
+        description="The latest accepted version that is not quantized (the original, or its FP32 export) when "
+        "the current version is quantized: lossy chains never tried on it can start from it (`start_from`).",
+    )
     techniques: list[TechniqueOption]
     attempts_left: int
     seconds_left: float
@@ -160,6 +165,11 @@ class PlanStep(BaseModel):
     then: list[str] = Field(
         default_factory=list, description="What is planned after this attempt, if it is kept."
     )
+    start_from: str | None = Field(
+        default=None,
+        description="Version the steps apply to: None for the current version, or the float_base version's id "
+        "to try a chain from the unquantized model when the current (quantized) one leaves nothing to try.",
+    )
 
 
 def same_steps(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> bool:
@@ -182,8 +192,9 @@ def check_plan(payload: PlanningInput, plan: PlanStep) -> None:
     if not plan.steps:
         raise ValidationError("an 'apply' plan needs at least one step")
     options = {option.name: option for option in payload.techniques}
-    fmt = payload.current.format
-    quantized = any(name in QUANTIZED_BY for name in payload.current.lineage)
+    start = plan_source(payload, plan)
+    fmt = start.format
+    quantized = any(name in QUANTIZED_BY for name in start.lineage)
     for step in plan.steps:
         option = options.get(step.technique)
         if option is None:
@@ -196,7 +207,7 @@ def check_plan(payload: PlanningInput, plan: PlanStep) -> None:
             )
         if quantized and step.technique in QUANTIZED_BY:
             raise ValidationError(
-                f"version {payload.current.version_id} is already quantized ({', '.join(payload.current.lineage)}); "
+                f"version {start.version_id} is already quantized ({', '.join(start.lineage)}); "
                 f"{step.technique} would quantize it again"
             )
         if option.needs_labels and not payload.has_labels:
@@ -205,11 +216,23 @@ def check_plan(payload: PlanningInput, plan: PlanStep) -> None:
         fmt = option.output_format
     wanted = [step.config_json() for step in plan.steps]
     for attempt in payload.attempts:
-        if attempt.parent_version == payload.current.version_id and same_steps(attempt.steps, wanted):
+        if attempt.parent_version == start.version_id and same_steps(attempt.steps, wanted):
             raise ValidationError(
                 f"attempt {attempt.index} already tried {[s['type'] for s in wanted]} on version "
-                f"{payload.current.version_id} ({attempt.status}: {attempt.reason})"
+                f"{start.version_id} ({attempt.status}: {attempt.reason})"
             )
+
+
+def plan_source(payload: PlanningInput, plan: PlanStep) -> VersionSummary:
+    """The version a plan's steps apply to: the current one, or the float base it names in `start_from`."""
+    if plan.start_from is None or plan.start_from == payload.current.version_id:
+        return payload.current
+    if payload.float_base is not None and plan.start_from == payload.float_base.version_id:
+        return payload.float_base
+    allowed = [payload.current.version_id] + ([payload.float_base.version_id] if payload.float_base else [])
+    raise ValidationError(
+        f"start_from {plan.start_from!r} names no version a plan may start from; use {allowed}"
+    )
 
 
 def _plan_rules(payload: PlanningInput) -> PlanStep:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from agents.analysis import CONV_HEAVY_SHARE
 from agents.planning import (
     QUANTIZED_BY,
     PlannedTechnique,
@@ -109,8 +110,9 @@ def candidate_attempts(payload: PlanningInput) -> list[tuple[list[PlannedTechniq
                     f"size must shrink {size:.1f}x, more than INT8's measured {int8_size:.1f}x: 4-bit weights",
                 )
             )
+        dynamic: list[tuple[list[PlannedTechnique], str]] = []
         if int8:
-            plans.append(
+            dynamic.append(
                 (
                     [_step("ort_int8_dynamic", per_channel=True)],
                     f"ONNX Runtime INT8 (dynamic, per channel): measured {int8_speed:.1f}x faster and "
@@ -119,25 +121,68 @@ def candidate_attempts(payload: PlanningInput) -> list[tuple[list[PlannedTechniq
             )
             for keep in dict.fromkeys((tuple(fragile[:2]), tuple(fragile[:4]))):
                 if keep:
-                    plans.append(
+                    dynamic.append(
                         (
                             [_step("ort_int8_dynamic", per_channel=True, nodes_to_exclude=list(keep))],
                             f"mixed precision: INT8 with the most sensitive layers kept in float ({', '.join(keep)})",
                         )
                     )
-        if "ort_int8_static" in options and real_data:
-            plans.append(
-                (
-                    [_step("ort_int8_static", per_channel=True, calibration_method="percentile")],
-                    "static INT8 calibrated on real observations (activations quantized too)",
-                )
-            )
+        static = _static_int8(payload, options, real_data)
+        # Conv-heavy: dynamic INT8 covers only MatMul/Gemm, so static INT8 (which covers Conv) goes first
+        plans += static + dynamic if conv_heavy(payload) else dynamic + static
         if four_bit and wants_size and not any(p[0][0].technique == "ort_matmul_4bits" for p in plans):
             plans.append(
                 ([_step("ort_matmul_4bits", block_size=32)], "4-bit weights for the smallest artifact")
             )
     if current.format != "onnx" and "onnx_export" in options and wants_speed:
-        plans.append(([_step("onnx_export")], "FP32 ONNX Runtime: a lossless speedup over eager PyTorch"))
+        export = ([_step("onnx_export")], "FP32 ONNX Runtime: a lossless speedup over eager PyTorch")
+        if size <= 1.0 and goal.objective != "smallest":
+            # lossless first: every lossy ONNX step would be measured on this export anyway, and the export
+            # alone may meet a speed goal (Diffusion Policy: 9 minutes of rejected INT8 before it did)
+            structural = sum(1 for steps, _ in plans if steps[0].technique == "structured_prune")
+            export = (export[0], export[1] + "; lossless, so it goes before the lossy steps")
+            plans.insert(structural, export)
+        else:
+            plans.append(export)
+    return plans
+
+
+def conv_heavy(payload: PlanningInput) -> bool:
+    """Whether convolutions hold enough of the FLOPs that dynamic INT8 (MatMul/Gemm only) leaves them in float."""
+    return (payload.analysis.conv_flops_share or 0.0) >= CONV_HEAVY_SHARE
+
+
+def _static_int8(
+    payload: PlanningInput, options: dict[str, TechniqueOption], real_data: bool
+) -> list[tuple[list[PlannedTechnique], str]]:
+    """Static INT8 (activations too, Conv covered): on real observations, or on a Conv-heavy model where dynamic
+    INT8 cannot reach the convolutions; for Conv-heavy models also the Conv backbone alone in INT8 (mixed)."""
+    heavy = conv_heavy(payload)
+    if "ort_int8_static" not in options or not (real_data or heavy):
+        return []
+    source = "real observations" if real_data else "synthetic inputs shaped like the model's (no data given)"
+    plans = [
+        (
+            [_step("ort_int8_static", per_channel=True, calibration_method="percentile")],
+            f"static INT8 calibrated on {source} (activations quantized too, Conv included)",
+        )
+    ]
+    if heavy:
+        share = payload.analysis.conv_flops_share or 0.0
+        plans[0] = (plans[0][0], plans[0][1] + f": {share:.0%} of the FLOPs are convolutions")
+        plans.append(
+            (
+                [
+                    _step(
+                        "ort_int8_static",
+                        per_channel=True,
+                        calibration_method="percentile",
+                        op_types_to_quantize=["Conv"],
+                    )
+                ],
+                f"mixed precision: the Conv backbone ({share:.0%} of the FLOPs) in static INT8, the rest in float",
+            )
+        )
     return plans
 
 
@@ -166,11 +211,21 @@ def plan_rules(payload: PlanningInput) -> PlanStep:
     if payload.attempts_left <= 0:
         return PlanStep(action="finish", rationale="no attempts left in the budget")
     plans = [(steps, why) for steps, why in candidate_attempts(payload) if not _tried(payload, steps)]
+    start_from = None
+    base = payload.float_base
+    if not plans and base is not None and base.version_id != version:
+        # the current version is quantized: chains never tried on the unquantized model may still reach the goal
+        branch = payload.model_copy(update={"current": base})
+        plans = [(steps, why) for steps, why in candidate_attempts(branch) if not _tried(branch, steps)]
+        plans = [(steps, f"from version {base.version_id} (not quantized): {why}") for steps, why in plans]
+        start_from = base.version_id if plans else None
     if not plans:
         missing = ", ".join(r.name for r in check.missing) or "nothing"
+        tried = f" or version {base.version_id}" if base is not None and base.version_id != version else ""
         return PlanStep(
             action="finish",
-            rationale=f"no untried technique can improve version {version} further (still missing: {missing})",
+            rationale=f"no untried technique can improve version {version}{tried} further "
+            f"(still missing: {missing})",
         )
     steps, why = plans[0]
     return PlanStep(
@@ -178,4 +233,5 @@ def plan_rules(payload: PlanningInput) -> PlanStep:
         steps=steps,
         rationale=why,
         then=["+".join(step.technique for step in later) for later, _ in plans[1:3]],
+        start_from=start_from,
     )

@@ -112,6 +112,7 @@ class Bench:
         the way `JobService.create_job` does, so the robopt job and this bench measure the same thing."""
         from graph.work import load_data
         from server.jobs import REFERENCE_TASKS, accuracy_plan
+        from tools.evaluation.policy import is_policy
         from tools.reference import reference_model_file
         from tools.techniques import load_version, store_original
 
@@ -128,7 +129,10 @@ class Bench:
         loaded = load_version(store, job_id, manifest.id, data_dir)
         dataset = load_data(data, loaded) if data.kind != "synthetic" else None
         plan = accuracy_plan(
-            setup.simulator, dataset is not None and dataset.labels is not None, setup.episodes
+            setup.simulator,
+            dataset is not None and dataset.labels is not None,
+            setup.episodes,
+            policy=is_policy(loaded, setup.model),
         )
         return cls(
             data_dir=data_dir,

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from graph.state import DataSource
-from tools.errors import ValidationError
+from tools.errors import RoboptError, ValidationError
 from tools.evaluation.evaluate import AccuracyPlan, evaluate_version
 from tools.evaluation.measurement import Measurement
 from tools.intake import LoadedModel
@@ -211,6 +211,17 @@ def import_version(store: VersionStore, source: ArtifactRef, job_id: str) -> str
     return copied.id
 
 
+def optional_step(name: str, step: Callable[[], list[Any]], notes: list[str]) -> list[Any]:
+    """Run an optional analysis step; when it does not apply to this model (a TorchScript module has no
+    layers to rank), skip it with a note instead of ending the job."""
+    try:
+        return step()
+    except (RoboptError, RuntimeError, TypeError, AttributeError) as exc:
+        message = exc.message if isinstance(exc, RoboptError) else f"{type(exc).__name__}: {exc}"
+        notes.append(f"analysis: {name} skipped ({message.splitlines()[0][:200]})")
+        return []
+
+
 def profile_original(
     data_dir: str,
     ref: ArtifactRef,
@@ -241,15 +252,16 @@ def profile_original(
     progress(50, "profiled; measuring this machine's roofline")
     floor = roofline_floor_ms(profile.parameter_bytes, profile.flops, machine, threads=threads)
     progress(75, "ranking layer sensitivity")
-    quantization, pruning = [], []
+    quantization, pruning, notes = [], [], []
     if model.module is not None:
         calibration, _ = split_data(dataset)
         batches = (calibration.batches if calibration else [model.example_inputs()])[:2]
-        quantization = quantization_sensitivity(model.module, batches)
-        try:
-            pruning = pruning_sensitivity(model.module, batches)
-        except ValidationError:
-            pruning = []
+        quantization = optional_step(
+            "quantization sensitivity", lambda: quantization_sensitivity(model.module, batches), notes
+        )
+        pruning = optional_step(
+            "pruning sensitivity", lambda: pruning_sensitivity(model.module, batches), notes
+        )
     progress(100, "analysis figures ready")
     return {
         "baseline": baseline,
@@ -259,4 +271,5 @@ def profile_original(
         "quantization_sensitivity": [item.model_dump(mode="json") for item in quantization[:24]],
         "pruning_sensitivity": [item.model_dump(mode="json") for item in pruning[:24]],
         "machine": machine.model_dump(mode="json"),
+        "notes": notes,
     }

@@ -64,9 +64,12 @@ AGREEMENT_EPISODES = 10
 and gym-aloha renders a few steps per second on a CPU."""
 
 
-def accuracy_plan(simulator: str | None, has_labels: bool, episodes: int | None = None) -> AccuracyPlan:
+def accuracy_plan(
+    simulator: str | None, has_labels: bool, episodes: int | None = None, policy: bool = False
+) -> AccuracyPlan:
     """Closed loop when a simulator is given (action agreement with the original in LeRobot's simulators),
-    a task metric when the data has labels, fidelity otherwise."""
+    a task metric when the data has labels, fidelity otherwise (judged on the actions for a policy, see
+    tools.evaluation.policy.is_policy)."""
     from tools.evaluation.simulators import AGREEMENT_SIMULATORS
 
     if simulator in AGREEMENT_SIMULATORS:
@@ -77,7 +80,7 @@ def accuracy_plan(simulator: str | None, has_labels: bool, episodes: int | None 
         return AccuracyPlan(level="closed_loop", simulator=simulator, episodes=episodes or DEFAULT_EPISODES)
     if has_labels:
         return AccuracyPlan(level="task")
-    return AccuracyPlan(level="fidelity")
+    return AccuracyPlan(level="fidelity", judge_actions=policy)
 
 
 class JobService:
@@ -147,6 +150,7 @@ class JobService:
         goal_history: Sequence[str] = (),
     ) -> JobRecord:
         """Store the model as version 1 of a new job and record the job (status queued)."""
+        from tools.evaluation.policy import is_policy
         from tools.evaluation.size import size_of_loaded
         from tools.techniques import load_version, store_original
 
@@ -175,6 +179,7 @@ class JobService:
                 loaded_data = load_data(data, loaded)  # refuses data that does not match the model's inputs
                 has_labels = loaded_data is not None and loaded_data.labels is not None
             params = size_of_loaded(loaded).total_params
+            policy = is_policy(loaded, source.reference)
         except BaseException:
             self.store.delete_job(job_id, confirm=True)  # no half-created job is left behind
             raise
@@ -186,7 +191,7 @@ class JobService:
         )
         options = JobOptions(
             model=facts,
-            accuracy=accuracy_plan(simulator, has_labels, episodes),
+            accuracy=accuracy_plan(simulator, has_labels, episodes, policy=policy),
             data=data,
             target=target,
             goal_history=list(goal_history),

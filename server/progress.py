@@ -10,7 +10,7 @@ import time
 from typing import Any, TextIO
 
 from graph.events import Event
-from tools.evaluation.report import Report
+from tools.evaluation.report import Report, reported_figures
 
 BAR_WIDTH = 24
 
@@ -135,6 +135,10 @@ def before_after_table(report: Report) -> str:
         change = comparison.accuracy
         rows.append(
             (change.label, cell(change.before, 4), cell(change.after, 4), f"change {change.change:+.4f}")
+        )
+    for label, before, after in reported_figures(report):
+        rows.append(
+            (f"{label} (not judged)", cell(before, 4), cell(after, 4), f"change {after - before:+.4f}")
         )
     for target in report.targets:
         if target.projected is not None and not target.measured:

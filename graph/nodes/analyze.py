@@ -45,7 +45,18 @@ def model_summary(name: str, profile: dict[str, Any]) -> ModelSummary:
         components=components,
         layer_types={t["layer_type"]: t["parameters"] for t in profile.get("layer_types", [])},
         transformer_blocks=sum(s["blocks"] for s in architecture.get("transformer_stacks", [])),
+        conv_flops_share=conv_flops_share(profile),
     )
+
+
+def conv_flops_share(profile: dict[str, Any]) -> float | None:
+    """Share of the counted FLOPs in convolutions (aten convolution ops, ONNX Conv/ConvInteger/QLinearConv)."""
+    by_op = profile.get("flops_by_op") or []
+    total = sum(int(item["flops"]) for item in by_op)
+    if total <= 0:
+        return None
+    conv = sum(int(item["flops"]) for item in by_op if "conv" in str(item["op"]).lower())
+    return round(conv / total, 4)
 
 
 def make_analyze_node(
@@ -101,14 +112,16 @@ def make_analyze_node(
             available_techniques=[info.spec.name for info in list_techniques() if info.available],
         )
         decision = await reasoner.decide(ANALYSIS, payload)
-        emit(writer, "status", state="analyzed", summary=decision.output.summary)
+        # a measured fact, never the reasoner's: the planner reads it to cover Conv-heavy FLOPs
+        analysis = decision.output.model_copy(update={"conv_flops_share": summary.conv_flops_share})
+        emit(writer, "status", state="analyzed", summary=analysis.summary)
         return {
             "baseline": baseline,
-            "analysis": decision.output,
+            "analysis": analysis,
             "sensitivity": payload.quantization_sensitivity,
             "current": VersionPoint(ref=state["original"], measurement=baseline, lineage=[]),
             "last_node": "analyze",
-            "notes": decision_note(writer, "analysis", decision),
+            "notes": list(figures.get("notes", [])) + decision_note(writer, "analysis", decision),
         }
 
     return analyze

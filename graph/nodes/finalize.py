@@ -25,14 +25,17 @@ def _size(measurement: Measurement) -> float:
     return float(measurement.size.artifact_bytes or 0) if measurement.size else float("inf")
 
 
-def _closeness(check: CriteriaCheck) -> float:
-    """Sum over criteria of margin / limit, capped: how close a version comes (higher is closer)."""
+def _shortfall(check: CriteriaCheck) -> float:
+    """How far the missed criteria are from their limits: the sum of margin / limit over the criteria NOT met,
+    each capped at -1 (an unmeasured one counts -1). Margins of criteria already met add nothing, so a version
+    with room to spare on accuracy (the untouched original) cannot outscore one that came closer to the goal.
+    """
     total = 0.0
-    for result in check.results:
+    for result in check.missing:
         if result.margin is None or not result.limit:
             total -= 1.0
         else:
-            total += max(-1.0, min(1.0, result.margin / abs(result.limit)))
+            total += max(-1.0, min(0.0, result.margin / abs(result.limit)))
     return total
 
 
@@ -40,23 +43,19 @@ def choose_final(
     criteria: Criteria, objective: str, baseline: Measurement, points: list[VersionPoint]
 ) -> tuple[VersionPoint, CriteriaCheck]:
     """The best version: among those meeting every criterion, the fastest (or smallest) on the target; when
-    none does, the one missing fewest criteria and coming closest to the rest."""
+    none does, the one missing fewest criteria, then the one coming closest to those it misses, then the
+    fastest (or smallest)."""
     checked = [(point, check_criteria(criteria, baseline, point.measurement)) for point in points]
     target = criteria.latency_target
+
+    def objective_key(item: tuple[VersionPoint, CriteriaCheck]) -> tuple[float, float]:
+        latency, size = _latency(item[0].measurement, target), _size(item[0].measurement)
+        return (size, latency) if objective == "smallest" else (latency, size)
+
     passing = [(p, c) for p, c in checked if c.passed]
     if passing:
-        if objective == "smallest":
-            key = lambda item: (
-                _size(item[0].measurement),
-                _latency(item[0].measurement, target),
-            )  # noqa: E731
-        else:
-            key = lambda item: (
-                _latency(item[0].measurement, target),
-                _size(item[0].measurement),
-            )  # noqa: E731
-        return min(passing, key=key)
-    return max(checked, key=lambda item: (-len(item[1].missing), _closeness(item[1])))
+        return min(passing, key=objective_key)
+    return min(checked, key=lambda item: (len(item[1].missing), -_shortfall(item[1]), objective_key(item)))
 
 
 async def finalize(state: JobState, runtime: Runtime[GraphContext]) -> dict[str, Any]:

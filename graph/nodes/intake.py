@@ -12,6 +12,7 @@ from graph.context import GraphContext
 from graph.events import Writer, emit
 from graph.state import JobState
 from tools.evaluation.evaluate import AccuracyPlan
+from tools.evaluation.policy import ACTION_ERROR_METRIC
 
 _TASK_HEADLINE = {
     "actions": ("action_mse", False),
@@ -26,6 +27,8 @@ def accuracy_kind(plan: AccuracyPlan) -> AccuracyKind:
         return AccuracyKind(level="closed_loop", metric="success_rate", higher_is_better=True)
     if plan.level == "closed_loop_agreement":
         return AccuracyKind(level="closed_loop_agreement", metric="action_agreement", higher_is_better=True)
+    if plan.level == "fidelity" and plan.judge_actions:
+        return AccuracyKind(level="fidelity", metric=ACTION_ERROR_METRIC, higher_is_better=False)
     if plan.level == "fidelity":
         return AccuracyKind(level="fidelity", metric="min_cosine", higher_is_better=True)
     metric, higher = _TASK_HEADLINE[plan.task_kind]

@@ -8,11 +8,19 @@ from typing import Any, Awaitable, Callable
 from langgraph.runtime import Runtime
 
 from agents.base import Reasoner
-from agents.planning import PLANNING, AttemptSummary, PlanningInput, PlanStep, TechniqueOption, VersionSummary
+from agents.planning import (
+    PLANNING,
+    QUANTIZED_BY,
+    AttemptSummary,
+    PlanningInput,
+    PlanStep,
+    TechniqueOption,
+    VersionSummary,
+)
 from graph.context import GraphContext, attempts_left, seconds_left
 from graph.events import emit
 from graph.nodes.intake import decision_note
-from graph.state import JobState
+from graph.state import JobState, VersionPoint
 from tools.evaluation.criteria import check_criteria
 from tools.evaluation.measurement import Measurement
 from tools.techniques import list_techniques
@@ -116,14 +124,10 @@ def make_plan_node(
             goal=goal,
             analysis=state["analysis"],
             baseline=baseline,
-            current=VersionSummary(
-                version_id=current.ref.version_id,
-                format=current.ref.format,
-                lineage=current.lineage,
-                measurement=current.measurement,
-            ),
+            current=_summary(current),
             check=check_criteria(goal.criteria, baseline, current.measurement),
             attempts=summarize_attempts(state, goal.criteria.latency_target),
+            float_base=_summary(base) if (base := float_base(state)) is not None else None,
             sensitivity=state.get("sensitivity", [])[:12],
             techniques=technique_options(),
             attempts_left=left,
@@ -142,14 +146,56 @@ def make_plan_node(
             steps=[s.config_json() for s in step.steps],
             rationale=step.rationale,
         )
-        return {
+        update: dict[str, Any] = {
             "plan": step,
             "planned_by": decision.source,
             "last_node": "plan",
             "notes": decision_note(writer, "planning", decision),
         }
+        if step.action == "apply" and base is not None and step.start_from == base.ref.version_id:
+            # the chain starts from the unquantized version: it becomes the attempt's parent
+            emit(
+                writer,
+                "status",
+                state="branched",
+                from_version=current.ref.version_id,
+                to_version=step.start_from,
+            )
+            update["current"] = base
+            update["notes"] = update["notes"] + [
+                f"plan: back to version {base.ref.version_id} (not quantized) to try {'+'.join(s.technique for s in step.steps)}"
+            ]
+        return update
 
     return plan
+
+
+def _summary(point: VersionPoint) -> VersionSummary:
+    """A version as the planner sees it."""
+    return VersionSummary(
+        version_id=point.ref.version_id,
+        format=point.ref.format,
+        lineage=point.lineage,
+        measurement=point.measurement,
+    )
+
+
+def float_base(state: JobState) -> VersionPoint | None:
+    """The latest accepted version with no quantization in its lineage (the original, or its FP32 export), when
+    the current version is quantized; None otherwise."""
+    current, baseline = state["current"], state["baseline"]
+    if current is None or baseline is None or not any(name in QUANTIZED_BY for name in current.lineage):
+        return None
+    base = VersionPoint(ref=state["original"], measurement=baseline, lineage=[])
+    lineage: dict[str, list[str]] = {base.ref.version_id: []}
+    for attempt in state.get("attempts", []):
+        if attempt.status != "accepted" or attempt.version is None or attempt.measurement is None:
+            continue
+        steps = lineage.get(attempt.parent_version, []) + [str(s["type"]) for s in attempt.steps]
+        lineage[attempt.version.version_id] = steps
+        if not any(name in QUANTIZED_BY for name in steps):
+            base = VersionPoint(ref=attempt.version, measurement=attempt.measurement, lineage=steps)
+    return base
 
 
 def options_calibration(state: JobState) -> str:

@@ -139,3 +139,65 @@ def test_the_planner_sees_each_attempts_gain_over_its_own_parent() -> None:
     assert (summaries[0].speedup, summaries[0].compression) == (4.0, 4.0)
     assert (summaries[1].speedup, summaries[1].compression) == (0.5, 2.0)  # against v0002, not the original
     assert summaries[2].speedup is None and summaries[2].accuracy is None
+
+
+def _fidelity_point(version: str, p50_ms: float, size_mb: float, cosine: float) -> VersionPoint:
+    point = _point(version, p50_ms, size_mb)
+    accuracy = AccuracyResult(level="fidelity", metric="min_cosine", value=cosine, higher_is_better=True)
+    return point.model_copy(
+        update={"measurement": point.measurement.model_copy(update={"accuracy": accuracy})}
+    )
+
+
+def test_finalize_prefers_the_accepted_better_version_over_the_untouched_original() -> None:
+    # Issue 14: a user-exported ACT, "2x faster, accuracy within 2%"; INT8 (v0002) was accepted at 1.2x faster
+    # and 3x smaller with a 1% drop, the goal's speed was missed by both. Summing margins of criteria already met
+    # made the original (drop 0, the most room on accuracy) the "best effort".
+    original = _fidelity_point("v0001", 12.0, 60.0, 1.0)
+    accepted = _fidelity_point("v0002", 10.0, 20.0, 0.99)
+    criteria = Criteria(
+        min_speedup=2.0,
+        max_accuracy_drop=2.0,
+        accuracy_drop_unit="relative_pct",
+        accuracy_level="fidelity",
+        accuracy_metric="min_cosine",
+    )
+    final, check = choose_final(criteria, "meet", original.measurement, [original, accepted])
+    assert final.ref.version_id == "v0002"
+    assert [r.name for r in check.missing] == ["min_speedup"]
+
+
+def test_the_float_base_is_the_latest_accepted_unquantized_version() -> None:
+    from graph.nodes.plan import float_base
+
+    original, exported, int8 = (
+        _point("v0001", 4.0, 24.0),
+        _point("v0002", 2.0, 24.0),
+        _point("v0003", 1.6, 7.0),
+    )
+
+    def accepted(index: int, parent: str, step: str, point: VersionPoint) -> Attempt:
+        return Attempt(
+            index=index,
+            parent_version=parent,
+            steps=[{"type": step}],
+            status="accepted",
+            reason="r",
+            version=point.ref,
+            measurement=point.measurement,
+        )
+
+    attempts = [accepted(1, "v0001", "onnx_export", exported), accepted(2, "v0002", "ort_int8_dynamic", int8)]
+    current = int8.model_copy(update={"lineage": ["onnx_export", "ort_int8_dynamic"]})
+    state = {
+        "current": current,
+        "baseline": original.measurement,
+        "original": original.ref,
+        "attempts": attempts,
+    }
+    base = float_base(state)  # type: ignore[arg-type]
+    assert base is not None and base.ref.version_id == "v0002" and base.lineage == ["onnx_export"]
+    state["attempts"] = [accepted(1, "v0001", "ort_int8_dynamic", int8)]  # INT8 straight from the original
+    assert float_base(state).ref.version_id == "v0001"  # type: ignore[arg-type, union-attr]
+    state["current"] = exported.model_copy(update={"lineage": ["onnx_export"]})
+    assert float_base(state) is None  # type: ignore[arg-type]  # not quantized: nothing to go back to

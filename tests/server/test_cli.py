@@ -83,6 +83,29 @@ def test_bad_flags_exit_2(run_cli, zoo: dict[str, Path]) -> None:  # noqa: ANN00
     assert code == 2 and "cannot be imported" in err
 
 
+def test_unloadable_arch_exits_2_with_an_actionable_line(
+    run_cli, zoo: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # noqa: ANN001
+) -> None:
+    # An --arch whose import fails with something other than ImportError (LeRobot's ACT module under a CPU
+    # torch: "operator torchvision::nms does not exist"), or whose constructor raises, is one line and exit 2.
+    (tmp_path / "broken_arch.py").write_text(
+        "import torch\nraise RuntimeError('operator torchvision::nms does not exist')\n"
+    )
+    (tmp_path / "picky_arch.py").write_text(
+        "import torch\nclass Picky(torch.nn.Module):\n"
+        "    def __init__(self):\n        super().__init__()\n        raise ValueError('needs a config object')\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for arch, fragment in (
+        ("broken_arch:Net", "importing broken_arch failed with RuntimeError: operator torchvision::nms"),
+        ("picky_arch:Picky", "cannot build picky_arch:Picky from the given config: ValueError"),
+        ("picky_arch:Nope", "has no attribute 'Nope'"),
+    ):
+        code, out, err = run_cli("analyze", str(zoo["state_dict"]), "--arch", arch)
+        assert code == 2 and out == "", (arch, err)
+        assert fragment in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
 @pytest.mark.integration
 def test_console_script_measures_latency_and_refuses_bad_file(zoo: dict[str, Path], tmp_path: Path) -> None:
     robopt = Path(sys.executable).with_name("robopt")

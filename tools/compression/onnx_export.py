@@ -23,6 +23,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
+from tools.compression.onnx_axes import dynamic_axes, sequence_inputs, sequence_limit
 from tools.compression.onnx_sessions import (
     OptimizationLevel,
     cpu_session,
@@ -33,7 +34,7 @@ from tools.compression.onnx_sessions import (
 from tools.errors import OptimizationError
 from tools.inputs import InputSpec, synthesize_inputs
 from tools.log import get_logger
-from tools.techniques.artifacts import TORCH_INPUTS, output_agreement, save_onnx_model
+from tools.techniques.artifacts import EXPORTABLE_INPUTS, output_agreement, save_onnx_model
 from tools.techniques.base import (
     Family,
     Needs,
@@ -50,6 +51,7 @@ DEFAULT_OPSET = 18
 ROBOPT_METADATA_KEY = "robopt.json"
 _EXPORT_BATCH = 2  # a batch of 1 would let torch.export specialize the batch dimension to a constant
 _PROTOBUF_LIMIT = 2**31 - 2**26  # protobuf's 2 GiB cap, less room for the graph itself
+_SCRIPTED_MAX_OPSET = 20  # the highest opset the TorchScript-based exporter writes
 _BULKY_NODE_METADATA = frozenset({"pkg.torch.onnx.stack_trace", "pkg.torch.onnx.fx_node"})
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _OP_PATTERNS = (
@@ -204,23 +206,29 @@ def export_to_onnx(
     args: tuple[Any, ...] = tuple(example[name] for name in names)
     with torch.no_grad():
         output_names = _unique([name for name, _ in wrapper.named_outputs(*args)])
-    batch = torch.export.Dim("batch", min=1, max=1024) if dynamic_batch else None
+    if isinstance(module, torch.jit.ScriptModule):
+        _export_scripted(module, args, names, output_names, path, opset, dynamic_batch)
+        return _finish_export(path, metadata)
+    axes = dynamic_axes(module, input_specs, dynamic_batch)
     target: nn.Module = module
     kwargs: dict[str, Any] | None = None
     dynamic_shapes: Any = None
     if wrapper.binding == "explicit":
         # Export the model itself, so node scopes and weight names are its own module paths.
         kwargs, args = {**example, **wrapper.extra}, ()
-        if batch is not None:
-            dynamic_shapes = {**{name: {0: batch} for name in names}, **{key: None for key in wrapper.extra}}
+        if axes:
+            dynamic_shapes = {
+                **{name: axes.get(name) for name in names},
+                **{key: None for key in wrapper.extra},
+            }
     elif wrapper.binding == "**kwargs":  # names only reach forward() through **kwargs: export the wrapper
         target = wrapper
-        if batch is not None:
-            dynamic_shapes = (tuple({0: batch} for _ in names),)  # one entry: the wrapper's *inputs
-    elif batch is not None and _takes_var_positional(module):  # forward(*inputs): one entry for the tuple
-        dynamic_shapes = (tuple({0: batch} for _ in names),)
-    elif batch is not None:
-        dynamic_shapes = tuple({0: batch} for _ in names)
+        if axes:
+            dynamic_shapes = (tuple(axes.get(name) for name in names),)  # one entry: the wrapper's *inputs
+    elif axes and _takes_var_positional(module):  # forward(*inputs): one entry for the tuple
+        dynamic_shapes = (tuple(axes.get(name) for name in names),)
+    elif axes:
+        dynamic_shapes = tuple(axes.get(name) for name in names)
     try:
         with _quiet_exporter():
             program = torch.onnx.export(
@@ -240,6 +248,13 @@ def export_to_onnx(
     if program is None:
         raise OptimizationError("the ONNX exporter returned no program")
     program.save(str(path), external_data=False)
+    return _finish_export(path, metadata)
+
+
+def _finish_export(path: Path, metadata: dict[str, Any] | None) -> Path:
+    """Drop bulky node metadata and record robopt's description (with the opset reached) in the file."""
+    import onnx
+
     proto = onnx.load(str(path))
     _drop_bulky_node_metadata(proto)
     if metadata is not None:  # record the opset reached: a down-conversion that fails keeps the exporter's
@@ -255,6 +270,63 @@ def _takes_var_positional(module: nn.Module) -> bool:
     except (TypeError, ValueError):
         return False
     return any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params)
+
+
+def _parity_at_other_lengths(
+    module: nn.Module, specs: list[InputSpec], session: Any, config: OnnxExportConfig
+) -> dict[str, Any]:
+    """With a dynamic sequence axis, check parity at a shorter and a longer sequence than the measured one
+    too, so the graph is known to hold at the lengths a deployment feeds it; {} without token inputs."""
+    tokens, limit = set(sequence_inputs(specs)), sequence_limit(module)
+    if not tokens or limit is None:
+        return {}
+    measured = next(spec.shape[1] for spec in specs if spec.name in tokens)
+    lengths = sorted({max(2, measured // 2), min(limit, measured * 2)} - {measured})
+    checked: dict[str, Any] = {}
+    for length in lengths:
+        resized = [
+            spec.model_copy(update={"shape": (spec.shape[0], length)}) if spec.name in tokens else spec
+            for spec in specs
+        ]
+        batches = [export_inputs(resized, config.dynamic_batch, seed=2000 + i) for i in range(2)]
+        parity = check_onnx_parity(module, specs, session, batches)
+        require_parity(
+            parity,
+            config.max_abs_error,
+            config.min_cosine,
+            f"the exported ONNX graph at sequence length {length}",
+        )
+        checked[str(length)] = {"max_abs_error": parity["max_abs_error"], "min_cosine": parity["min_cosine"]}
+    return {"sequence_lengths": [measured, *lengths], "parity_by_length": checked}
+
+
+def _export_scripted(
+    module: torch.jit.ScriptModule,
+    args: tuple[Any, ...],
+    names: list[str],
+    output_names: list[str],
+    path: Path,
+    opset: int,
+    dynamic_batch: bool,
+) -> None:
+    """Export a TorchScript module with the TorchScript-based exporter (torch.export cannot trace a
+    ScriptModule); the batch axis of every input and output is dynamic when asked."""
+    axes = {name: {0: "batch"} for name in [*names, *output_names]} if dynamic_batch else None
+    try:
+        with _quiet_exporter(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                module,
+                args,
+                str(path),
+                input_names=names,
+                output_names=output_names,
+                opset_version=min(opset, _SCRIPTED_MAX_OPSET),
+                dynamic_axes=axes,
+                dynamo=False,
+            )
+    except Exception as exc:  # noqa: BLE001 - the exporter raises many error types
+        raise export_error(exc, "the TorchScript module") from exc
 
 
 def graph_opset(proto: Any) -> int:
@@ -445,6 +517,13 @@ def require_parity(parity: dict[str, Any], max_abs_error: float, min_cosine: flo
         )
 
 
+def exportable_module(ctx: TechniqueContext, technique: str) -> nn.Module:
+    """The source as a module the ONNX exporter takes: an eager module, or a TorchScript archive as it is."""
+    if isinstance(ctx.source.module, torch.jit.ScriptModule):
+        return ctx.source.module
+    return ctx.require_module(technique)
+
+
 def onnx_source_path(ctx: TechniqueContext, technique: str) -> tuple[Path, dict[str, Any]]:
     """The source version as an ONNX file: the stored graph, or an export (with parity) of an eager module.
 
@@ -454,7 +533,7 @@ def onnx_source_path(ctx: TechniqueContext, technique: str) -> tuple[Path, dict[
 
     if ctx.source.session is not None:
         return Path(ctx.source.metadata.get("converted_to", ctx.source.path)), {"exported_from_torch": False}
-    module = ctx.require_module(technique)
+    module = exportable_module(ctx, technique)
     config = OnnxExportConfig()
     path = export_to_onnx(
         module,
@@ -481,7 +560,7 @@ def onnx_source_path(ctx: TechniqueContext, technique: str) -> tuple[Path, dict[
             packages=("onnx", "onnxruntime", "onnxscript"),
             install_hint="pip install onnx onnxruntime onnxscript",
         ),
-        input_formats=TORCH_INPUTS,
+        input_formats=EXPORTABLE_INPUTS,
         output_format="onnx",
         runtimes=("onnxruntime-cpu", "onnxruntime-cuda", "tensorrt"),
         precision="fp32",
@@ -493,7 +572,7 @@ def _apply_onnx_export(ctx: TechniqueContext, config: OnnxExportConfig) -> Techn
     """Export the source module, check parity on calibration (or synthetic) batches, and store the graph."""
     import onnx
 
-    module = ctx.require_module(config.type)
+    module = exportable_module(ctx, config.type)
     specs = ctx.source.input_specs
     ctx.progress(25, f"onnx_export: exporting {type(module).__name__} at opset {config.opset}")
     started = time.perf_counter()
@@ -522,6 +601,7 @@ def _apply_onnx_export(ctx: TechniqueContext, config: OnnxExportConfig) -> Techn
     parity = check_onnx_parity(module, specs, session, batches)
     parity["inputs_source"] = source
     require_parity(parity, config.max_abs_error, config.min_cosine, "the exported ONNX graph")
+    parity.update(_parity_at_other_lengths(module, specs, session, config))
     proto = onnx.load(str(artifact), load_external_data=False)
     path, fmt, options = save_onnx_model(artifact, ctx.work_dir, specs)
     facts = {

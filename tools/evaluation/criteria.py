@@ -1,7 +1,8 @@
 """The goal's criteria, typed, and their check on a candidate against the baseline, with signed margins.
 
 Margins are positive when there is room left and negative by how much a limit is missed, in the
-criterion's unit. Latency on a target other than this machine comes from a stored projection and is
+criterion's unit. A metric that is itself an error relative to the original (a policy's action error) takes a
+relative drop as percentage points of it: "actions within 2%" is an action error of at most 0.02. Latency on a target other than this machine comes from a stored projection and is
 marked `estimated`. Accuracy drops respect the metric's direction (a higher MSE is a drop).
 """
 
@@ -14,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from tools.errors import NotFoundError, ValidationError
 from tools.evaluation.measurement import Measurement, matching_accuracy
 from tools.evaluation.targets import THIS_MACHINE, canonical_target_name
-from tools.evaluation.types import AccuracyLevel
+from tools.evaluation.types import RELATIVE_ERROR_METRICS, AccuracyLevel
 
 _MB = 1024 * 1024
 
@@ -216,7 +217,10 @@ def _check_accuracy(
     if criteria.max_accuracy_drop is not None:
         drop = before.value - after.value if after.higher_is_better else after.value - before.value
         unit = after.metric
-        if criteria.accuracy_drop_unit == "relative_pct":
+        if criteria.accuracy_drop_unit == "relative_pct" and after.metric in RELATIVE_ERROR_METRICS:
+            # already a fraction of the original's outputs (0 for the original): "within 2%" is 2 points of it
+            drop, unit = drop * 100, f"% ({after.metric})"
+        elif criteria.accuracy_drop_unit == "relative_pct":
             if before.value == 0:
                 raise ValidationError(
                     f"cannot take a relative drop of {before.label}: the baseline value is 0",

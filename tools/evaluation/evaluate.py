@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tools.errors import ValidationError
 from tools.evaluation.closed_loop import evaluate_closed_loop
-from tools.evaluation.fidelity import measure_fidelity
+from tools.evaluation.fidelity import cosine_figure, measure_fidelity
 from tools.evaluation.machine import MachineProfile
 from tools.evaluation.measurement import Measurement
 from tools.evaluation.runners import RuntimeName, measure_runtime
@@ -45,6 +45,11 @@ class AccuracyPlan(BaseModel):
     simulator: str | None = Field(default=None, description="For 'closed_loop*': a simulator plugin name.")
     episodes: int = Field(default=100, ge=1, le=100_000, description="For 'closed_loop': episodes.")
     seed: int = Field(default=10_000, ge=0, description="For 'closed_loop': seed of the first episode.")
+    judge_actions: bool = Field(
+        default=False,
+        description="For 'fidelity' on a policy (tools.evaluation.policy.is_policy): judge by the action error "
+        "over whole chunks (action_rel_error, lower is better); the output cosine is reported beside it.",
+    )
 
 
 def measure_accuracy(
@@ -62,7 +67,7 @@ def measure_accuracy(
         batches = (
             data.batches if data is not None else [reference.example_inputs(seed=1000 + i) for i in range(4)]
         )
-        return measure_fidelity(reference, model, batches)
+        return measure_fidelity(reference, model, batches, actions=plan.judge_actions)
     if plan.level == "task":
         if data is None or data.labels is None:
             raise ValidationError(
@@ -131,7 +136,10 @@ def evaluate_version(
         technique=manifest.technique,
         params=manifest.params,
         accuracy=accuracy,
-        other_accuracy=other_accuracy,
+        other_accuracy=[
+            *other_accuracy,
+            *(figure for figure in (cosine_figure(accuracy),) if figure is not None),
+        ],
         runtime=runtime,
         size=size,
         flops=flops,

@@ -13,6 +13,7 @@ from typing import Literal, Mapping, Sequence
 import torch
 
 from tools.errors import MeasurementError, ValidationError
+from tools.evaluation.policy import ACTION_ERROR_METRIC, action_agreement, action_indices
 from tools.evaluation.types import AccuracyResult
 from tools.intake import LoadedModel
 from tools.techniques.artifacts import OutputAgreement, output_agreement, run_outputs
@@ -99,17 +100,21 @@ def measure_fidelity(
     *,
     logits_outputs: LogitsSelection = "auto",
     min_classes: int = AUTO_LOGITS_MIN_CLASSES,
+    actions: bool = False,
 ) -> AccuracyResult:
     """Measure how faithfully `candidate` reproduces `reference` on `inputs` (torch or ONNX Runtime, any mix).
 
-    The headline metric is `min_cosine` (higher is better); `details["outputs"]` holds the figures per output.
+    The headline metric is `min_cosine` (higher is better); with `actions` (a policy) it is the action error
+    over whole chunks, `action_rel_error` (lower is better), and the cosine stays in the details.
+    `details["outputs"]` holds the figures per output.
     """
     batches = as_batches(inputs)
     ref_outputs = collect_outputs(reference, batches)
     cand_outputs = collect_outputs(candidate, batches)
     agreements = aggregate_agreement(ref_outputs, cand_outputs)
     per_output = [agreement.as_dict() for agreement in agreements]
-    for index in logits_indices(ref_outputs[0], logits_outputs, min_classes):
+    logits = logits_indices(ref_outputs[0], logits_outputs, min_classes)
+    for index in logits:
         per_output[index].update(
             logits_agreement(
                 [batch[index] for batch in ref_outputs], [batch[index] for batch in cand_outputs]
@@ -125,13 +130,45 @@ def measure_fidelity(
     if scored:
         details["min_top1_agreement"] = min(item["top1_agreement"] for item in scored)
         details["max_kl_divergence"] = max(item["kl_divergence"] for item in scored)
+    details["min_cosine"] = min(item["cosine"] for item in per_output)
+    samples = sum(_batch_rows(batch) for batch in batches)
+    if actions:
+        indices = action_indices(ref_outputs[0], reference, logits)
+        figures = action_agreement(ref_outputs, cand_outputs, indices)
+        details.update(figures, action_outputs=indices)
+        return AccuracyResult(
+            level="fidelity",
+            metric=ACTION_ERROR_METRIC,
+            value=figures[ACTION_ERROR_METRIC],
+            higher_is_better=False,
+            samples=samples,
+            details=details,
+        )
     return AccuracyResult(
         level="fidelity",
         metric="min_cosine",
         value=min(item["cosine"] for item in per_output),
         higher_is_better=True,
-        samples=sum(_batch_rows(batch) for batch in batches),
+        samples=samples,
         details=details,
+    )
+
+
+def cosine_figure(result: AccuracyResult) -> AccuracyResult | None:
+    """The output-cosine figure that rides along an action-error headline, as its own result (reported both)."""
+    if (
+        result.level != "fidelity"
+        or result.metric != ACTION_ERROR_METRIC
+        or "min_cosine" not in result.details
+    ):
+        return None
+    return AccuracyResult(
+        level="fidelity",
+        metric="min_cosine",
+        value=float(result.details["min_cosine"]),
+        higher_is_better=True,
+        samples=result.samples,
+        details={"outputs": result.details.get("outputs", [])},
     )
 
 

@@ -31,6 +31,7 @@ from tools.evaluation.targets import (
     project_latency,
     resolve_target,
 )
+from tools.evaluation.types import RELATIVE_ERROR_METRICS
 from tools.log import get_logger
 
 log = get_logger("evaluation")
@@ -240,6 +241,35 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     return lines + ["| " + " | ".join(cell.replace("|", "/") for cell in row) + " |" for row in rows]
 
 
+def reported_figures(report: Report) -> list[tuple[str, float, float]]:
+    """Accuracy figures measured beside the judged one (a policy's output cosine beside its action error), as
+    (label, baseline value, final value)."""
+    judged = report.comparison.accuracy
+    figures = []
+    for after in [*([report.final.accuracy] if report.final.accuracy else []), *report.final.other_accuracy]:
+        if judged is not None and after.label == judged.label:
+            continue
+        before = report.baseline.accuracy_for(after.level, after.metric)
+        if before is not None:
+            figures.append((after.label, before.value, after.value))
+    return figures
+
+
+def judged_by(report: Report) -> str:
+    """One line naming the accuracy level and metric the goal was judged by."""
+    a = report.comparison.accuracy
+    if a is None:
+        return "**Accuracy judged by:** nothing measured."
+    direction = "higher is better" if a.higher_is_better else "lower is better"
+    line = f"**Accuracy judged by:** {a.label} ({direction})"
+    if a.metric in RELATIVE_ERROR_METRICS:
+        line += (
+            ": a policy without labels is judged on how far its actions move from the original's, over whole "
+            "action chunks; output cosine is reported beside it, not judged"
+        )
+    return line + "."
+
+
 def _before_after(report: Report) -> list[str]:
     """The before/after table."""
     c = report.comparison
@@ -251,6 +281,8 @@ def _before_after(report: Report) -> list[str]:
         rows.append([f"{a.label} ({direction})", _fmt(a.before), _fmt(a.after), f"{a.change:+.4g}{rel}"])
     else:
         rows.append(["accuracy", "not measured", "not measured", "-"])
+    for label, before, after in reported_figures(report):
+        rows.append([f"{label} (reported, not judged)", _fmt(before), _fmt(after), f"{after - before:+.4g}"])
     rows += [
         ["size (MB)", _fmt(c.size_mb_before), _fmt(c.size_mb_after), f"{_fmt(c.compression, 3)}x smaller"],
         ["parameters", _fmt(c.params_before), _fmt(c.params_after), "-"],
@@ -341,7 +373,7 @@ def render_markdown(report: Report, images: Sequence[str] = ()) -> str:
             value = "not measured" if r.value is None else f"{_fmt(r.value)}{est}"
             margin = "" if r.margin is None else f", short by {_fmt(-r.margin)} {r.unit}"
             lines.append(f"- {r.name}: {value} against a limit of {_fmt(r.limit)} {r.unit}{margin}")
-    lines += ["", "## Before / after", "", *_before_after(report), ""]
+    lines += ["", judged_by(report), "", "## Before / after", "", *_before_after(report), ""]
     lines += agreement_section(report.final.accuracy_for("closed_loop_agreement"))
     if report.criteria_check.results:
         lines += ["## Criteria", "", *_criteria_rows(report.criteria_check.results), ""]

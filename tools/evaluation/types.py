@@ -12,6 +12,11 @@ labelled data, the success rate of closed-loop rollouts in a simulator, or the a
 actions and trajectories with the original's in closed loop (same seeded episodes). A fidelity number is
 never called accuracy."""
 
+ACTION_ERROR_METRIC = "action_rel_error"
+"""A policy's fidelity headline: ||a_candidate - a_original|| / ||a_original|| over all whole action chunks."""
+RELATIVE_ERROR_METRICS = frozenset({ACTION_ERROR_METRIC})
+"""Fidelity metrics that are already an error relative to the original's outputs (0 for the original itself)."""
+
 
 class AccuracyResult(BaseModel):
     """One accuracy figure, always stating its level, metric, direction and (when sampled) its 95% interval."""
@@ -36,4 +41,5 @@ class AccuracyResult(BaseModel):
             "closed_loop": "closed-loop",
             "closed_loop_agreement": "closed-loop agreement",
         }
-        return f"{names[self.level]} {self.metric}"
+        space = " in action space" if self.metric in RELATIVE_ERROR_METRICS else ""
+        return f"{names[self.level]}{space} {self.metric}"

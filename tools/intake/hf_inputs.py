@@ -6,12 +6,15 @@ features; the rule per `model_type` lives here, once, for intake, profiling and 
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Callable
 
 from tools.errors import InputSpecError
 from tools.inputs import InputSpec
 
 DEFAULT_TEXT_TOKENS = 16
+TOKEN_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "position_ids", "decoder_input_ids")
+"""Inputs laid out (batch, sequence): their sequence axis is dynamic in an export."""
 FIRST_TEXT_ID = (
     4  # ids below are specials (pad, bos, eos, unk) in common tokenizers: keep synthetic text above
 )
@@ -114,3 +117,24 @@ def _pixel_spec(vision: dict[str, Any], model_type: str) -> InputSpec:
 
 def _low(high: int) -> int:
     return FIRST_TEXT_ID if high > FIRST_TEXT_ID + 1 else 0
+
+
+def with_encoder_inputs(specs: list[InputSpec], module: Any, config: dict[str, Any]) -> list[InputSpec]:
+    """Add the inputs an encoder (a model that does not generate) takes beside `input_ids`: `attention_mask`
+    (all ones) and, where the config has token types, `token_type_ids` (all zeros), so that what is measured
+    and exported keeps every input a deployment feeds it."""
+    can_generate = getattr(module, "can_generate", None)
+    ids = next((spec for spec in specs if spec.name == "input_ids" and not spec.prefix), None)
+    if ids is None or not callable(can_generate) or can_generate():
+        return specs
+    try:
+        accepted = set(inspect.signature(module.forward).parameters)
+    except (TypeError, ValueError):
+        return specs
+    names = {spec.name for spec in specs}
+    added = []
+    if "attention_mask" in accepted and "attention_mask" not in names:
+        added.append(InputSpec(name="attention_mask", shape=ids.shape, dtype="int64", low=1, high=2))
+    if "token_type_ids" in accepted and "token_type_ids" not in names and config.get("type_vocab_size"):
+        added.append(InputSpec(name="token_type_ids", shape=ids.shape, dtype="int64", low=0, high=1))
+    return [*specs, *added]

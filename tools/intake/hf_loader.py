@@ -11,7 +11,7 @@ import torch
 
 from tools.errors import UnsafeFileError, ValidationError, first_line
 from tools.intake.detect import validate_safetensors_header
-from tools.intake.hf_inputs import infer_hf_input_specs
+from tools.intake.hf_inputs import infer_hf_input_specs, with_encoder_inputs
 from tools.intake.pickle_scan import classify_torch_pickle
 from tools.intake.types import LoadedModel, LoadOptions, ModelFormat
 
@@ -81,7 +81,7 @@ def load_hf_directory(path: Path, options: LoadOptions) -> LoadedModel:
             f"{path.name}: transformers cannot load this directory: {first_line(exc)}"
         ) from None
     module.eval()
-    specs = list(options.input_specs) or infer_hf_input_specs(config)
+    specs = list(options.input_specs) or with_encoder_inputs(infer_hf_input_specs(config), module, config)
     return LoadedModel(
         source=path,
         path=path,

@@ -136,18 +136,20 @@ def build_from_state_dict(
         cls = resolve_class(options.architecture)
         try:
             module = cls(**config) if config else cls()
-        except TypeError as exc:
+        except Exception as exc:  # noqa: BLE001 - the user's constructor: any error, said plainly
             raise ValidationError(
-                f"cannot build {options.architecture} from the given config: {exc}"
+                f"cannot build {options.architecture} from the given config: {type(exc).__name__}: "
+                f"{first_line(exc)}",
+                hint="pass --config with a JSON object of the class's constructor arguments",
             ) from None
         specs = list(options.input_specs) or _class_input_specs(cls, config)
     elif config.get("model_type"):
         from tools.intake.hf_loader import model_from_config
 
         module = model_from_config(config, options)
-        from tools.intake.hf_inputs import infer_hf_input_specs
+        from tools.intake.hf_inputs import infer_hf_input_specs, with_encoder_inputs
 
-        specs = list(options.input_specs) or infer_hf_input_specs(config)
+        specs = list(options.input_specs) or with_encoder_inputs(infer_hf_input_specs(config), module, config)
     else:
         raise ValidationError(
             f"{path.name} holds only weights ({len(state)} tensors); robopt needs the architecture to run them",
@@ -200,12 +202,24 @@ def resolve_class(spec: str) -> type[torch.nn.Module]:
     if not module_name or not class_name:
         raise ValidationError(f"--arch {spec!r} is not of the form package.module:Class")
     try:
-        cls = getattr(importlib.import_module(module_name), class_name)
-    except (ImportError, AttributeError) as exc:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
         raise ValidationError(
             f"--arch {spec!r} cannot be imported: {exc}",
             hint="make the module importable (installed or on PYTHONPATH)",
         ) from None
+    except Exception as exc:  # noqa: BLE001 - the user's module ran and failed: any error, said plainly
+        raise ValidationError(
+            f"--arch {spec!r}: importing {module_name} failed with {type(exc).__name__}: {first_line(exc)}",
+            hint="the module (or a package it imports) is broken in this environment; fix that import, or "
+            "save the model as TorchScript or ONNX and pass that file instead of weights plus --arch",
+        ) from None
+    cls = getattr(module, class_name, None)
+    if cls is None:
+        raise ValidationError(
+            f"--arch {spec!r} cannot be imported: module {module_name} has no attribute {class_name!r}",
+            hint="check the class name after the colon",
+        )
     if not (isinstance(cls, type) and issubclass(cls, torch.nn.Module)):
         raise ValidationError(f"--arch {spec!r} is not a torch.nn.Module subclass")
     return cls

@@ -32,8 +32,10 @@ TORCH_INPUTS = (
     ModelFormat.HF_DIRECTORY.value,
     ModelFormat.LEROBOT_POLICY.value,
 )
+# What the ONNX exporter takes: eager modules and TorchScript archives (exported with the TorchScript exporter).
+EXPORTABLE_INPUTS = (*TORCH_INPUTS, ModelFormat.TORCHSCRIPT.value)
 # What a technique that exports to ONNX Runtime first (or takes ONNX as it is) accepts.
-ONNX_OR_TORCH_INPUTS = (ModelFormat.ONNX.value, *TORCH_INPUTS)
+ONNX_OR_TORCH_INPUTS = (ModelFormat.ONNX.value, *EXPORTABLE_INPUTS)
 
 
 def save_torch_module(
