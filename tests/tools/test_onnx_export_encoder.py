@@ -4,8 +4,6 @@ checked at more than one sequence length (issue 14: only `input_ids` at the meas
 
 from __future__ import annotations
 
-import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -23,11 +21,6 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random-weight BERT encoder built from a config (no download), saved as a HF directory."""
-    # torchvision 0.28 (a CUDA build, installed for LeRobot) breaks `import transformers.BertModel` on the CPU
-    # torch through its meta registrations; the model never uses them.
-    sys.modules.setdefault(
-        "torchvision._meta_registrations", types.ModuleType("torchvision._meta_registrations")
-    )
     import transformers
 
     config = transformers.BertConfig(

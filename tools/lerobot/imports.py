@@ -1,12 +1,11 @@
 """The one place that imports LeRobot: lazy, per policy type, behind two shims for robopt's versions.
 
 LeRobot 0.4.4 is installed as an optional extra without its pins (torch<2.11, transformers<5), so two of its
-import paths break beside robopt's torch 2.13 / transformers 5 and are shimmed here, and nowhere else:
+import paths break beside robopt's torch 2.13 / transformers 5 and are shimmed here:
 
-- torchvision 0.28 (the only wheel served here) is a CUDA build: `torchvision._meta_registrations` registers
-  meta kernels for `torchvision::nms`, which the CPU torch does not have, and the import fails. An empty module
-  stands in for it; ACT, Diffusion and VQ-BeT use only torchvision's pure-Python ResNet,
-  IntermediateLayerGetter and FrozenBatchNorm2d, which never reach those kernels.
+- torchvision 0.28 (the only wheel served here) is a CUDA build whose meta registrations fail on the CPU torch;
+  `tools.torchvision_compat` (applied when `tools` is imported, and again here) stubs them. ACT, Diffusion and
+  VQ-BeT use only torchvision's pure-Python ResNet, IntermediateLayerGetter and FrozenBatchNorm2d.
 - `lerobot/policies/__init__.py` imports every policy's config, GR00T's among them, which fails under
   transformers 5. A bare package module with the real folder as `__path__` stands in for it, so that
   `lerobot.policies.act.modeling_act` and its siblings import directly.
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from tools.errors import MissingDependencyError, UnsupportedFormatError
+from tools.torchvision_compat import allow_cuda_torchvision_on_cpu_torch
 
 INSTALL_HINT = (
     "install robopt's lerobot extra: `python3 run_robopt.py` installs it (LeRobot 0.4.4 with --no-deps beside "
@@ -155,8 +155,7 @@ def install_shims() -> None:
     """
     if not lerobot_available():
         return
-    if "torchvision" not in sys.modules and "torchvision._meta_registrations" not in sys.modules:
-        sys.modules["torchvision._meta_registrations"] = types.ModuleType("torchvision._meta_registrations")
+    allow_cuda_torchvision_on_cpu_torch()
     if "lerobot.policies" in sys.modules:
         return
     import lerobot
