@@ -245,7 +245,9 @@ class StaticTimesteps:
         self.scheduler = scheduler
         self.timesteps: list[int] = [int(t) for t in getattr(scheduler, "timesteps", [])]
         if hasattr(scheduler, "previous_timestep"):  # DDPM looks the previous step up in its own table
-            scheduler.previous_timestep = self.previous_timestep
+            scheduler.previous_timestep = _PreviousTimestep(
+                self
+            )  # an object, not a bound method: pickles plainly
 
     def __getattr__(self, name: str) -> Any:
         if name == "scheduler":  # not set yet (unpickling)
@@ -272,6 +274,16 @@ class StaticTimesteps:
     ) -> Any:
         """One scheduler step with an int timestep."""
         return self.scheduler.step(model_output, int(timestep), sample, **kwargs)
+
+
+class _PreviousTimestep:
+    """Callable stand-in for DDPM's `previous_timestep` that asks the int schedule of a StaticTimesteps."""
+
+    def __init__(self, owner: StaticTimesteps) -> None:
+        self.owner = owner
+
+    def __call__(self, timestep: int | torch.Tensor) -> int:
+        return self.owner.previous_timestep(timestep)
 
 
 def load_processors(directory: Path) -> tuple[Any | None, Any | None]:
