@@ -79,6 +79,7 @@ def test_diffusion_profiles_encoder_and_unet(lerobot_diffusion_dir: Path, data_d
     roles = {c.name: c.role for c in profile.components}
     assert roles == {"policy.diffusion.rgb_encoder": "vision_tower", "policy.diffusion.unet": "action_head"}
     assert profile.architecture.kind == "visual_policy"
+    assert "action head (UNet" in profile.architecture.summary
 
 
 def test_robopt_torch_version_of_a_policy_reloads_as_a_policy(
