@@ -6,7 +6,8 @@ import paths break beside robopt's torch 2.13 / transformers 5 and are shimmed h
 - torchvision 0.28 (the only wheel served here) is a CUDA build: `torchvision._meta_registrations` registers
   meta kernels for `torchvision::nms`, which the CPU torch does not have, and the import fails. An empty module
   stands in for it; ACT, Diffusion and VQ-BeT use only torchvision's pure-Python ResNet,
-  IntermediateLayerGetter and FrozenBatchNorm2d, which never reach those kernels.
+  IntermediateLayerGetter and FrozenBatchNorm2d, which never reach those kernels. transformers imports
+  torchvision too (its vision models), so `tools/__init__.py` installs this one on a CPU torch at once.
 - `lerobot/policies/__init__.py` imports every policy's config, GR00T's among them, which fails under
   transformers 5. A bare package module with the real folder as `__path__` stands in for it, so that
   `lerobot.policies.act.modeling_act` and its siblings import directly.
@@ -148,15 +149,34 @@ def import_lerobot_module(name: str) -> types.ModuleType:
         ) from None
 
 
+def install_torchvision_shim() -> None:
+    """Stand an empty module in for `torchvision._meta_registrations` on a CPU torch, before torchvision loads.
+
+    The meta kernels it registers are for torchvision's detection ops (nms, roi_align), which robopt never
+    traces; the only torchvision wheel served here is a CUDA build whose registrations fail on the CPU torch,
+    and transformers imports torchvision for its vision models, so this runs when `tools` is imported.
+    """
+    if "torchvision" in sys.modules or "torchvision._meta_registrations" in sys.modules:
+        return
+    torch_spec = importlib.util.find_spec("torch")
+    if importlib.util.find_spec("torchvision") is None or torch_spec is None or torch_spec.origin is None:
+        return
+    try:
+        torch_version = (Path(torch_spec.origin).parent / "version.py").read_text()
+    except OSError:
+        return
+    if "cuda: Optional[str] = None" in torch_version or "\ncuda = None" in torch_version:  # a CPU torch build
+        sys.modules["torchvision._meta_registrations"] = types.ModuleType("torchvision._meta_registrations")
+
+
 def install_shims() -> None:
     """Make torchvision and `lerobot.policies` importable beside robopt's torch and transformers (idempotent).
 
     Also called before unpickling a robopt-written module that references LeRobot classes.
     """
+    install_torchvision_shim()
     if not lerobot_available():
         return
-    if "torchvision" not in sys.modules and "torchvision._meta_registrations" not in sys.modules:
-        sys.modules["torchvision._meta_registrations"] = types.ModuleType("torchvision._meta_registrations")
     if "lerobot.policies" in sys.modules:
         return
     import lerobot
