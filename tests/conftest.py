@@ -89,3 +89,16 @@ def lerobot_diffusion_dir(lerobot_zoo: dict[str, Path]) -> Path:
 def lerobot_vqbet_dir(lerobot_zoo: dict[str, Path]) -> Path:
     """A small random-weight LeRobot VQ-BeT directory."""
     return lerobot_zoo["vqbet"]
+
+
+@pytest.fixture(scope="session")
+def lerobot_diffusion_ddim_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small Diffusion Policy sampled with DDIM in 3 steps: deterministic, so its whole path exports."""
+    pytest.importorskip("lerobot", reason="the lerobot extra is not installed")
+    from tests.lerobot_zoo import write_tiny_diffusion
+
+    return write_tiny_diffusion(
+        tmp_path_factory.mktemp("lerobot") / "diffusion-ddim",
+        noise_scheduler_type="DDIM",
+        num_inference_steps=3,
+    )

@@ -28,19 +28,24 @@ IMAGE_KEY = "observation.images.top"
 STATE_KEY = "observation.state"
 
 
-def _features(image_shape: tuple[int, ...] = IMAGE_SHAPE) -> tuple[dict[str, Any], dict[str, Any]]:
+def _features(
+    image_shape: tuple[int, ...] = IMAGE_SHAPE, state_dim: int = STATE_DIM, action_dim: int = ACTION_DIM
+) -> tuple[dict[str, Any], dict[str, Any]]:
     types = import_lerobot_module("lerobot.configs.types")
     feature, kind = types.PolicyFeature, types.FeatureType
     inputs = {
         IMAGE_KEY: feature(type=kind.VISUAL, shape=tuple(image_shape)),
-        STATE_KEY: feature(type=kind.STATE, shape=(STATE_DIM,)),
+        STATE_KEY: feature(type=kind.STATE, shape=(state_dim,)),
     }
-    outputs = {"action": feature(type=kind.ACTION, shape=(ACTION_DIM,))}
+    outputs = {"action": feature(type=kind.ACTION, shape=(action_dim,))}
     return inputs, outputs
 
 
 def dataset_stats(
-    image_shape: tuple[int, ...] = IMAGE_SHAPE, seed: int = 0
+    image_shape: tuple[int, ...] = IMAGE_SHAPE,
+    seed: int = 0,
+    state_dim: int = STATE_DIM,
+    action_dim: int = ACTION_DIM,
 ) -> dict[str, dict[str, torch.Tensor]]:
     """Plausible dataset statistics (mean/std/min/max and quantiles) for the zoo's features."""
     generator = torch.Generator().manual_seed(seed)
@@ -67,14 +72,23 @@ def dataset_stats(
         "min": torch.zeros(channels, 1, 1),
         "max": torch.ones(channels, 1, 1),
     }
-    return {IMAGE_KEY: image, STATE_KEY: vector(STATE_DIM, 0.5), "action": vector(ACTION_DIM, 0.8)}
+    return {IMAGE_KEY: image, STATE_KEY: vector(state_dim, 0.5), "action": vector(action_dim, 0.8)}
 
 
-def _save(policy_type: str, config_kwargs: dict[str, Any], directory: Path, seed: int) -> Path:
-    """Build the policy with random weights, save it and its processors with statistics into `directory`."""
+def write_policy(
+    policy_type: str,
+    directory: Path,
+    *,
+    image_shape: tuple[int, ...] = IMAGE_SHAPE,
+    state_dim: int = STATE_DIM,
+    action_dim: int = ACTION_DIM,
+    seed: int = 0,
+    **config_kwargs: Any,
+) -> Path:
+    """Build a policy of `policy_type` with random weights; save it and its processors with statistics."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    inputs, outputs = _features(config_kwargs.pop("image_shape", IMAGE_SHAPE))
+    inputs, outputs = _features(tuple(image_shape), state_dim, action_dim)
     config = import_config_class(policy_type)(
         input_features=inputs, output_features=outputs, device="cpu", **config_kwargs
     )
@@ -82,8 +96,8 @@ def _save(policy_type: str, config_kwargs: dict[str, Any], directory: Path, seed
     policy = import_policy_class(policy_type)(config)
     policy.eval()
     policy.save_pretrained(directory)
-    image_shape = tuple(inputs[IMAGE_KEY].shape)
-    pre, post = import_processor_factory(policy_type)(config, dataset_stats=dataset_stats(image_shape, seed))
+    stats = dataset_stats(tuple(image_shape), seed, state_dim, action_dim)
+    pre, post = import_processor_factory(policy_type)(config, dataset_stats=stats)
     pre.save_pretrained(directory)
     post.save_pretrained(directory)
     return directory
@@ -103,7 +117,7 @@ def write_tiny_act(directory: Path, seed: int = 0, **overrides: Any) -> Path:
         chunk_size=10,
         n_action_steps=10,
     )
-    return _save("act", {**kwargs, **overrides}, directory, seed)
+    return write_policy("act", directory, seed=seed, **{**kwargs, **overrides})
 
 
 def write_tiny_diffusion(directory: Path, seed: int = 0, **overrides: Any) -> Path:
@@ -122,7 +136,7 @@ def write_tiny_diffusion(directory: Path, seed: int = 0, **overrides: Any) -> Pa
         num_inference_steps=10,
         crop_shape=None,
     )
-    return _save("diffusion", {**kwargs, **overrides}, directory, seed)
+    return write_policy("diffusion", directory, seed=seed, **{**kwargs, **overrides})
 
 
 def write_tiny_vqbet(directory: Path, seed: int = 0, **overrides: Any) -> Path:
@@ -144,7 +158,7 @@ def write_tiny_vqbet(directory: Path, seed: int = 0, **overrides: Any) -> Path:
         gpt_n_head=2,
         gpt_hidden_dim=64,
     )
-    return _save("vqbet", {**kwargs, **overrides}, directory, seed)
+    return write_policy("vqbet", directory, seed=seed, **{**kwargs, **overrides})
 
 
 BUILDERS: dict[str, Callable[..., Path]] = {

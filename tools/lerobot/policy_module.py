@@ -1,7 +1,7 @@
 """A LeRobot policy as one deterministic torch module: raw observations in, unnormalized action chunk out.
 
-`LeRobotPolicyModule.forward(*observations)` takes the policy's observation tensors positionally, in the
-order of `input_names` (ONNX-safe names of LeRobot's `input_features`, e.g. `observation.images.top` ->
+`LeRobotPolicyModule.forward(*observations, **named)` takes the policy's observation tensors positionally, in
+the order of `input_names`, or by those names (ONNX-safe names of LeRobot's `input_features`, e.g. `observation.images.top` ->
 `observation_images_top`; `feature_keys` holds LeRobot's names in the same order), normalizes them with the
 statistics of the saved `policy_preprocessor` pipeline, runs the policy's own network, and unnormalizes the
 whole action chunk with the `policy_postprocessor`'s statistics: output `(batch, chunk, action_dim)`.
@@ -15,12 +15,14 @@ What runs, per type (no action queue, no temporal ensembling: the whole chunk of
   so the module is deterministic without any seed. Shapes: images (B, C, H, W), state (B, D).
 - Diffusion Policy: `policy.diffusion.generate_actions(batch, noise)`, returning the `n_action_steps` actions
   LeRobot executes. Noise decision: the initial sample is the fixed buffer `initial_noise` (seeded from `seed`,
-  shape (1, horizon, action_dim), expanded over the batch), so a DDIM scheduler (eta 0) is a pure function of
-  the observations and exports as one unrolled graph. DDPM also draws fresh noise at every denoising step
-  inside diffusers' scheduler; in eager mode those draws come from a private RNG stream seeded with `seed` on
-  every call (`torch.random.fork_rng`, the caller's stream untouched), so equal observations give equal
-  actions. For deployment the denoiser is exported on its own with a scheduler runner (tools.lerobot export),
-  which takes the noise as an input. Shapes: (B, n_obs_steps, ...) per feature.
+  shape (1, horizon, action_dim), expanded over the batch), so with DDIM (eta 0) the module is a pure function
+  of the observations and exports as one unrolled graph (the scheduler is wrapped in `StaticTimesteps`, which
+  hands its timesteps out as Python ints so torch.export can unroll the loop). DDPM also draws fresh noise at
+  every denoising step inside diffusers' scheduler; in eager mode those draws come from a private RNG stream
+  seeded with `seed` on every call (`torch.random.fork_rng`, the caller's stream untouched), so equal
+  observations give equal actions. DDPM's whole path therefore does not export with parity: for deployment
+  its denoiser (`policy.diffusion.unet`) is exported on its own with a scheduler runner that takes the noise
+  as an input. Shapes: (B, n_obs_steps, ...) per feature.
 - VQ-BeT: `policy.vqbet(batch, rollout=True)[:, :action_chunk_size]`; its code sampling (`torch.multinomial`)
   draws from the same seeded private stream. Shapes: (B, n_obs_steps, ...).
 """
@@ -245,7 +247,9 @@ class StaticTimesteps:
         self.scheduler = scheduler
         self.timesteps: list[int] = [int(t) for t in getattr(scheduler, "timesteps", [])]
         if hasattr(scheduler, "previous_timestep"):  # DDPM looks the previous step up in its own table
-            scheduler.previous_timestep = self.previous_timestep
+            scheduler.previous_timestep = _PreviousTimestep(
+                self
+            )  # an object, not a bound method: pickles plainly
 
     def __getattr__(self, name: str) -> Any:
         if name == "scheduler":  # not set yet (unpickling)
@@ -272,6 +276,16 @@ class StaticTimesteps:
     ) -> Any:
         """One scheduler step with an int timestep."""
         return self.scheduler.step(model_output, int(timestep), sample, **kwargs)
+
+
+class _PreviousTimestep:
+    """Callable stand-in for DDPM's `previous_timestep` that asks the int schedule of a StaticTimesteps."""
+
+    def __init__(self, owner: StaticTimesteps) -> None:
+        self.owner = owner
+
+    def __call__(self, timestep: int | torch.Tensor) -> int:
+        return self.owner.previous_timestep(timestep)
 
 
 def load_processors(directory: Path) -> tuple[Any | None, Any | None]:

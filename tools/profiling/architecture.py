@@ -107,7 +107,8 @@ def _describe_role(
             details.append(f"{heads} heads")
     elif role_convs:
         conv = role_convs[0]
-        details.append("CNN" if role == "vision_tower" else "conv")
+        unet = any("unet" in (c.module_type or "").lower() for c in components if c.name in names)
+        details.append("CNN" if role == "vision_tower" else "UNet" if unet else "conv")
         details.append(
             _plural(conv.stages, "stage") if conv.stages > 1 else _plural(conv.conv_layers, "conv layer")
         )

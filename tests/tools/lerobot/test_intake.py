@@ -79,3 +79,20 @@ def test_diffusion_profiles_encoder_and_unet(lerobot_diffusion_dir: Path, data_d
     roles = {c.name: c.role for c in profile.components}
     assert roles == {"policy.diffusion.rgb_encoder": "vision_tower", "policy.diffusion.unet": "action_head"}
     assert profile.architecture.kind == "visual_policy"
+    assert "action head (UNet" in profile.architecture.summary
+
+
+def test_robopt_torch_version_of_a_policy_reloads_as_a_policy(
+    lerobot_diffusion_dir: Path, tmp_path: Path, data_dir: Path
+) -> None:
+    from tools.intake import LoadOptions
+    from tools.techniques.artifacts import save_torch_module
+
+    original = load_model(lerobot_diffusion_dir, data_dir=data_dir)
+    path, _, options = save_torch_module(original.module, tmp_path, original.input_specs)
+    reloaded = load_model(path, options, data_dir=data_dir)
+    assert isinstance(options, LoadOptions) and reloaded.format == ModelFormat.TORCH_PICKLED_MODULE
+    assert reloaded.metadata["policy"] == original.metadata["policy"]
+    inputs = original.example_inputs(seed=4)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded.module(**inputs), original.module(**inputs), rtol=0, atol=0)

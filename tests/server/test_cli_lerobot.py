@@ -1,0 +1,108 @@
+"""A LeRobot policy directory end to end, as a user runs it: `robopt analyze`, `robopt optimize` to a goal, the
+ONNX artifact loaded back in ONNX Runtime against LeRobot's own policy, and an archive upload over HTTP."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.server.api_support import server_env, start_server, upload_model
+
+REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.integration
+
+
+def _robopt(data_dir: Path, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "ROBOPT_LLM_API_KEY")}
+    env.update({"ROBOPT_DATA_DIR": str(data_dir), "ROBOPT_LATENCY_ITERATIONS": "20", "PYTHONPATH": str(REPO)})
+    return subprocess.run(
+        [sys.executable, "-m", "server.cli", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def _assert_onnx_matches_policy(artifact: Path, policy_dir: Path, atol: float) -> None:
+    """The artifact takes LeRobot's observations by their ONNX-safe names and returns the same action chunk."""
+    import onnxruntime as ort
+
+    from tools.intake import load_model
+
+    loaded = load_model(policy_dir, data_dir=artifact.parent / "reload")
+    session = ort.InferenceSession(str(artifact), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == [s.name for s in loaded.input_specs]
+    generator = torch.Generator().manual_seed(7)
+    for batch in (1, 3):  # held-out raw observations, images in [0, 1], at more than one batch size
+        feeds = {s.name: torch.rand((batch, *s.shape[1:]), generator=generator) for s in loaded.input_specs}
+        (actions,) = session.run(None, {k: v.numpy() for k, v in feeds.items()})
+        with torch.no_grad():
+            expected = loaded.module(**feeds).numpy()
+        facts = loaded.metadata["policy"]
+        assert actions.shape == (batch, facts["chunk_size"], facts["action_dim"])
+        scale = float(np.abs(expected).max())
+        assert float(np.abs(actions - expected).max()) <= atol * max(scale, 1.0)
+
+
+def test_act_directory_is_analyzed_and_optimized_to_a_speed_goal(
+    lerobot_act_dir: Path, tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "data"
+    analyzed = _robopt(data_dir, "analyze", str(lerobot_act_dir))
+    assert analyzed.returncode == 0, analyzed.stderr[-2000:]
+    assert "lerobot_policy" in analyzed.stdout and "Visual policy" in analyzed.stdout
+    assert "vision_tower" in analyzed.stdout and "language" not in analyzed.stdout
+
+    out = tmp_path / "out"
+    goal = "at least 1.5x faster, keep accuracy within 5%"
+    run = _robopt(
+        data_dir, "optimize", str(lerobot_act_dir), "--goal", goal, "--max-attempts", "3", "--out", str(out)
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
+    assert "GOAL MET" in run.stdout.upper()
+    artifact = out / "model.onnx"
+    assert artifact.is_file()
+    _assert_onnx_matches_policy(artifact, lerobot_act_dir, atol=0.05)
+
+
+def test_diffusion_directory_is_optimized_to_a_speed_goal(
+    lerobot_diffusion_ddim_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    goal = "at least 1.3x faster, keep accuracy within 5%"
+    run = _robopt(
+        tmp_path / "data", "optimize", str(lerobot_diffusion_ddim_dir), "--goal", goal, "--max-attempts", "3",
+        "--out", str(out),
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
+    _assert_onnx_matches_policy(out / "model.onnx", lerobot_diffusion_ddim_dir, atol=0.05)
+
+
+def test_act_directory_uploaded_as_an_archive_is_profiled_as_a_policy(
+    lerobot_act_dir: Path, tmp_path: Path
+) -> None:
+    archive = tmp_path / "act_policy.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(lerobot_act_dir, arcname="act_policy")
+    server = start_server(server_env(tmp_path / "data"), tmp_path / "server.log")
+    try:
+        with server.client() as client:
+            answer = upload_model(client, archive)
+            assert answer["format"] == "lerobot_policy", answer
+            from tools.intake import load_model
+
+            module = load_model(lerobot_act_dir, data_dir=tmp_path / "local").module
+            assert answer["params"] == sum(p.numel() for p in module.parameters())
+            listed = client.get(f"/models/{answer['id']}").json()
+            assert listed["format"] == "lerobot_policy"
+    finally:
+        server.stop()
