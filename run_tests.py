@@ -1,6 +1,7 @@
-"""Run robopt's test suites: `python3 run_tests.py --suite unit|integration|performance|all`.
+"""Run robopt's test suites: `python3 run_tests.py --suite unit|integration|performance|slow|all`.
 
-Installs robopt with its dev extras into `.venv` first if needed. `all` also checks Black and isort.
+Installs robopt with its dev, lerobot and sim extras into `.venv` first if needed. `all` (what CI runs) leaves out
+the tests marked slow and also checks Black and isort.
 """
 
 from __future__ import annotations
@@ -25,9 +26,15 @@ CODE_DIRS = [
 ]
 SUITES = {
     "unit": ["tests", "-m", "not integration and not performance", "--ignore=tests/performance"],
-    "integration": ["tests", "-m", "integration and not performance", "--ignore=tests/performance"],
+    "integration": [
+        "tests",
+        "-m",
+        "integration and not performance and not slow",
+        "--ignore=tests/performance",
+    ],
     "performance": ["tests/performance", "-s"],
-    "all": ["tests"],
+    "slow": ["tests", "-m", "slow", "-s"],
+    "all": ["tests", "-m", "not slow"],
 }
 NO_TESTS_COLLECTED = 5
 

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import torch
 
-pytestmark = pytest.mark.performance
+pytestmark = [pytest.mark.performance, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
 GOAL = "at least 2x faster, keep accuracy within 5%"
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-pytestmark = [pytest.mark.performance, pytest.mark.integration]
+pytestmark = [pytest.mark.performance, pytest.mark.integration, pytest.mark.slow]
 
 
 def test_default_size_act_exports_and_variants(tmp_path: Path) -> None:
