@@ -106,11 +106,13 @@ def _diffusion(device: str) -> tuple[torch.nn.Module, dict[str, torch.Tensor], C
         "observation.images": torch.rand(1, steps, 1, 3, 96, 96, device=device),
     }
     noise = torch.randn(1, config.horizon, 2, device=device)
-    return (
-        policy,
-        batch,
-        lambda p, b: p.diffusion.generate_actions(b, noise=noise.to(next(p.parameters()).dtype)),
-    )
+
+    def generate(p: torch.nn.Module, b: dict[str, torch.Tensor]) -> torch.Tensor:
+        if not torch.cuda.is_current_stream_capturing():
+            torch.manual_seed(0)  # DDPM draws fresh noise at every step: the same draws for every variant
+        return p.diffusion.generate_actions(b, noise=noise.to(next(p.parameters()).dtype))
+
+    return policy, batch, generate
 
 
 def _half(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
