@@ -92,13 +92,13 @@ def test_bf16_cast_of_hf_llama_and_conv_policy_runs_and_stays_close(
             else held_out_inputs(original.input_specs)
         )
         # bf16 keeps 8 significant bits: what that costs depends on the model, so the cast is compared with the
-        # same model whose weights alone are rounded to bf16 (math in float32). The cast also rounds activations;
-        # measured (1 - cosine) MEASURED_BF16 x the weights-only baseline's; a cast that broke (fp8-like rounding,
-        # a norm layer in bf16 on a large activation) lands far above the bound.
+        # same model whose weights alone are rounded to bf16 (math in float32). The cast also rounds activations:
+        # measured (1 - cosine) 7.5x the weights-only baseline's on the conv policy, 3.5x on hf_llama. fp8-like
+        # rounding (4 fewer bits) would cost about 256x; the bound allows 30x.
         baseline = weight_rounding_cosine(original, torch.bfloat16, inputs)
         cosine = min_cosine(original, cast, inputs)
         print(f"\n{name}: bf16 cast 1-cosine {1 - cosine:.2e}, weights-only bf16 rounding {1 - baseline:.2e}")
-        assert 1 - cosine <= 8 * max(1 - baseline, 1e-6), (name, cosine, baseline)
+        assert 1 - cosine <= 30 * max(1 - baseline, 1e-6), (name, cosine, baseline)
 
 
 def test_cast_is_deterministic_and_reloads_identically(
