@@ -73,6 +73,32 @@ def min_cosine(reference: LoadedModel, model: LoadedModel, inputs: list[dict[str
     )
 
 
+def weight_rounding_cosine(
+    model: LoadedModel, dtype: torch.dtype, inputs: list[dict[str, torch.Tensor]]
+) -> float:
+    """The lowest output cosine of `model` against itself with its weights rounded to `dtype`.
+
+    What rounding the weights alone costs this model: the baseline a cast to `dtype` is measured against (math
+    in float32, norm layers untouched as the casts keep them). The weights are restored afterwards.
+    """
+    from tools.quantization.torch_cast import is_norm_layer
+
+    reference = [outputs(model, batch) for batch in inputs]
+    saved = {name: tensor.clone() for name, tensor in model.module.state_dict().items()}
+    try:
+        with torch.no_grad():
+            for module in model.module.modules():
+                for parameter in module.parameters(recurse=False):
+                    if parameter.is_floating_point() and not is_norm_layer(module):
+                        parameter.copy_(parameter.to(dtype).to(parameter.dtype))
+            rounded = [outputs(model, batch) for batch in inputs]
+    finally:
+        model.module.load_state_dict(saved)
+    return min(
+        agreement.cosine for ref, new in zip(reference, rounded) for agreement in output_agreement(ref, new)
+    )
+
+
 def policy_actions(model: nn.Module, batches: list[dict[str, torch.Tensor]]) -> torch.Tensor:
     """The policy's actions for every batch, concatenated."""
     with torch.inference_mode():

@@ -25,11 +25,15 @@ from tools.reference.calibration import reaching_calibration
 from tools.techniques import apply, get_technique, output_agreement, store_original
 from tools.versions import VersionStore
 
-# Fidelity bounds: cosine of the action chunks vs the FP32 graph on held-out reaching inputs. Measured on this
-# machine: dynamic 0.99988, static minmax 0.9973, 4-bit rtn block 32 0.9988, fp16 0.99999996; each bound allows
-# about 4-8x that (1 - cosine), and the mean squared error to the expert actions must stay within 10% of FP32's
-# (measured: +1% dynamic, +4% static, +5% 4-bit).
-MIN_COSINE = {"dynamic": 0.999, "static": 0.99, "int4": 0.995, "fp16": 0.9999}
+# Fidelity bounds follow the model, measured in the same test on held-out reaching inputs with expert
+# labels: a technique's deviation from the FP32 graph (mean squared action difference) must stay a small
+# fraction of the FP32 graph's own error against the expert, and its error against the expert may grow by at
+# most that fraction. A broken quantizer deviates by about the zero-action error, which `_faithful` checks
+# is far away (12.7x FP32's error on the reference VLA), so each bound still catches it. Measured deviation
+# / FP32 error on the reference VLA (the same weights on every CPU, see tools/reference/reproducible.py):
+# dynamic 0.0014, static minmax 0.034, 4-bit rtn 0.010 and hqq 0.0027, fp16 2e-7; each bound allows 7-15x
+# that, for other CPUs' ORT kernels.
+MAX_DEVIATION = {"dynamic": 0.02, "static": 0.25, "int4": 0.1, "fp16": 0.001}
 HELD_OUT = reaching_calibration(4, 16, seed=4242)
 
 
@@ -64,15 +68,34 @@ def _quantize(vla: dict, config: object, calibration: object = None) -> tuple:
     return result, load(vla["store"], result.version, vla["data_dir"])
 
 
-def _fidelity(reference: object, candidate: object) -> tuple[float, float, float]:
-    """Worst action cosine vs the reference, and both models' mean squared error to the expert actions."""
-    cosines, ref_err, cand_err = [], [], []
+def _faithful(reference: object, candidate: object, technique: str) -> float:
+    """Assert `candidate` stays within MAX_DEVIATION[technique] of what `reference` allows; return the cosine.
+
+    Both graphs run on the held-out batches: the candidate's mean squared deviation from the reference and its
+    error against the expert actions are compared with the reference's own error against the expert.
+    """
+    cosines, deviation, ref_err, cand_err, zero_err = [], [], [], [], []
     for batch, labels in zip(HELD_OUT.batches, HELD_OUT.labels):
         (ref,), (cand,) = outputs(reference, batch), outputs(candidate, batch)
         cosines.append(output_agreement([ref], [cand])[0].cosine)
+        deviation.append(float(((cand - ref) ** 2).mean()))
         ref_err.append(float(((ref - labels) ** 2).mean()))
         cand_err.append(float(((cand - labels) ** 2).mean()))
-    return min(cosines), statistics.mean(ref_err), statistics.mean(cand_err)
+        zero_err.append(float((labels**2).mean()))
+    ref_err_mean, budget = statistics.mean(ref_err), MAX_DEVIATION[technique]
+    relative = statistics.mean(deviation) / ref_err_mean
+    error_ratio, zero_ratio = (
+        statistics.mean(cand_err) / ref_err_mean,
+        statistics.mean(zero_err) / ref_err_mean,
+    )
+    print(
+        f"\n{technique}: deviation {relative:.4f} of FP32's error (bound {budget}), error {error_ratio:.4f}x "
+        f"FP32's, zero-action {zero_ratio:.1f}x, worst cosine {min(cosines):.6f}"
+    )
+    assert zero_ratio >= 5, "the reference must beat the zero action by far, or no bound here means anything"
+    assert relative <= budget, f"{technique} deviates {relative:.4f} of FP32's error, allowed {budget}"
+    assert error_ratio <= 1 + budget, f"{technique} raised the action error {error_ratio:.4f}x"
+    return min(cosines)
 
 
 def _median_ms(session: object, feeds: dict, runs: int = 50) -> float:
@@ -120,8 +143,7 @@ def test_dynamic_int8_is_small_faithful_and_fast(vla: dict) -> None:
     result, int8 = _quantize(vla, OrtInt8DynamicConfig())
     ratio = result.version.size_bytes / vla["fp32"].size_bytes
     assert ratio <= 0.30, f"INT8 dynamic is {ratio:.1%} of FP32"
-    cosine, fp32_err, int8_err = _fidelity(vla["fp32_model"], int8)
-    assert cosine >= MIN_COSINE["dynamic"] and int8_err <= 1.1 * fp32_err + 1e-6
+    cosine = _faithful(vla["fp32_model"], int8, "dynamic")
     facts = result.facts
     assert facts["gemm_rewritten_as_matmul"] == 10 and facts["quantized_nodes"] >= 29
     assert facts["weight_fraction_quantized"] > 0.95 and facts["excluded_nodes"] == []
@@ -148,10 +170,8 @@ def test_static_int8_calibrates_and_stays_faithful(vla: dict) -> None:
     result, int8 = _quantize(vla, OrtInt8StaticConfig(calibration_batches=2), reaching_calibration(2, 16))
     ratio = result.version.size_bytes / vla["fp32"].size_bytes
     assert ratio <= 0.30, f"INT8 static is {ratio:.1%} of FP32"
-    cosine, fp32_err, int8_err = _fidelity(vla["fp32_model"], int8)
-    # Static INT8 quantizes every activation too: measured +14% to +19% action error over FP32 on a VLA trained
-    # on an Intel Xeon, under +10% on one trained on AMD EPYC (dynamic: +0.1%), far below the zero-action error.
-    assert cosine >= MIN_COSINE["static"] and int8_err <= 1.25 * fp32_err + 1e-6
+    # Static INT8 quantizes every activation too, so it may deviate 10x more than dynamic INT8
+    _faithful(vla["fp32_model"], int8, "static")
     assert result.facts["calibration"] == {
         "method": "minmax",
         "feeds": 4,
@@ -189,21 +209,20 @@ def test_matmul_4bits_is_smaller_than_int8_and_faithful(vla: dict) -> None:
     assert result.facts["matmul_nbits_nodes"] == result.facts["constant_weight_matmuls"] == 29
     ops = [node.op_type for node in onnx.load(str(int4.path)).graph.node]
     assert ops.count("MatMulNBits") == 29 and "Gemm" not in ops
-    cosine, fp32_err, int4_err = _fidelity(vla["fp32_model"], int4)
-    assert cosine >= MIN_COSINE["int4"] and int4_err <= 1.1 * fp32_err + 1e-6
+    _faithful(vla["fp32_model"], int4, "int4")
     # HQQ on the trunk only (the action head is excluded: HQQ's optimization is slow on 3M-weight layers).
     hqq, hqq_model = _quantize(
         vla, OrtMatMul4BitsConfig(algorithm="hqq", block_size=64, nodes_to_exclude=("action_head",))
     )
     assert hqq.facts["matmul_nbits_nodes"] == 25
-    assert _fidelity(vla["fp32_model"], hqq_model)[0] >= MIN_COSINE["int4"]
+    _faithful(vla["fp32_model"], hqq_model, "int4")
 
 
 def test_fp16_halves_the_graph(vla: dict) -> None:
     result, fp16 = _quantize(vla, OnnxFp16Config())
     ratio = result.version.size_bytes / vla["fp32"].size_bytes
     assert 0.45 <= ratio <= 0.55
-    assert _fidelity(vla["fp32_model"], fp16)[0] >= MIN_COSINE["fp16"]
+    _faithful(vla["fp32_model"], fp16, "fp16")
     assert [i.type for i in fp16.session.get_inputs()][0] == "tensor(float)"  # keep_io_types
     assert result.facts["weight_fraction_fp16"] == 1.0
     kept, _ = _quantize(vla, OnnxFp16Config(nodes_to_exclude=("action_head.mlp.0",)))

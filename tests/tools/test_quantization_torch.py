@@ -9,7 +9,14 @@ import pydantic
 import pytest
 import torch
 
-from tests.technique_support import held_out_inputs, load, min_cosine, outputs, store_reference
+from tests.technique_support import (
+    held_out_inputs,
+    load,
+    min_cosine,
+    outputs,
+    store_reference,
+    weight_rounding_cosine,
+)
 from tools.errors import OptimizationError, ValidationError
 from tools.quantization.torch_cast import TorchBf16CastConfig, TorchFp16CastConfig, is_norm_layer
 from tools.techniques import apply, parse_config, store_original
@@ -84,9 +91,14 @@ def test_bf16_cast_of_hf_llama_and_conv_policy_runs_and_stays_close(
             if name == "hf_llama"
             else held_out_inputs(original.input_specs)
         )
-        # bf16 keeps 8 significant bits (relative rounding 2^-8 ~ 4e-3); measured cosine 0.9998-0.99999, and
-        # 0.9984 on a conv policy trained on another CPU (the reference training differs by CPU)
-        assert min_cosine(original, cast, inputs) > 0.995, name
+        # bf16 keeps 8 significant bits: what that costs depends on the model, so the cast is compared with the
+        # same model whose weights alone are rounded to bf16 (math in float32). The cast also rounds activations:
+        # measured (1 - cosine) 7.5x the weights-only baseline's on the conv policy, 3.5x on hf_llama. fp8-like
+        # rounding (4 fewer bits) would cost about 256x; the bound allows 30x.
+        baseline = weight_rounding_cosine(original, torch.bfloat16, inputs)
+        cosine = min_cosine(original, cast, inputs)
+        print(f"\n{name}: bf16 cast 1-cosine {1 - cosine:.2e}, weights-only bf16 rounding {1 - baseline:.2e}")
+        assert 1 - cosine <= 30 * max(1 - baseline, 1e-6), (name, cosine, baseline)
 
 
 def test_cast_is_deterministic_and_reloads_identically(

@@ -101,7 +101,7 @@ def reference_model_file(name: str, cache_dir: Path, seed: int = 0) -> tuple[Pat
 
 
 def build_all_references(cache_dir: Path, seed: int = 0) -> dict[str, Path]:
-    """Build every reference model (the VLA's first build trains for about 1.5 minutes) and return name -> dir."""
+    """Build every reference model (the VLA trains ~8 CPU-minutes once) and return name -> dir."""
     return {name: build_reference(name, cache_dir, seed) for name in REFERENCE_MODELS}
 
 

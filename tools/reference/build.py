@@ -30,6 +30,12 @@ from tools.reference.conv_policy import POLICY_INPUTS as CONV_POLICY_INPUTS
 from tools.reference.conv_policy import SINGLE_TARGET_TASK, ConvPolicy
 from tools.reference.exports import ExportedModel, archive_directory, export_model
 from tools.reference.reaching import ReachingConfig, make_dataset, random_policy, rollout_success
+from tools.reference.reproducible import (
+    build_in_child,
+    check_weights,
+    in_reproducible_process,
+    reproducible_kernels,
+)
 from tools.reference.training import (
     POLICY_INPUTS,
     TrainingConfig,
@@ -44,14 +50,14 @@ logger = get_logger("reference")
 
 METADATA_FILE = "reference.json"
 PACKAGE_DIR = Path(__file__).resolve().parent
-VLA_TRAINING = TrainingConfig(steps=700, batch_size=64, learning_rate=1e-3)
-CONV_POLICY_TRAINING = TrainingConfig(steps=300, batch_size=64, learning_rate=1e-3)
+VLA_TRAINING = TrainingConfig(steps=700, batch_size=64, learning_rate=1e-3, threads=1)
+CONV_POLICY_TRAINING = TrainingConfig(steps=300, batch_size=64, learning_rate=1e-3, threads=1)
 EVAL_EPISODES = 100
 EVAL_SEED = 10_000
 EVAL_ACTIONS_PER_CHUNK = 4
 HELDOUT_SAMPLES = 1024
 HELDOUT_SEED = 20_000
-_POLICY_SOURCES = ("reaching.py", "training.py", "exports.py", "build.py")
+_POLICY_SOURCES = ("reaching.py", "training.py", "exports.py", "build.py", "reproducible.py")
 
 
 def source_fingerprint(file_names: tuple[str, ...], extra: tuple[str, ...] = ()) -> str:
@@ -65,15 +71,27 @@ def source_fingerprint(file_names: tuple[str, ...], extra: tuple[str, ...] = ())
 
 
 def cached_build(
-    cache_dir: Path, name: str, seed: int, fingerprint: str, build: Callable[[Path], dict[str, Any]]
+    cache_dir: Path,
+    name: str,
+    seed: int,
+    fingerprint: str,
+    build: Callable[[Path], dict[str, Any]],
+    reproducible: bool = False,
 ) -> Path:
     """Return the cache entry for (name, seed, fingerprint), running `build(tmp_dir)` first if it is missing.
 
-    `build` fills the directory and returns metadata, which is written last as `reference.json`.
+    `build` fills the directory and returns metadata, which is written last as `reference.json`. A
+    `reproducible` build (a trained reference) runs in a child process with pinned kernels
+    (`tools.reference.reproducible`), so its weights are the same on every CPU.
     """
     cache_dir = Path(cache_dir)
     final = cache_dir / f"{name}-seed{seed}-{fingerprint}"
     if (final / METADATA_FILE).is_file():
+        return final
+    if reproducible and not in_reproducible_process():
+        built = build_in_child(name, cache_dir, seed)
+        if built.resolve() != final.resolve():
+            raise CorruptFileError(f"the pinned build of {name!r} wrote {built}, expected {final}")
         return final
     cache_dir.mkdir(parents=True, exist_ok=True)
     with _file_lock(cache_dir / f".{name}.lock"):
@@ -160,13 +178,15 @@ def _architecture(cls: type) -> str:
 
 def _build_policy(
     target: Path,
+    name: str,
+    seed: int,
     model_factory: Callable[[], nn.Module],
     training: TrainingConfig,
     task: ReachingConfig,
     inputs: tuple[str, ...],
 ) -> dict[str, Any]:
     """Train a reaching policy, measure it against chance and its untrained self, export every format."""
-    with deterministic(training.seed, training.threads):
+    with reproducible_kernels(), deterministic(training.seed, training.threads):
         model = model_factory()
         parameters = sum(parameter.numel() for parameter in model.parameters())
         evaluation = dict(
@@ -175,6 +195,7 @@ def _build_policy(
         untrained = rollout_success(torch_policy(model, inputs), **evaluation)
         chance = rollout_success(random_policy(training.seed, task.chunk_size, task.max_step), **evaluation)
         report = train_behaviour_cloning(model, training, task, inputs)
+        weights_sha256 = check_weights(name, seed, model)
         started = time.perf_counter()
         trained = rollout_success(torch_policy(model, inputs), **evaluation)
         errors = action_errors(model, make_dataset(HELDOUT_SAMPLES, HELDOUT_SEED, task), inputs)
@@ -199,6 +220,7 @@ def _build_policy(
         "parameters": parameters,
         "task": asdict(task),
         "training": {**training.as_dict(), **asdict(report)},
+        "weights_sha256": weights_sha256,
         "metrics": {
             **errors,
             "heldout_seed": HELDOUT_SEED,
@@ -228,7 +250,8 @@ def build_reference_vla(cache_dir: Path, seed: int = 0) -> Path:
         "vla",
         seed,
         fingerprint,
-        lambda target: _build_policy(target, TinyVLA, training, ReachingConfig(), POLICY_INPUTS),
+        lambda target: _build_policy(target, "vla", seed, TinyVLA, training, ReachingConfig(), POLICY_INPUTS),
+        reproducible=True,
     )
 
 
@@ -241,7 +264,10 @@ def build_reference_conv_policy(cache_dir: Path, seed: int = 0) -> Path:
         "conv_policy",
         seed,
         fingerprint,
-        lambda target: _build_policy(target, ConvPolicy, training, SINGLE_TARGET_TASK, CONV_POLICY_INPUTS),
+        lambda target: _build_policy(
+            target, "conv_policy", seed, ConvPolicy, training, SINGLE_TARGET_TASK, CONV_POLICY_INPUTS
+        ),
+        reproducible=True,
     )
 
 

@@ -29,6 +29,7 @@ from tools.log import get_logger
 from tools.reference.build import cached_build, source_fingerprint
 from tools.reference.exports import export_model
 from tools.reference.reaching import RolloutResult, wilson_interval
+from tools.reference.reproducible import check_weights, reproducible_kernels
 from tools.reference.training import deterministic
 
 logger = get_logger("reference")
@@ -296,7 +297,9 @@ def _build_reacher(target: Path, training: ReacherTraining) -> dict[str, Any]:
     import gymnasium
     import mujoco
 
-    model, report = train_reacher_policy(training)
+    with reproducible_kernels():
+        model, report = train_reacher_policy(training)
+    weights_sha256 = check_weights("reacher", training.seed, model)
     with deterministic(training.seed, training.threads):
         started = time.perf_counter()
         trained = rollout_reacher(torch_reacher_policy(model), EVAL_EPISODES, EVAL_SEED)
@@ -328,6 +331,7 @@ def _build_reacher(target: Path, training: ReacherTraining) -> dict[str, Any]:
             "expert_gains": asdict(ExpertGains()),
         },
         "training": {**training.as_dict(), **report},
+        "weights_sha256": weights_sha256,
         "metrics": {
             "closed_loop": {**trained.as_dict(), **evaluation},
             "random_policy": {**chance.as_dict(), **evaluation},
@@ -356,9 +360,14 @@ def build_reference_reacher(cache_dir: Path, seed: int = 0) -> Path:
         ) from None
     training = ReacherTraining(seed=seed)
     fingerprint = source_fingerprint(
-        ("reacher.py", "reaching.py", "training.py", "exports.py", "build.py"),
+        ("reacher.py", "reaching.py", "training.py", "exports.py", "build.py", "reproducible.py"),
         (repr(training), f"gymnasium={gymnasium.__version__}", f"mujoco={mujoco.__version__}"),
     )
     return cached_build(
-        cache_dir, "reacher", seed, fingerprint, lambda target: _build_reacher(target, training)
+        cache_dir,
+        "reacher",
+        seed,
+        fingerprint,
+        lambda target: _build_reacher(target, training),
+        reproducible=True,
     )

@@ -67,6 +67,15 @@ def test_met_criteria_have_positive_margins() -> None:
     assert results["min_compression"].value == pytest.approx(2.5)
 
 
+def test_a_drop_of_exactly_the_tolerated_points_passes() -> None:
+    # 1.0 - 0.98 is 0.020000000000000018 in floats; "lose at most 2 points" must accept 2 points
+    base = _measurement("v0", size_mb=100, p50_ms=20, accuracy=_success(1.0))
+    for after, passed in ((0.98, True), (0.97, False)):
+        cand = _measurement("v1", size_mb=40, p50_ms=8, accuracy=_success(after))
+        result = _by_name(check_criteria(Criteria(max_accuracy_drop=0.02), base, cand))["max_accuracy_drop"]
+        assert result.passed is passed, (after, result)
+
+
 def test_missed_criteria_have_negative_margins() -> None:
     base = _measurement("v0", size_mb=100, p50_ms=20, accuracy=_success(0.90))
     cand = _measurement("v1", size_mb=60, p50_ms=12, accuracy=_success(0.85))

@@ -82,7 +82,11 @@ def test_a_layer_made_fragile_ranks_first_at_4_bits(vla: TinyVLA, inputs: list) 
         torch.testing.assert_close(new, old, rtol=1e-3, atol=1e-5)  # still the same policy
     after = quantization_sensitivity(vla, inputs, bits=4)
     assert after[0].name == FRAGILE and after[0].analysis == "quantization"
-    assert after[0].score > 3 * after[1].score
+    # Measured against the same model: the outlier raised this layer's 4-bit error 147x (0.0018 -> 0.27, above
+    # the model's most sensitive layer, 0.11) and left every other layer's score as it was.
+    scores_before = {item.name: item.score for item in before}
+    assert after[0].score > 20 * scores_before[FRAGILE]
+    assert after[1].name == before[0].name and after[1].score == pytest.approx(before[0].score, rel=0.05)
     assert after[0].params == 128 * 128 and after[0].layer_type == "Linear"
     assert [item.score for item in after] == sorted((item.score for item in after), reverse=True)
     eight_bit = {item.name: item.score for item in quantization_sensitivity(vla, inputs, bits=8)}
