@@ -94,6 +94,11 @@ class VersionSummary(BaseModel):
     version_id: str
     format: str
     lineage: list[str] = Field(default_factory=list, description="Techniques applied since the original.")
+    sampler: str | None = Field(
+        default=None,
+        description="The noise scheduler ('DDPM', 'DDIM') when the version is a LeRobot Diffusion Policy directory: "
+        "DDPM draws noise at every step, so it exports as a sampler (lerobot_sampler_export), not one graph.",
+    )
     measurement: Measurement
 
 

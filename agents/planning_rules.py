@@ -70,6 +70,9 @@ def candidate_attempts(payload: PlanningInput) -> list[tuple[list[PlannedTechniq
     options: dict[str, TechniqueOption] = {
         option.name: option for option in payload.techniques if current.format in option.input_formats
     }
+    sampler = _sampler_plans(payload, options)
+    if sampler is not None:
+        return sampler
     speed, size = residual_needs(payload)
     wants_speed = speed > 1.0 or goal.objective == "fastest"
     wants_size = size > 1.0 or goal.objective == "smallest"
@@ -145,6 +148,31 @@ def candidate_attempts(payload: PlanningInput) -> list[tuple[list[PlannedTechniq
         else:
             plans.append(export)
     return plans
+
+
+def _sampler_plans(
+    payload: PlanningInput, options: dict[str, TechniqueOption]
+) -> list[tuple[list[PlannedTechnique], str]] | None:
+    """The plans of a DDPM Diffusion Policy (or its sampler export), which no whole-graph technique takes; else
+    None. DDPM draws noise at every denoising step, so the policy exports as its sampler (encoder + denoiser
+    ONNX and the loop as data, lossless) first, then the sampler's graphs go FP16 once."""
+    current = payload.current
+    if "lerobot_sampler_export" not in options:
+        return None
+    if current.format == "lerobot_policy" and current.sampler == "DDPM":
+        return [
+            (
+                [_step("lerobot_sampler_export")],
+                "DDPM Diffusion Policy: no whole-graph export (noise at every step); export the encoder and the "
+                "denoiser to ONNX Runtime with the loop as data (lossless)",
+            )
+        ]
+    if current.format == "lerobot_sampler":
+        wants = payload.goal.objective != "meet" or max(residual_needs(payload)) > 1.0
+        if wants and current.lineage.count("lerobot_sampler_export") == 1:
+            return [([_step("lerobot_sampler_export", fp16=True)], "FP16 graphs for the diffusion sampler")]
+        return []
+    return None
 
 
 def conv_heavy(payload: PlanningInput) -> bool:

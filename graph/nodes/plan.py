@@ -23,6 +23,7 @@ from graph.nodes.intake import decision_note
 from graph.state import JobState, VersionPoint
 from tools.evaluation.criteria import check_criteria
 from tools.evaluation.measurement import Measurement
+from tools.intake.detect import diffusion_scheduler
 from tools.techniques import list_techniques
 
 
@@ -177,6 +178,7 @@ def _summary(point: VersionPoint) -> VersionSummary:
         format=point.ref.format,
         lineage=point.lineage,
         measurement=point.measurement,
+        sampler=diffusion_scheduler(point.ref.path) if point.ref.format == "lerobot_policy" else None,
     )
 
 

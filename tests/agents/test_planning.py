@@ -408,3 +408,31 @@ def test_after_dynamic_int8_leaves_convs_in_float_static_int8_is_tried_from_the_
     assert done.action == "finish" and "v1 or version v0" in done.rationale
     with pytest.raises(ValidationError, match="start_from"):
         check_plan(payload, plan.model_copy(update={"start_from": "v9"}))
+
+
+def _diffusion(sampler: str, fmt: str = "lerobot_policy", lineage: tuple[str, ...] = ()) -> PlanningInput:
+    """A LeRobot Diffusion Policy that must get 2x faster (90 -> 45 ms), as the plan node summarizes it."""
+    payload = planning_input(
+        goal(max_latency_ms=45.0, **KEEP_ACCURACY), BASELINE, fmt=fmt, lineage=lineage, architecture="cnn"
+    )
+    current = payload.current.model_copy(update={"sampler": sampler if fmt == "lerobot_policy" else None})
+    return payload.model_copy(update={"current": current})
+
+
+def test_a_ddpm_diffusion_policy_exports_as_its_sampler_first_then_fp16() -> None:
+    plan = PLANNING.run_rules(_diffusion("DDPM"))
+    assert [step.config_json() for step in plan.steps] == [{"type": "lerobot_sampler_export"}]
+    assert "DDPM" in plan.rationale and not plan.then  # no whole-graph step can take it
+    check_plan(_diffusion("DDPM"), plan)
+    exported = _diffusion("DDPM", fmt="lerobot_sampler", lineage=("lerobot_sampler_export",))
+    plan = PLANNING.run_rules(exported)
+    assert [step.config_json() for step in plan.steps] == [{"type": "lerobot_sampler_export", "fp16": True}]
+    check_plan(exported, plan)
+    done = _diffusion("DDPM", fmt="lerobot_sampler", lineage=("lerobot_sampler_export",) * 2)
+    assert PLANNING.run_rules(done).action == "finish"
+
+
+def test_a_ddim_diffusion_policy_keeps_the_whole_graph_export() -> None:
+    plans = candidate_attempts(_diffusion("DDIM"))
+    names = [steps[0].technique for steps, _ in plans]
+    assert "onnx_export" in names and "lerobot_sampler_export" not in names

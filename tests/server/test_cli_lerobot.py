@@ -106,3 +106,41 @@ def test_act_directory_uploaded_as_an_archive_is_profiled_as_a_policy(
             assert listed["format"] == "lerobot_policy"
     finally:
         server.stop()
+
+
+def test_ddpm_diffusion_directory_is_optimized_to_its_sampler_export(
+    lerobot_diffusion_dir: Path, tmp_path: Path
+) -> None:
+    """DDPM draws noise at every step, so no whole graph exports: the loop plans the sampler export, whose
+    runner directory is measured end to end, reaches the goal, and runs alone with the policy's actions."""
+    from tools.intake import load_model
+    from tools.lerobot.sampler import DiffusionOnnxRunner
+    from tools.lerobot.sampler_module import SamplerRunnerModule
+
+    out = tmp_path / "out"
+    goal = "at least 1.2x faster, keep accuracy within 5%"
+    run = _robopt(
+        tmp_path / "data", "optimize", str(lerobot_diffusion_dir), "--goal", goal, "--max-attempts", "3",
+        "--out", str(out),
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
+    assert "GOAL MET" in run.stdout.upper(), run.stdout[-3000:]
+    runner_dir = out / "sampler"  # the version's artifact is the runner directory
+    assert f"artifact: {runner_dir}" in run.stdout
+    assert {"encoder.onnx", "denoiser.onnx", "runner.json"} <= {p.name for p in runner_dir.iterdir()}
+    policy = load_model(lerobot_diffusion_dir, data_dir=tmp_path / "reload")
+    exported = SamplerRunnerModule(runner_dir)
+    generator = torch.Generator().manual_seed(7)
+    for batch in (1, 3):  # held-out raw observations; the module keeps the policy's noise, so actions match
+        feeds = {s.name: torch.rand((batch, *s.shape[1:]), generator=generator) for s in policy.input_specs}
+        with torch.no_grad():
+            expected = policy.module(**feeds).numpy()
+        actions = exported(**feeds).numpy()
+        assert actions.shape == expected.shape
+        assert float(np.abs(actions - expected).max()) <= 0.01 * max(float(np.abs(expected).max()), 1.0)
+    standalone = DiffusionOnnxRunner(runner_dir)(  # numpy + ONNX Runtime only, its own noise
+        {name: value.numpy() for name, value in feeds.items()}, seed=3
+    )
+    facts = policy.metadata["policy"]
+    assert standalone.shape == (3, facts["n_action_steps"], facts["action_dim"])
+    assert np.isfinite(standalone).all()

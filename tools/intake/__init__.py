@@ -63,7 +63,7 @@ def load_model(
 
 
 def _load_detected(detection: Detection, options: LoadOptions, data_dir: Path) -> LoadedModel:
-    from tools.intake import hf_loader, lerobot_loader, onnx_loader, torch_loaders
+    from tools.intake import hf_loader, lerobot_loader, onnx_loader, sampler_loader, torch_loaders
 
     fmt, path = detection.format, detection.path
     if fmt == ModelFormat.TORCHSCRIPT:
@@ -76,6 +76,8 @@ def _load_detected(detection: Detection, options: LoadOptions, data_dir: Path) -
         return hf_loader.load_hf_directory(path, options)
     if fmt == ModelFormat.LEROBOT_POLICY:
         return lerobot_loader.load_lerobot_policy(path, options)
+    if fmt == ModelFormat.LEROBOT_SAMPLER:
+        return sampler_loader.load_lerobot_sampler(path, options)
     if fmt == ModelFormat.ONNX:
         return onnx_loader.load_onnx(path, options)
     if fmt in (ModelFormat.TF_SAVEDMODEL, ModelFormat.KERAS):

@@ -100,6 +100,8 @@ def _detect_directory(path: Path) -> Detection:
     names = {child.name for child in path.iterdir()}
     if "saved_model.pb" in names or "saved_model.pbtxt" in names:
         return Detection(ModelFormat.TF_SAVEDMODEL, path)
+    if {"sampler.json", "encoder.onnx", "denoiser.onnx"} <= names:
+        return Detection(ModelFormat.LEROBOT_SAMPLER, path, {"policy_type": "diffusion"})
     if "config.json" in names:
         policy_type = lerobot_policy_type(path / "config.json")
         if policy_type is not None:
@@ -129,6 +131,19 @@ def _detect_directory(path: Path) -> Detection:
         f"{path.name}/ holds no recognizable model ({len(candidates)} files, {len(models)} model files)",
         hint=f"point at one model file or a Hugging Face directory; robopt reads {KNOWN_FORMATS}",
     )
+
+
+def diffusion_scheduler(directory: Path) -> str | None:
+    """The noise scheduler ("DDPM", "DDIM") of a LeRobot Diffusion Policy directory, else None."""
+    config_path = Path(directory) / "config.json"
+    if not config_path.is_file() or lerobot_policy_type(config_path) != "diffusion":
+        return None
+    try:
+        config = json.loads(config_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    kind = config.get("noise_scheduler_type", "DDPM") if isinstance(config, dict) else None
+    return str(kind) if kind else None
 
 
 def lerobot_policy_type(config_path: Path) -> str | None:

@@ -22,6 +22,7 @@ class ModelFormat(str, Enum):
     SAFETENSORS = "safetensors"
     HF_DIRECTORY = "hf_directory"
     LEROBOT_POLICY = "lerobot_policy"
+    LEROBOT_SAMPLER = "lerobot_sampler"
     ONNX = "onnx"
     TF_SAVEDMODEL = "tf_savedmodel"
     KERAS = "keras"

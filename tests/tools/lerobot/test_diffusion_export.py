@@ -103,3 +103,45 @@ def test_a_ddim_policy_runs_under_the_same_networks(
         module, tmp_path, held_out_observations(observation_specs(module), count=1), (5,)
     )
     assert parity.max_abs_error < 1e-4
+
+
+def test_the_exported_runner_is_a_version_robopt_loads_and_converts_to_fp16(
+    diffusion: Any, diffusion_export: Any, tmp_path: Path
+) -> None:
+    """The runner directory loads by content as a module with the policy's inputs and noise (seed 3 here), so it
+    gives the torch policy's actions; lerobot_sampler_export turns it into an FP16 runner at fewer steps."""
+    import shutil
+
+    from tools.compression.sampler_export import LeRobotSamplerExportConfig
+    from tools.intake import ModelFormat, detect_format, load_model
+    from tools.lerobot.diffusion_export import inference_steps
+    from tools.lerobot.export import observation_specs
+    from tools.lerobot.sampler_module import write_runner_facts
+    from tools.techniques.apply import apply
+    from tools.versions import VersionStore
+
+    runner_dir = tmp_path / "runner"
+    shutil.copytree(diffusion_export.directory, runner_dir)
+    specs = [spec.model_dump(mode="json") for spec in observation_specs(diffusion)]
+    write_runner_facts(runner_dir, diffusion.policy_facts(), specs, diffusion.initial_noise.numpy())
+    assert detect_format(runner_dir).format == ModelFormat.LEROBOT_SAMPLER
+    loaded = load_model(runner_dir, data_dir=tmp_path / "data")
+    assert [s.name for s in loaded.input_specs] == list(diffusion.input_names)
+    assert loaded.metadata["policy"] == diffusion.policy_facts()
+    generator = torch.Generator().manual_seed(5)
+    feeds = {s.name: torch.rand((2, *s.shape[1:]), generator=generator) for s in loaded.input_specs}
+    with torch.inference_mode():
+        expected = diffusion(**feeds)
+        np.testing.assert_allclose(loaded.module(**feeds).numpy(), expected.numpy(), atol=1e-4)
+
+    store = VersionStore(tmp_path / "store")
+    original = store.save("job", runner_dir, technique="original", format=ModelFormat.LEROBOT_SAMPLER.value)
+    config = LeRobotSamplerExportConfig(fp16=True, num_inference_steps=4)
+    applied = apply(store, "job", original.id, config, data_dir=tmp_path / "data")
+    assert applied.version.format == "lerobot_sampler" and applied.facts["num_inference_steps"] == 4
+    assert applied.facts["bytes"] < 0.6 * diffusion_export.manifest["bytes"]  # FP16 weights
+    fp16 = load_model(store.artifact_path("job", applied.version.id), data_dir=tmp_path / "data")
+    with torch.inference_mode(), inference_steps(diffusion, 4):
+        expected = diffusion(**feeds).numpy()
+    actions = fp16.module(**feeds).numpy()
+    assert np.abs(actions - expected).max() <= 0.01 * max(np.abs(expected).max(), 1.0)

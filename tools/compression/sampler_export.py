@@ -1,0 +1,195 @@
+"""Export a LeRobot Diffusion Policy as its deployable sampler: encoder.onnx + denoiser.onnx + sampler.json.
+
+A DDPM Diffusion Policy draws fresh noise at each of its (default 100) denoising steps, so the whole policy is
+no single graph and `onnx_export` cannot prove parity for it. This technique exports the two networks and
+writes the loop as data (`tools.lerobot.diffusion_export`), and the version it stores is the runner directory
+(format `lerobot_sampler`), which loads as `SamplerRunnerModule` with the torch policy's noise, so evaluation
+measures the runner end to end against the original. `fp16` converts both graphs to FP16 (the scheduler math
+stays float32); it applies to the policy directly or to an earlier fp32 sampler version.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import Field
+
+from tools.errors import NotApplicableError, OptimizationError
+from tools.intake.types import LoadOptions, ModelFormat
+from tools.log import get_logger
+from tools.techniques.base import (
+    Family,
+    Needs,
+    TechniqueConfig,
+    TechniqueContext,
+    TechniqueProduct,
+    TechniqueSpec,
+)
+from tools.techniques.registry import register
+
+_log = get_logger("compression.sampler_export")
+RUNNER_DIRECTORY = "sampler"
+
+
+class LeRobotSamplerExportConfig(TechniqueConfig):
+    """Export a LeRobot Diffusion Policy's encoder and denoiser to ONNX with its sampling loop as data."""
+
+    type: Literal["lerobot_sampler_export"] = "lerobot_sampler_export"
+    num_inference_steps: int | None = Field(
+        default=None,
+        ge=1,
+        le=1000,
+        description="Denoising steps the runner takes; None keeps the policy's own (fewer is faster and lossy).",
+        json_schema_extra={"search": [None, 50, 10]},
+    )
+    fp16: bool = Field(
+        default=False,
+        description="Convert both graphs to FP16 compute and weights (scheduler math in float32).",
+    )
+    max_abs_error: float = Field(
+        default=1e-3, gt=0, description="Largest action difference allowed between the fp32 runner and torch."
+    )
+    min_cosine: float = Field(
+        default=0.999,
+        gt=0,
+        le=1,
+        description="Smallest cosine allowed between the fp32 runner's and torch's actions.",
+    )
+
+
+def _diffusion_source(ctx: TechniqueContext) -> None:
+    """Refuse a source that is not a LeRobot Diffusion Policy (or its exported sampler)."""
+    policy = ctx.source.metadata.get("policy") or {}
+    if policy.get("type") != "diffusion":
+        raise NotApplicableError(
+            f"lerobot_sampler_export applies to LeRobot Diffusion Policies, not {policy.get('type') or 'this model'}",
+            hint="single-forward policies (ACT) and other models export whole with onnx_export",
+        )
+
+
+def _export_fp32(
+    ctx: TechniqueContext, config: LeRobotSamplerExportConfig, directory: Path
+) -> dict[str, Any]:
+    """Export the torch policy into `directory` with parity against it; return the export facts."""
+    from tools.compression.onnx_export import parity_batches
+    from tools.lerobot.diffusion_export import export_diffusion_onnx
+    from tools.lerobot.sampler_module import write_runner_facts
+
+    module = ctx.require_module(config.type)
+    batches, source = parity_batches(ctx, 2)
+    ctx.progress(20, "lerobot_sampler_export: exporting the encoder and the denoiser")
+    started = time.perf_counter()
+    export = export_diffusion_onnx(
+        module, directory, held_out=batches, max_abs_error=config.max_abs_error, min_cosine=config.min_cosine
+    )
+    write_runner_facts(
+        directory,
+        dict(ctx.source.metadata["policy"]),
+        [spec.model_dump(mode="json") for spec in ctx.source.input_specs],
+        module.initial_noise.numpy(),
+    )
+    return {
+        "export_seconds": round(time.perf_counter() - started, 2),
+        "scheduler": export.manifest["scheduler"],
+        "parity": {**export.parity.model_dump(mode="json"), "inputs_source": source},
+    }
+
+
+def _copy_runner(source: Path, directory: Path) -> None:
+    """Copy a runner directory's files (graphs, schedule, noise, facts) into `directory`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for child in Path(source).iterdir():
+        if child.is_file():
+            shutil.copyfile(child, directory / child.name)
+
+
+def _to_fp16(source: Path, directory: Path) -> None:
+    """Write `source`'s runner with FP16 graphs into `directory` (inputs and outputs stay float32)."""
+    from tools.lerobot.coverage import fp16
+    from tools.lerobot.sampler import DENOISER_ONNX, ENCODER_ONNX
+
+    _copy_runner(source, directory)
+    for name in (ENCODER_ONNX, DENOISER_ONNX):
+        fp16(Path(source) / name, directory / name)
+
+
+def _set_steps(directory: Path, steps: int) -> None:
+    """Make the runner take `steps` denoising steps by default."""
+    from tools.lerobot.sampler import SamplerSchedule
+
+    schedule = SamplerSchedule.load(directory)
+    schedule.timesteps(steps)  # refuses a count the scheduler cannot take
+    schedule.model_copy(update={"num_inference_steps": steps}).save(directory)
+
+
+def _agreement(ctx: TechniqueContext, directory: Path) -> dict[str, float]:
+    """Worst action difference between the new runner and the source version on two input batches."""
+    from tools.compression.onnx_export import parity_batches
+    from tools.lerobot.sampler_module import SamplerRunnerModule
+
+    runner = SamplerRunnerModule(directory)
+    source = ctx.source.module
+    worst, cosine = 0.0, 1.0
+    batches, _ = parity_batches(ctx, 2)
+    with torch.inference_mode():
+        for batch in batches:
+            expected = source(**batch).float().flatten()
+            actions = runner(**batch).float().flatten()
+            worst = max(worst, float((actions - expected).abs().max()))
+            cosine = min(cosine, float(torch.nn.functional.cosine_similarity(actions, expected, dim=0)))
+    return {"max_abs_error": worst, "cosine": cosine}
+
+
+@register(
+    LeRobotSamplerExportConfig,
+    TechniqueSpec(
+        name="lerobot_sampler_export",
+        family=Family.EXPORT,
+        summary="Export a LeRobot Diffusion Policy as encoder.onnx + denoiser.onnx + sampler.json run by a numpy "
+        "denoising loop in ONNX Runtime (DDPM included), with action parity; optionally FP16 graphs.",
+        needs=Needs(
+            packages=("onnx", "onnxruntime", "onnxscript", "lerobot"),
+            install_hint="pip install 'robopt[lerobot]'",
+        ),
+        input_formats=(ModelFormat.LEROBOT_POLICY.value, ModelFormat.LEROBOT_SAMPLER.value),
+        output_format=ModelFormat.LEROBOT_SAMPLER.value,
+        runtimes=("onnxruntime-cpu", "onnxruntime-cuda"),
+        precision="fp32",
+        expected_effect="Same actions as the torch policy under the same noise (max abs error < 1e-3); the "
+        "denoising loop runs in ONNX Runtime instead of eager PyTorch. fp16 halves the graphs' size.",
+    ),
+)
+def _apply_sampler_export(ctx: TechniqueContext, config: LeRobotSamplerExportConfig) -> TechniqueProduct:
+    """Export (or convert) the diffusion sampler and store the runner directory as the version's artifact."""
+    _diffusion_source(ctx)
+    directory = ctx.work_dir / RUNNER_DIRECTORY
+    facts: dict[str, Any] = {"fp16": config.fp16}
+    from_policy = ctx.source.format == ModelFormat.LEROBOT_POLICY
+    if from_policy and not config.fp16:
+        facts.update(_export_fp32(ctx, config, directory))
+    elif from_policy:
+        fp32 = ctx.work_dir / "fp32"
+        facts.update(_export_fp32(ctx, config, fp32))
+        _to_fp16(fp32, directory)
+    elif config.fp16:
+        _to_fp16(Path(ctx.source.path), directory)
+    elif config.num_inference_steps is None:
+        raise OptimizationError(
+            "version is already an fp32 sampler export; set fp16 or num_inference_steps to change it"
+        )
+    else:
+        _copy_runner(Path(ctx.source.path), directory)
+    if config.num_inference_steps is not None:
+        _set_steps(directory, config.num_inference_steps)
+    facts["num_inference_steps"] = json.loads((directory / "sampler.json").read_text())["num_inference_steps"]
+    if config.fp16 or config.num_inference_steps is not None or not from_policy:
+        ctx.progress(80, "lerobot_sampler_export: comparing the new runner's actions with the source's")
+        facts["agreement_with_source"] = _agreement(ctx, directory)
+    facts["bytes"] = sum(p.stat().st_size for p in directory.iterdir() if p.suffix == ".onnx")
+    _log.info("exported a diffusion sampler", extra={"job_id": ctx.job_id, "technique": config.type})
+    return TechniqueProduct(directory, ModelFormat.LEROBOT_SAMPLER.value, LoadOptions(), facts)
