@@ -142,7 +142,7 @@ def _print(policy_type: str, row: dict[str, Any]) -> None:
 
 @pytest.mark.parametrize(
     ("policy_type", "iterations", "attempts", "budget_s", "cap_s"),
-    [("act", 10, 1, 120, 200), ("diffusion", 2, 1, 60, 150)],
+    [("act", 10, 3, 360, 450), ("diffusion", 2, 1, 60, 150)],
 )
 def test_lerobot_policy_at_default_size_prints_figures(
     policy_type: str, iterations: int, attempts: int, budget_s: int, cap_s: int, tmp_path: Path
