@@ -13,7 +13,7 @@ import pytest
 
 from evals.technique_benchmark import BENCHMARK_MODELS, benchmark_model, format_rows, write_results
 
-pytestmark = pytest.mark.performance
+pytestmark = [pytest.mark.performance, pytest.mark.slow]
 
 
 def test_every_technique_on_the_reference_models(reference_cache: Path, tmp_path: Path) -> None:

@@ -256,12 +256,20 @@ def test_pytorch_source_is_exported_first(tmp_path: Path, reference_cache: Path)
     assert torch.cuda.is_available() or "onnxruntime-cpu" in get_technique("ort_int8_dynamic").spec.runtimes
 
 
-def test_torchscript_source_is_refused_and_fp16_io_is_declared(tmp_path: Path, zoo: dict[str, Path]) -> None:
+def test_torchscript_source_is_quantized_through_its_export_and_fp16_io_is_declared(
+    tmp_path: Path, zoo: dict[str, Path]
+) -> None:
     data_dir = tmp_path / "data"
     store = VersionStore(data_dir / "versions")
     scripted = store_original(store, "scripted", zoo["torchscript"], None, data_dir)
-    with pytest.raises(OptimizationError, match="eager PyTorch"):
-        apply(store, scripted.job_id, scripted.id, OrtInt8DynamicConfig(), data_dir=data_dir)
+    int8 = apply(store, scripted.job_id, scripted.id, OrtInt8DynamicConfig(), data_dir=data_dir)
+    quantized, original = load(store, int8.version, data_dir), load(store, scripted, data_dir)
+    assert quantized.session is not None and int8.version.format == "onnx"  # TorchScript reaches ONNX Runtime
+    ops = {node.op_type for node in onnx.load(str(quantized.path)).graph.node}
+    assert ops & {"MatMulInteger", "DynamicQuantizeLinear"}, ops
+    inputs = original.example_inputs()
+    (expected,), (actual,) = outputs(original, inputs), outputs(quantized, inputs)
+    assert output_agreement([expected], [actual])[0].cosine > 0.99
     graph = store_original(store, "tiny_onnx", zoo["onnx"], None, data_dir)
     result = apply(store, graph.job_id, graph.id, OnnxFp16Config(keep_io_types=False), data_dir=data_dir)
     fp16 = load(store, result.version, data_dir)
