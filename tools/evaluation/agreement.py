@@ -25,12 +25,11 @@ import numpy as np
 import torch
 
 from tools.errors import ValidationError
-from tools.evaluation.closed_loop import _act, _fingerprint
+from tools.evaluation.closed_loop import act_on_observations, state_fingerprint, success_rate_result
 from tools.evaluation.simulators import SimulatorPlugin, get_simulator
 from tools.evaluation.types import AccuracyResult
 from tools.intake import LoadedModel
 from tools.log import get_logger
-from tools.reference.reaching import wilson_interval
 
 logger = get_logger("evaluation")
 SEED_STRIDE = 1_000_003
@@ -133,16 +132,10 @@ def success_figure(agreement: AccuracyResult) -> AccuracyResult:
     details = agreement.details
     episodes = len(details["episodes"])
     successes = int(details["candidate_successes"])
-    low, high = wilson_interval(successes, episodes)
-    return AccuracyResult(
-        level="closed_loop",
-        metric="success_rate",
-        value=successes / episodes,
-        higher_is_better=True,
-        ci_low=low,
-        ci_high=high,
-        samples=episodes,
-        details={"simulator": details["simulator"], "seed": details["seed"], "successes": successes},
+    return success_rate_result(
+        successes,
+        episodes,
+        {"simulator": details["simulator"], "seed": details["seed"], "successes": successes},
     )
 
 
@@ -161,7 +154,9 @@ def _drive(
             states=[[_state(plugin, env)] for env in envs],
             steps=[0] * len(envs),
             successes=[],
-            starts=[_fingerprint(plugin.initial_state(env, obs)) for env, obs in zip(envs, observations)],
+            starts=[
+                state_fingerprint(plugin.initial_state(env, obs)) for env, obs in zip(envs, observations)
+            ],
             errors=[[] for _ in envs],
             executed=[[] for _ in envs],
         )
@@ -200,7 +195,7 @@ def _seeded_act(
     """One forward pass under a seed fixed by the run and the call index (same noise for both models)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed * SEED_STRIDE + call)
-        return np.asarray(_act(model, plugin, observations), dtype=np.float64)
+        return np.asarray(act_on_observations(model, plugin, observations), dtype=np.float64)
 
 
 def _state(plugin: SimulatorPlugin, env: Any) -> np.ndarray:

@@ -53,7 +53,7 @@ def evaluate_closed_loop(
             env, observation = plugin.make_env(episode_seed)
             envs.append(env)
             observations.append(observation)
-        starts = [_fingerprint(plugin.initial_state(env, obs)) for env, obs in zip(envs, observations)]
+        starts = [state_fingerprint(plugin.initial_state(env, obs)) for env, obs in zip(envs, observations)]
         steps, calls = _run_lockstep(model, plugin, envs, observations, batch_size or episodes)
         outcomes = [plugin.is_success(env) for env in envs]
         facts = [plugin.episode_facts(env) for env in envs]
@@ -61,7 +61,6 @@ def evaluate_closed_loop(
         for env in envs:
             plugin.close(env)
     successes = int(sum(outcomes))
-    low, high = wilson_interval(successes, episodes)
     records = [
         {"seed": s, "success": bool(ok), "steps": n, "initial_state": start, **extra}
         for s, ok, n, start, extra in zip(seeds, outcomes, steps, starts, facts)
@@ -74,15 +73,10 @@ def evaluate_closed_loop(
         episodes,
         extra={"seconds": round(seconds, 2)},
     )
-    return AccuracyResult(
-        level="closed_loop",
-        metric="success_rate",
-        value=successes / episodes,
-        higher_is_better=True,
-        ci_low=low,
-        ci_high=high,
-        samples=episodes,
-        details={
+    return success_rate_result(
+        successes,
+        episodes,
+        {
             "simulator": plugin.describe(),
             "seed": seed,
             "successes": successes,
@@ -107,7 +101,7 @@ def _run_lockstep(
             return steps, calls
         for start in range(0, len(active), batch_size):
             group = active[start : start + batch_size]
-            chunks = _act(model, plugin, [observations[index] for index in group])
+            chunks = act_on_observations(model, plugin, [observations[index] for index in group])
             calls += 1
             for row, index in enumerate(group):
                 for action in chunks[row, : plugin.actions_per_call]:
@@ -118,7 +112,7 @@ def _run_lockstep(
                         break
 
 
-def _act(model: LoadedModel, plugin: SimulatorPlugin, observations: list[Any]) -> np.ndarray:
+def act_on_observations(model: LoadedModel, plugin: SimulatorPlugin, observations: list[Any]) -> np.ndarray:
     """One batched forward pass: observations -> model inputs -> outputs -> action chunks (B, K, ...)."""
     inputs = plugin.adapter(observations, model.input_specs)
     tensors = _to_tensors(inputs, model.input_specs)
@@ -141,7 +135,22 @@ def _to_tensors(inputs: dict[str, np.ndarray], specs: Sequence[InputSpec]) -> di
     return tensors
 
 
-def _fingerprint(state: np.ndarray) -> str:
+def state_fingerprint(state: np.ndarray) -> str:
     """A short digest of an episode's initial state, rounded so that float noise does not change it."""
     rounded = np.round(np.asarray(state, dtype=np.float64), 9) + 0.0  # no negative zeros
     return hashlib.sha256(rounded.tobytes()).hexdigest()[:16]
+
+
+def success_rate_result(successes: int, episodes: int, details: dict[str, Any]) -> AccuracyResult:
+    """A closed-loop success rate with its 95% Wilson interval."""
+    low, high = wilson_interval(successes, episodes)
+    return AccuracyResult(
+        level="closed_loop",
+        metric="success_rate",
+        value=successes / episodes,
+        higher_is_better=True,
+        ci_low=low,
+        ci_high=high,
+        samples=episodes,
+        details=details,
+    )
