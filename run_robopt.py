@@ -1,7 +1,7 @@
 """Run robopt's main job on embedded defaults: `python3 run_robopt.py` (extra arguments go to the `robopt` CLI).
 
 Installs robopt into `.venv` first if needed. With no arguments it runs `robopt demo`: it builds the bundled
-reference VLA (trained and cached on first use) and optimizes it toward the default goal with the offline rule
+reference VLA (from its shipped weights, measured and cached on first use) and optimizes it toward the default goal with the offline rule
 reasoner, printing live progress, the before/after table and where the artifact and report are.
 """
 

@@ -41,7 +41,7 @@ def reference_cache() -> Path:
 
 @pytest.fixture(scope="session")
 def built_vla(reference_cache: Path) -> Path:
-    """The trained reference VLA's directory (pinned-kernel training, ~8 CPU-minutes once, then cached)."""
+    """The reference VLA's directory, built from its shipped weights (measured and exported once, then cached)."""
     from tools.reference import build_reference
 
     return build_reference("vla", reference_cache)
@@ -49,7 +49,7 @@ def built_vla(reference_cache: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def built_conv_policy(reference_cache: Path) -> Path:
-    """The trained reference ConvPolicy's directory (about 1.5 CPU-minutes on the first run, then cached)."""
+    """The reference ConvPolicy's directory, built from its shipped weights (then cached)."""
     from tools.reference import build_reference
 
     return build_reference("conv_policy", reference_cache)

@@ -1,7 +1,7 @@
 """Reference models for tests, demos and evals, built in-process with no downloads: `build_reference(name, dir)`.
 
-`vla` and `conv_policy` are trained on the procedural reaching task (`tools.reference.reaching`) and exported
-to every torch/ONNX format; the `hf_*` entries are tiny random-weight Hugging Face directories of VLA
+`vla` and `conv_policy` (trained on the procedural reaching task, `tools.reference.reaching`) and `reacher` load
+the weights that ship with the repository (`tools.reference.shipped`) and are exported to every torch/ONNX format; the `hf_*` entries are tiny random-weight Hugging Face directories of VLA
 families; `hf_archives` packs one of them as `.zip` and `.tar.gz`. Every built directory holds a
 `reference.json` describing it (architecture, config, input specs, formats, measured metrics).
 """
@@ -101,7 +101,7 @@ def reference_model_file(name: str, cache_dir: Path, seed: int = 0) -> tuple[Pat
 
 
 def build_all_references(cache_dir: Path, seed: int = 0) -> dict[str, Path]:
-    """Build every reference model (the VLA trains ~8 CPU-minutes once) and return name -> dir."""
+    """Build every reference model (trained ones from their shipped weights) and return name -> dir."""
     return {name: build_reference(name, cache_dir, seed) for name in REFERENCE_MODELS}
 
 

@@ -30,12 +30,8 @@ from tools.reference.conv_policy import POLICY_INPUTS as CONV_POLICY_INPUTS
 from tools.reference.conv_policy import SINGLE_TARGET_TASK, ConvPolicy
 from tools.reference.exports import ExportedModel, archive_directory, export_model
 from tools.reference.reaching import ReachingConfig, make_dataset, random_policy, rollout_success
-from tools.reference.reproducible import (
-    build_in_child,
-    check_weights,
-    in_reproducible_process,
-    reproducible_kernels,
-)
+from tools.reference.reproducible import build_in_child, in_reproducible_process, reproducible_kernels
+from tools.reference.shipped import TRAIN_FLAG, shipped_entry, ships, weights_for
 from tools.reference.training import (
     POLICY_INPUTS,
     TrainingConfig,
@@ -57,12 +53,14 @@ EVAL_SEED = 10_000
 EVAL_ACTIONS_PER_CHUNK = 4
 HELDOUT_SAMPLES = 1024
 HELDOUT_SEED = 20_000
-_POLICY_SOURCES = ("reaching.py", "training.py", "exports.py", "build.py", "reproducible.py")
+_POLICY_SOURCES = ("reaching.py", "training.py", "exports.py", "build.py", "reproducible.py", "shipped.py")
 
 
 def source_fingerprint(file_names: tuple[str, ...], extra: tuple[str, ...] = ()) -> str:
     """Hash the named files of this package with the torch version and any `extra` strings."""
     digest = hashlib.sha256()
+    if os.environ.get(TRAIN_FLAG) == "1":  # a retrain is never the cached build of the shipped weights
+        digest.update(b"trained\0")
     for name in sorted(file_names):
         digest.update(name.encode() + b"\0" + (PACKAGE_DIR / name).read_bytes() + b"\0")
     for item in (f"torch={torch.__version__}", *extra):
@@ -81,8 +79,8 @@ def cached_build(
     """Return the cache entry for (name, seed, fingerprint), running `build(tmp_dir)` first if it is missing.
 
     `build` fills the directory and returns metadata, which is written last as `reference.json`. A
-    `reproducible` build (a trained reference) runs in a child process with pinned kernels
-    (`tools.reference.reproducible`), so its weights are the same on every CPU.
+    `reproducible` build (a reference that is trained, not loaded from shipped weights) runs in a child process
+    with pinned kernels (`tools.reference.reproducible`), so a retrain repeats itself on the same machine.
     """
     cache_dir = Path(cache_dir)
     final = cache_dir / f"{name}-seed{seed}-{fingerprint}"
@@ -185,7 +183,8 @@ def _build_policy(
     task: ReachingConfig,
     inputs: tuple[str, ...],
 ) -> dict[str, Any]:
-    """Train a reaching policy, measure it against chance and its untrained self, export every format."""
+    """Load the shipped weights of a reaching policy (or train it, for a seed that does not ship), measure it
+    against chance and its untrained self, and export every format."""
     with reproducible_kernels(), deterministic(training.seed, training.threads):
         model = model_factory()
         parameters = sum(parameter.numel() for parameter in model.parameters())
@@ -194,8 +193,12 @@ def _build_policy(
         )
         untrained = rollout_success(torch_policy(model, inputs), **evaluation)
         chance = rollout_success(random_policy(training.seed, task.chunk_size, task.max_step), **evaluation)
-        report = train_behaviour_cloning(model, training, task, inputs)
-        weights_sha256 = check_weights(name, seed, model)
+
+        def train() -> dict[str, Any]:
+            report = train_behaviour_cloning(model, training, task, inputs)
+            return {**training.as_dict(), **asdict(report)}
+
+        provenance = weights_for(name, seed, model, train)
         started = time.perf_counter()
         trained = rollout_success(torch_policy(model, inputs), **evaluation)
         errors = action_errors(model, make_dataset(HELDOUT_SAMPLES, HELDOUT_SEED, task), inputs)
@@ -219,8 +222,9 @@ def _build_policy(
         "output_names": exported.output_names,
         "parameters": parameters,
         "task": asdict(task),
-        "training": {**training.as_dict(), **asdict(report)},
-        "weights_sha256": weights_sha256,
+        "training": provenance["training"],
+        "weights": {key: value for key, value in provenance.items() if key != "training"},
+        "weights_sha256": provenance["weights_sha256"],
         "metrics": {
             **errors,
             "heldout_seed": HELDOUT_SEED,
@@ -233,7 +237,9 @@ def _build_policy(
             "untrained_policy": untrained.as_dict(),
         },
         "timings": {
-            "training_seconds": round(report.seconds, 2),
+            "training_seconds": (
+                round(provenance["training"]["seconds"], 2) if provenance["source"] == "trained" else 0.0
+            ),
             "evaluation_seconds": round(evaluation_seconds, 2),
             "export_seconds": round(time.perf_counter() - started, 2),
         },
@@ -244,21 +250,25 @@ def _build_policy(
 def build_reference_vla(cache_dir: Path, seed: int = 0) -> Path:
     """Build (or find cached) the trained TinyVLA with its metrics and every export; return its directory."""
     training = TrainingConfig(**{**VLA_TRAINING.as_dict(), "seed": seed})
-    fingerprint = source_fingerprint(_POLICY_SOURCES + ("vla.py",), (repr(training),))
+    fingerprint = source_fingerprint(
+        _POLICY_SOURCES + ("vla.py",), (repr(training), _shipped_sha("vla", seed))
+    )
     return cached_build(
         cache_dir,
         "vla",
         seed,
         fingerprint,
         lambda target: _build_policy(target, "vla", seed, TinyVLA, training, ReachingConfig(), POLICY_INPUTS),
-        reproducible=True,
+        reproducible=not ships("vla", seed),
     )
 
 
 def build_reference_conv_policy(cache_dir: Path, seed: int = 0) -> Path:
     """Build (or find cached) the trained ConvPolicy on the single-target task; return its directory."""
     training = TrainingConfig(**{**CONV_POLICY_TRAINING.as_dict(), "seed": seed})
-    fingerprint = source_fingerprint(_POLICY_SOURCES + ("conv_policy.py",), (repr(training),))
+    fingerprint = source_fingerprint(
+        _POLICY_SOURCES + ("conv_policy.py",), (repr(training), _shipped_sha("conv_policy", seed))
+    )
     return cached_build(
         cache_dir,
         "conv_policy",
@@ -267,8 +277,14 @@ def build_reference_conv_policy(cache_dir: Path, seed: int = 0) -> Path:
         lambda target: _build_policy(
             target, "conv_policy", seed, ConvPolicy, training, SINGLE_TARGET_TASK, CONV_POLICY_INPUTS
         ),
-        reproducible=True,
+        reproducible=not ships("conv_policy", seed),
     )
+
+
+def _shipped_sha(name: str, seed: int) -> str:
+    """The shipped file's sha256 for a cache fingerprint (new shipped weights rebuild the cache entry)."""
+    entry = shipped_entry(name, seed) if ships(name, seed) else None
+    return f"shipped={entry['sha256'] if entry else 'none'}"
 
 
 def build_hf_reference(name: str, cache_dir: Path, seed: int = 0) -> Path:
