@@ -41,11 +41,17 @@ def load_data(source: DataSource, model: LoadedModel) -> CalibrationData | None:
         batches = [{k: v for k, v in batch.items() if k in names} for batch in data.batches]
         return CalibrationData(batches, data.labels, data.source)
     if source.kind == "file":
-        from tools.inputs import load_input_data
+        from tools.inputs import align_data, load_input_data
 
         if source.path is None:
             raise ValidationError("a data source of kind 'file' needs a path")
-        arrays = load_input_data(Path(source.path))
+        policy = model.metadata.get("policy") or {}
+        arrays, notes = align_data(
+            model.input_specs,
+            load_input_data(Path(source.path)),
+            aliases=policy.get("input_names"),
+            history_steps=policy.get("n_obs_steps"),
+        )
         label = next((key for key in LABEL_KEYS if key in arrays), None)
         batch_size, batches = source.batch_size, source.batches
         fixed = fixed_batch_size(model)
@@ -53,9 +59,10 @@ def load_data(source: DataSource, model: LoadedModel) -> CalibrationData | None:
             fixed is not None and fixed != batch_size
         ):  # an export with a fixed batch: same samples, more batches
             batches, batch_size = max(1, batches * batch_size // fixed), fixed
-        return calibration_from_data(
+        data = calibration_from_data(
             arrays, model.input_specs, label_key=label, batch_size=batch_size, max_batches=batches
         )
+        return CalibrationData(data.batches, data.labels, data.source, notes=notes)
     return synthetic_calibration(model.input_specs, num_batches=min(source.batches, 8), batch_size=4)
 
 
@@ -252,7 +259,8 @@ def profile_original(
     progress(50, "profiled; measuring this machine's roofline")
     floor = roofline_floor_ms(profile.parameter_bytes, profile.flops, machine, threads=threads)
     progress(75, "ranking layer sensitivity")
-    quantization, pruning, notes = [], [], []
+    quantization, pruning = [], []
+    notes = list(dataset.notes) if dataset is not None else []
     if model.module is not None:
         calibration, _ = split_data(dataset)
         batches = (calibration.batches if calibration else [model.example_inputs()])[:2]

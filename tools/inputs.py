@@ -180,16 +180,79 @@ def _zip_is_npz(path: Path) -> bool:
     return bool(names) and all(name.endswith(".npy") for name in names)
 
 
-def check_data_matches(specs: Iterable[InputSpec], data: dict[str, torch.Tensor]) -> None:
+def safe_input_name(key: str) -> str:
+    """The spelling every runtime accepts for a dotted feature key (`observation.state` -> `observation_state`)."""
+    name = re.sub(r"[^A-Za-z0-9_]", "_", key)
+    return name if not name[:1].isdigit() else f"_{name}"
+
+
+def align_data(
+    specs: Iterable[InputSpec],
+    data: dict[str, torch.Tensor],
+    aliases: dict[str, str] | None = None,
+    history_steps: int | None = None,
+) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Match a user's arrays to the model's inputs; return the arrays under the inputs' names and what was done.
+
+    An input is found under its own name, under its alias (`aliases`: input name -> the key its framework uses,
+    e.g. LeRobot's `observation.images.top` for `observation_images_top`), or under any key whose safe
+    spelling (`safe_input_name`) is the input's name. With `history_steps` (a policy that takes the last T
+    observations, shape (N, T, ...)), single frames (N, ...) are stacked into T copies of themselves, the way
+    LeRobot's observation queue starts an episode. Arrays that are not inputs (labels) are kept as they are.
+    """
+    specs = list(specs)
+    aliases = dict(aliases or {})
+    aligned = dict(data)
+    notes: list[str] = []
+    for spec in specs:
+        if spec.name in aligned:
+            continue
+        candidates = [key for key in (aliases.get(spec.name),) if key is not None and key in data]
+        candidates += [key for key in data if key not in candidates and safe_input_name(key) == spec.name]
+        if len(candidates) == 1:
+            aligned[spec.name] = aligned.pop(candidates[0])
+            notes.append(f"data array {candidates[0]!r} feeds input {spec.name!r}")
+        elif len(candidates) > 1:
+            raise InputSpecError(
+                f"data arrays {', '.join(map(repr, candidates))} all spell input {spec.name!r}",
+                hint="keep one array per input",
+            )
+    if history_steps and history_steps > 1:
+        for spec in specs:
+            value = aligned.get(spec.name)
+            frames = len(spec.shape) >= 2 and spec.shape[1] == history_steps
+            if value is not None and frames and tuple(value.shape[1:]) == tuple(spec.shape[2:]):
+                aligned[spec.name] = (
+                    value.unsqueeze(1).expand(-1, history_steps, *value.shape[1:]).contiguous()
+                )
+                notes.append(
+                    f"input {spec.name!r}: single frames stacked into a history of {history_steps} copies "
+                    "(as LeRobot's observation queue starts an episode)"
+                )
+    check_data_matches(specs, aligned, aliases)
+    return aligned, notes
+
+
+def check_data_matches(
+    specs: Iterable[InputSpec], data: dict[str, torch.Tensor], aliases: dict[str, str] | None = None
+) -> None:
     """Raise InputSpecError when user data lacks an input the model needs or has a wrong trailing shape."""
+    specs = list(specs)
+    aliases = aliases or {}
+
+    def spelled(name: str) -> str:
+        return f"{aliases[name]!r} (or {name!r})" if name in aliases else repr(name)
+
     for spec in specs:
         if spec.name not in data:
             raise InputSpecError(
-                f"data has no tensor named {spec.name!r} (has: {', '.join(sorted(data)) or 'nothing'})",
-                hint="name the arrays after the model's inputs",
+                f"data has no array for input {spelled(spec.name)}; has: {', '.join(sorted(data)) or 'nothing'}; "
+                f"the model takes: {', '.join(spelled(item.name) for item in specs)}",
+                hint="name the arrays after the model's inputs (a LeRobot policy's feature keys work too)",
             )
         got = tuple(data[spec.name].shape)
         if got[1:] != spec.shape[1:]:
             raise InputSpecError(
-                f"data tensor {spec.name!r} has shape {got}, the model expects (N, {', '.join(map(str, spec.shape[1:]))})"
+                f"data array for {spelled(spec.name)} has shape {got}, the model expects "
+                f"(N, {', '.join(map(str, spec.shape[1:]))})"
             )

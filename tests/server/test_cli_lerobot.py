@@ -53,6 +53,29 @@ def _assert_onnx_matches_policy(artifact: Path, policy_dir: Path, atol: float) -
         assert float(np.abs(actions - expected).max()) <= atol * max(scale, 1.0)
 
 
+def _lerobot_observations(policy_dir: Path, path: Path, count: int = 32) -> Path:
+    """Observations as a LeRobot user has them: arrays under LeRobot's feature keys (`observation.state`), one
+    frame each (no `n_obs_steps` history), images in [0, 1]."""
+    from tools.intake import load_model
+
+    loaded = load_model(policy_dir, data_dir=path.parent / "spec")
+    facts = loaded.metadata["policy"]
+    generator = torch.Generator().manual_seed(11)
+    arrays = {}
+    for spec in loaded.input_specs:
+        shape = spec.shape[2:] if facts["n_obs_steps"] > 1 else spec.shape[1:]
+        arrays[facts["input_names"][spec.name]] = torch.rand((count, *shape), generator=generator).numpy()
+    np.savez(path, **arrays)
+    return path
+
+
+def _report_notes(data_dir: Path) -> list[str]:
+    import json
+
+    (report,) = (data_dir / "reports").glob("*/report.json")
+    return json.loads(report.read_text())["notes"]
+
+
 def test_act_directory_is_analyzed_and_optimized_to_a_speed_goal(
     lerobot_act_dir: Path, tmp_path: Path
 ) -> None:
@@ -64,11 +87,16 @@ def test_act_directory_is_analyzed_and_optimized_to_a_speed_goal(
 
     out = tmp_path / "out"
     goal = "at least 1.5x faster, keep accuracy within 5%"
+    observations = _lerobot_observations(lerobot_act_dir, tmp_path / "obs.npz")  # LeRobot's own keys
     run = _robopt(
-        data_dir, "optimize", str(lerobot_act_dir), "--goal", goal, "--max-attempts", "3", "--out", str(out)
-    )
+        data_dir, "optimize", str(lerobot_act_dir), "--goal", goal, "--max-attempts", "3", "--out", str(out),
+        "--data", str(observations),
+    )  # fmt: skip
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
     assert "GOAL MET" in run.stdout.upper()
+    assert any(
+        "'observation.state' feeds input 'observation_state'" in note for note in _report_notes(data_dir)
+    )
     artifact = out / "model.onnx"
     assert artifact.is_file()
     _assert_onnx_matches_policy(artifact, lerobot_act_dir, atol=0.05)
@@ -79,15 +107,18 @@ def test_diffusion_directory_is_optimized_to_a_speed_goal(
 ) -> None:
     out = tmp_path / "out"
     goal = "at least 1.3x faster, keep accuracy within 5%"
+    frames = _lerobot_observations(lerobot_diffusion_ddim_dir, tmp_path / "frames.npz")  # one frame each
     run = _robopt(
         tmp_path / "data", "optimize", str(lerobot_diffusion_ddim_dir), "--goal", goal, "--max-attempts", "3",
-        "--out", str(out),
+        "--out", str(out), "--data", str(frames),
     )  # fmt: skip
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
+    notes = _report_notes(tmp_path / "data")
+    assert any("history of 2 copies" in note for note in notes), notes  # stacked as LeRobot's queue does
     _assert_onnx_matches_policy(out / "model.onnx", lerobot_diffusion_ddim_dir, atol=0.05)
 
 
-def test_act_directory_uploaded_as_an_archive_is_profiled_as_a_policy(
+def test_act_directory_uploaded_as_an_archive_is_profiled_and_takes_lerobot_keyed_data(
     lerobot_act_dir: Path, tmp_path: Path
 ) -> None:
     archive = tmp_path / "act_policy.tar.gz"
@@ -104,6 +135,25 @@ def test_act_directory_uploaded_as_an_archive_is_profiled_as_a_policy(
             assert answer["params"] == sum(p.numel() for p in module.parameters())
             listed = client.get(f"/models/{answer['id']}").json()
             assert listed["format"] == "lerobot_policy"
+            # A dataset under LeRobot's feature keys feeds the policy's inputs; a missing key names both spellings.
+            observations = _lerobot_observations(lerobot_act_dir, tmp_path / "obs.npz")
+            uploaded = client.post("/datasets", files={"file": ("obs.npz", observations.read_bytes())})
+            assert uploaded.status_code == 201, uploaded.text
+            goal = "at least 2x smaller, keep accuracy within 5%"
+            job = {"model_id": answer["id"], "goal": goal, "max_attempts": 1}
+            accepted = client.post("/jobs", json={**job, "dataset_id": uploaded.json()["id"]})
+            assert accepted.status_code == 202, accepted.text
+            client.post(f"/jobs/{accepted.json()['job']['id']}/cancel")
+            np.savez(
+                tmp_path / "partial.npz", **{"observation.state": np.load(observations)["observation.state"]}
+            )
+            partial = client.post(
+                "/datasets", files={"file": ("partial.npz", (tmp_path / "partial.npz").read_bytes())}
+            )
+            refused = client.post("/jobs", json={**job, "dataset_id": partial.json()["id"]})
+            assert refused.status_code == 422, refused.text
+            message = refused.json()["message"]
+            assert "'observation.images.top' (or 'observation_images_top')" in message, message
     finally:
         server.stop()
 

@@ -29,7 +29,6 @@ What runs, per type (no action queue, no temporal ensembling: the whole chunk of
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +36,7 @@ import torch
 from torch import nn
 
 from tools.errors import UnsupportedFormatError, ValidationError
+from tools.inputs import safe_input_name
 from tools.lerobot.imports import import_lerobot_module
 
 PREPROCESSOR_FILE = "policy_preprocessor.json"
@@ -85,8 +85,7 @@ _PLUMBING_STEPS = frozenset(
 
 def onnx_safe_name(key: str) -> str:
     """An input name every runtime accepts for a LeRobot feature key (`observation.state` -> `observation_state`)."""
-    name = re.sub(r"[^A-Za-z0-9_]", "_", key)
-    return name if not name[:1].isdigit() else f"_{name}"
+    return safe_input_name(key)
 
 
 class LeRobotPolicyModule(nn.Module):

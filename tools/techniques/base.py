@@ -98,6 +98,7 @@ class CalibrationData:
     batches: list[dict[str, torch.Tensor]]
     labels: list[torch.Tensor] | None = None
     source: str = "synthetic"
+    notes: list[str] = field(default_factory=list)  # how a user's arrays were matched to the inputs
 
     def __post_init__(self) -> None:
         if not self.batches:
@@ -113,8 +114,10 @@ class CalibrationData:
             return self, self
         cut = min(len(self.batches) - 1, max(1, round(len(self.batches) * (1 - holdout_fraction))))
         labels = self.labels
-        first = CalibrationData(self.batches[:cut], labels[:cut] if labels else None, self.source)
-        second = CalibrationData(self.batches[cut:], labels[cut:] if labels else None, self.source)
+        first = CalibrationData(self.batches[:cut], labels[:cut] if labels else None, self.source, self.notes)
+        second = CalibrationData(
+            self.batches[cut:], labels[cut:] if labels else None, self.source, self.notes
+        )
         return first, second
 
 
