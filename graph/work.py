@@ -242,7 +242,7 @@ def profile_original(
     """Measure the original (the baseline) and profile it: components, FLOPs, roofline floor, sensitivity."""
     from tools.evaluation.machine import machine_profile, roofline_floor_ms
     from tools.evaluation.sensitivity import pruning_sensitivity, quantization_sensitivity
-    from tools.profiling import profile_model
+    from tools.profiling import profile_model_or_sizes
     from tools.techniques import load_version
 
     root = Path(data_dir)
@@ -254,13 +254,13 @@ def profile_original(
         root, store, ref, model, dataset, plan, data, targets, threads, iterations, _quiet
     )
     progress(25, "baseline measured; profiling components and FLOPs")
-    profile = profile_model(model)
+    profile, skipped = profile_model_or_sizes(model)
     machine = machine_profile(root)
     progress(50, "profiled; measuring this machine's roofline")
     floor = roofline_floor_ms(profile.parameter_bytes, profile.flops, machine, threads=threads)
     progress(75, "ranking layer sensitivity")
     quantization, pruning = [], []
-    notes = list(dataset.notes) if dataset is not None else []
+    notes = (list(dataset.notes) if dataset is not None else []) + ([skipped] if skipped else [])
     if model.module is not None:
         calibration, _ = split_data(dataset)
         batches = (calibration.batches if calibration else [model.example_inputs()])[:2]

@@ -501,3 +501,49 @@ def test_analyze_model_adds_measured_latency_through_intake(tmp_path: Path) -> N
     profile = analyze_model(loaded, threads=1, warmup=2, iterations=10, data_dir=tmp_path / "data")
     assert profile.latency is not None and profile.latency.loader == "intake"
     assert profile.latency_p50_ms == profile.latency.p50_ms > 0
+
+
+class _LazyHeadsAttention(nn.Module):
+    """Attention whose head count is known only after its first forward (as in lazily configured code)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.q_proj = nn.Linear(8, 8)
+
+    @property
+    def num_heads(self) -> int:
+        raise RuntimeError("heads are set at the first forward")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.q_proj(x)
+
+
+class _LazyPolicy(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList([nn.Sequential(_LazyHeadsAttention()) for _ in range(2)])
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, state: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            state = block(state)
+        return self.head(state)
+
+
+def test_a_profile_that_fails_falls_back_to_sizes_with_the_reason(tmp_path: Path) -> None:
+    from tools.profiling import profile_model_or_sizes
+
+    module = _LazyPolicy().eval()
+    torch.save(module.state_dict(), tmp_path / "m.pt")
+    model = _loaded(module, [InputSpec(name="state", shape=(1, 8))], path=tmp_path / "m.pt")
+    with pytest.raises(RuntimeError, match="first forward"):
+        profile_model(model)  # the architecture walk reads num_heads
+    profile, note = profile_model_or_sizes(model)
+    assert profile.parameters == sum(p.numel() for p in module.parameters())
+    assert profile.parameter_bytes == 4 * profile.parameters and profile.flops is None
+    assert note is not None and "skipped" in note and "first forward" in note
+    assert profile.warnings and "sizes only" in profile.warnings[0]
+    healthy, nothing = profile_model_or_sizes(
+        _loaded(nn.Linear(8, 2), [InputSpec(name="x", shape=(1, 8))], path=tmp_path / "m.pt")
+    )
+    assert nothing is None and healthy.flops and healthy.flops > 0

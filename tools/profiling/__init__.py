@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from tools.errors import ValidationError
+from tools.errors import ValidationError, first_line
 from tools.intake.types import LoadedModel
 from tools.latency import (
     DEFAULT_ITERATIONS,
@@ -78,6 +78,7 @@ __all__ = [
     "analyze_model",
     "format_profile_table",
     "profile_model",
+    "profile_model_or_sizes",
 ]
 
 
@@ -97,6 +98,41 @@ def profile_model(model: LoadedModel, *, inputs: dict[str, torch.Tensor] | None 
     if model.module is not None:
         return _profile_torch(model, model.module, inputs, described)
     return _profile_onnx(model, model.session, inputs, described)
+
+
+_OPTIONAL_PROFILE_FAILURES = (
+    RuntimeError,
+    TypeError,
+    ValueError,
+    KeyError,
+    AttributeError,
+    NotImplementedError,
+)
+
+
+def profile_model_or_sizes(model: LoadedModel) -> tuple[ModelProfile, str | None]:
+    """Profile the model; when a part of the profile fails (FLOPs by component, the architecture walk), fall back
+    to its weights alone and return why, so an analysis goes on with a note instead of ending the job."""
+    try:
+        return profile_model(model), None
+    except _OPTIONAL_PROFILE_FAILURES as exc:
+        reason = f"{type(exc).__name__}: {first_line(exc, 200)}"
+    log.warning("profile failed; sizes only", extra={"source": str(model.source), "reason": reason})
+    from tools.evaluation.size import size_of_loaded
+
+    size = size_of_loaded(model)
+    profile = ModelProfile(
+        format=model.format,
+        runtime=model.runtime,
+        source=model.source,
+        path=model.path,
+        file_size_bytes=artifact_size(model.path),
+        parameters=size.total_params,
+        parameter_bytes=size.weight_bytes,
+        architecture=ArchitecturePattern(kind="unknown", is_vla=False, summary="not profiled"),
+        warnings=[f"FLOPs and components skipped ({reason}); sizes only"],
+    )
+    return profile, f"analysis: FLOPs and components skipped ({reason})"
 
 
 def analyze_model(
@@ -150,7 +186,11 @@ def _profile_torch(
         if isinstance(module, torch.jit.ScriptModule):
             warnings.append("FLOPs by component are unavailable for TorchScript (module hooks do not run)")
         else:
-            per_component = component_flops(index, stats.by_module)
+            try:
+                per_component = component_flops(index, stats.by_module)
+            except (RuntimeError, TypeError, ValueError, KeyError, AttributeError) as exc:
+                # an optional figure: the profile goes on without it (issue 14 ended a job here)
+                warnings.append(f"FLOPs by component skipped ({type(exc).__name__}: {first_line(exc, 200)})")
     stacks = find_stacks(module, index)
     convs = find_convs(module, index)
     components = component_table(records, index, per_component)
