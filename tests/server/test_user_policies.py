@@ -114,13 +114,17 @@ def test_a_user_exported_onnx_policy_reaches_a_size_goal_over_the_cli(tmp_path: 
     assert report["final"]["accuracy"]["level"] == "fidelity"
 
 
-def test_a_torchscript_policy_uploaded_over_http_reaches_a_size_goal(tmp_path: Path) -> None:
-    model = write_torchscript(tmp_path / "policy.pt")
+@pytest.mark.parametrize("exported", ["torchscript", "onnx"])
+def test_a_user_exported_policy_uploaded_over_http_reaches_a_size_goal(exported: str, tmp_path: Path) -> None:
+    if exported == "torchscript":  # TorchScript records no input shapes: the user gives them
+        model, options = write_torchscript(tmp_path / "policy.pt"), {"input_specs": SHAPES}
+    else:
+        model, options = write_onnx(tmp_path / "policy.onnx"), {}
     server = start_server(server_env(tmp_path / "data"), tmp_path / "server.log")
     try:
         with server.client() as client:
-            uploaded = upload_model(client, model, name="policy.pt", input_specs=SHAPES)
-            assert uploaded["format"] == "torchscript"
+            uploaded = upload_model(client, model, name=model.name, **options)
+            assert uploaded["format"] == exported
             response = client.post(
                 "/jobs", json={"model_id": uploaded["id"], "goal": GOAL, "max_attempts": 3}
             )
@@ -128,5 +132,7 @@ def test_a_torchscript_policy_uploaded_over_http_reaches_a_size_goal(tmp_path: P
             job_id = response.json()["job"]["id"]
             job = wait_for_status(client, job_id, {"succeeded", "failed", "cancelled"}, timeout=400)
             assert job["status"] == "succeeded" and job["goal_met"] is True, (job, server.log_tail())
+            report = client.get(f"/jobs/{job_id}/report").json()
+            assert report["comparison"]["compression"] >= 2 and report["final"]["technique"] != "intake"
     finally:
         server.stop()
