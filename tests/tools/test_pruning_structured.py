@@ -200,20 +200,20 @@ class _FusedAttentionModel(nn.Module):
         return self.head(self.encoder(self.embed(tokens)))
 
 
-def test_fused_attention_is_refused_by_name_unless_heads_are_kept(vla, tmp_path: Path) -> None:
+def test_fused_attention_keeps_its_heads_and_the_rest_is_pruned(vla, tmp_path: Path) -> None:
+    """nn.MultiheadAttention (ACT's encoder and decoder) cannot lose heads: the rest of the model is pruned."""
     torch.manual_seed(0)
     specs = [InputSpec(name="tokens", shape=(1, 5, 8), dtype="float32")]
     source = store_module(vla.store, "fused", _FusedAttentionModel(), specs, tmp_path, vla.data_dir)
-    with pytest.raises(OptimizationError, match="'encoder.self_attn'.*MultiheadAttention") as caught:
-        apply(vla.store, source.job_id, source.id, HALF, data_dir=vla.data_dir)
-    assert "prune_heads=false" in caught.value.hint
-    config = StructuredPruneConfig(ratio=0.5, prune_heads=False)
-    result = apply(vla.store, source.job_id, source.id, config, data_dir=vla.data_dir)
-    pruned = load(vla.store, result.version, vla.data_dir).module
-    assert pruned.encoder.linear1.out_features == 32
-    assert pruned.encoder.self_attn.in_proj_weight.shape == (96, 32)
-    assert result.facts["unsupported_attention_kept"] == ["encoder.self_attn"]
-    assert pruned(torch.randn(1, 5, 8)).shape == (1, 5, 4)
+    for config in (HALF, StructuredPruneConfig(ratio=0.5, prune_heads=False)):
+        result = apply(vla.store, source.job_id, source.id, config, data_dir=vla.data_dir)
+        pruned = load(vla.store, result.version, vla.data_dir).module
+        assert pruned.encoder.linear1.out_features == 32  # the MLP lost half its neurons
+        assert pruned.encoder.self_attn.in_proj_weight.shape == (96, 32)  # attention untouched
+        assert result.facts["unsupported_attention_kept"] == ["encoder.self_attn"]
+        assert result.facts["parameters_after"] < result.facts["parameters_before"]
+        assert pruned(torch.randn(1, 5, 8)).shape == (1, 5, 4)
+        assert ("MultiheadAttention" in (result.facts["heads_kept_reason"] or "")) == config.prune_heads
 
 
 def test_siglip_keeps_its_fused_pooling_attention_and_loses_encoder_heads(vla) -> None:
@@ -242,3 +242,28 @@ def test_a_plain_mlp_loses_hidden_neurons_but_keeps_its_output_width(vla, tmp_pa
         # The output is the original's with the removed neurons' contributions taken out.
         hidden = torch.relu(model[0](x))[:, kept]
         assert torch.allclose(pruned(x), hidden @ model[2].weight[:, kept].T + model[2].bias, atol=1e-5)
+
+
+def test_lerobot_act_is_pruned_around_its_multihead_attention(vla, lerobot_act_dir: Path) -> None:
+    """ACT: every attention is nn.MultiheadAttention and its ResNet uses FrozenBatchNorm2d (buffers, no
+    parameters). Heads are kept, the backbone's channels go with their frozen norms, and the policy still runs.
+    """
+    from tools.intake.types import LoadOptions
+    from tools.techniques import store_original
+
+    source = store_original(vla.store, "act-prune", lerobot_act_dir, LoadOptions(), vla.data_dir)
+    original = load(vla.store, source, vla.data_dir)
+    result = apply(
+        vla.store, source.job_id, source.id, StructuredPruneConfig(ratio=0.3), data_dir=vla.data_dir
+    )
+    pruned = load(vla.store, result.version, vla.data_dir)
+    assert result.facts["parameters_after"] < 0.8 * result.facts["parameters_before"]
+    assert len(result.facts["unsupported_attention_kept"]) == 4 and "MultiheadAttention" in (
+        result.facts["heads_kept_reason"] or ""
+    )
+    layer = pruned.module.policy.model.backbone.layer3[0]
+    assert layer.conv1.out_channels < 256 and layer.bn1.weight.shape == (layer.conv1.out_channels,)
+    inputs = original.example_inputs(seed=5)
+    with torch.no_grad():
+        before, after = original.module(**inputs), pruned.module(**inputs)
+    assert after.shape == before.shape and torch.isfinite(after).all()

@@ -202,7 +202,12 @@ def _split_feeders(graph: Any) -> dict[nn.Module, list[int]]:
 
 
 def _skip_group(
-    graph: Any, group: Any, kept: set[nn.Module], feeders: dict[nn.Module, list[int]], width: int
+    graph: Any,
+    group: Any,
+    kept: set[nn.Module],
+    feeders: dict[nn.Module, list[int]],
+    width: int,
+    width_kept: frozenset[nn.Module] = frozenset(),
 ) -> bool:
     """Whether a group must stay whole: it reaches an output, the hidden width, a kept layer or an odd split."""
     from torch_pruning import ops
@@ -211,6 +216,8 @@ def _skip_group(
     for dep, _ in group:
         module = dep.target.module
         if dep.target.type in kept_types or module in kept:
+            return True
+        if module in width_kept and graph.is_out_channel_pruning_fn(dep.handler):
             return True
         if not dep.target.outputs and graph.is_out_channel_pruning_fn(dep.handler):
             return True  # what nothing consumes is a model output (HF logits get no output node)
@@ -258,8 +265,11 @@ def prune_channels(
     example: dict[str, torch.Tensor],
     kept: set[nn.Module],
     gradients: Callable[[], None],
+    width_kept: frozenset[nn.Module] = frozenset(),
 ) -> int:
     """Remove channels/neurons of every prunable dependency group, in `iterative_steps` steps.
+
+    `kept` layers stay whole; `width_kept` layers keep their output width but may lose input channels.
 
     Each group (a root Conv/Linear with everything coupled to its output channels) is scored with the
     chosen importance and loses its lowest-scored channels; the graph is traced again before each step.
@@ -280,13 +290,19 @@ def prune_channels(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "unwrapped parameters": their groups are never pruned
             graph = tp.DependencyGraph().build_dependency(
-                model, example_inputs=example, forward_fn=call_module, output_transform=output_tensors
+                model,
+                example_inputs=example,
+                forward_fn=call_module,
+                output_transform=output_tensors,
+                customized_pruners=_buffer_norm_pruners(model),
             )
         feeders = _split_feeders(graph)
         visited: set[nn.Module] = set()
         roots = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))]
         for root in roots:
-            if root in visited or root in kept or root in feeders or root not in graph.module2node:
+            if root in visited or root in kept or root in width_kept or root in feeders:
+                continue
+            if root not in graph.module2node:
                 continue
             prune_fn = graph.get_pruner_of_module(root).prune_out_channels
             width = graph.get_out_channels(root)
@@ -294,7 +310,7 @@ def prune_channels(
             visited.update(
                 dep.target.module for dep, _ in group if graph.is_out_channel_pruning_fn(dep.handler)
             )
-            if _skip_group(graph, group, kept, feeders, width):
+            if _skip_group(graph, group, kept, feeders, width, width_kept):
                 continue
             keep = _keep_count(initial.setdefault(root, width), width, fraction, config.round_to)
             if keep >= width:
@@ -401,7 +417,8 @@ def _apply_structured_prune(ctx: TechniqueContext, config: StructuredPruneConfig
         kept.update((layout.q, layout.k, layout.v, layout.o))
     for name in unsupported:
         kept.update(m for m in modules[name].modules() if isinstance(m, (nn.Linear, nn.MultiheadAttention)))
-    groups = prune_channels(model, config, example, kept, gradients)
+    residual = frozenset(_residual_writers(model, [modules[name] for name in unsupported]))
+    groups = prune_channels(model, config, example, kept, gradients, residual)
     for parameter in model.parameters():
         parameter.grad = None
 
@@ -424,6 +441,12 @@ def _apply_structured_prune(ctx: TechniqueContext, config: StructuredPruneConfig
         "channel_groups_pruned": groups,
         "protected_layers": sorted(n for n in protected_names if _own_params(modules[n])),
         "unsupported_attention_kept": unsupported,
+        "heads_kept_reason": (
+            f"{len(unsupported)} attention layers have fused or packed q/k/v projections "
+            f"({type(modules[unsupported[0]]).__name__}); their heads are kept, channels and neurons pruned"
+            if config.prune_heads and unsupported and not layouts
+            else None
+        ),
         "unmatched_protected_patterns": unmatched_patterns(model, config.protected),
         "config_updates": _update_hf_configs(model, layouts, widths_before),
     }
@@ -443,21 +466,80 @@ def _attention_to_prune(
 ) -> tuple[list[AttentionLayout], list[str]]:
     """The unprotected attention layouts whose heads can go, and unprotected attention that cannot.
 
-    Attention that cannot lose heads (fused projections, e.g. SigLIP's pooling head) keeps them and is
-    reported; head pruning is refused, naming the layer, when no attention layer of the model can lose heads.
+    Attention that cannot lose heads keeps them and is reported: fused projections (SigLIP's pooling head) and
+    torch's `nn.MultiheadAttention`, whose packed q/k/v share the residual width, so heads cannot leave without
+    replacing the module. When no attention layer of the model can lose heads (ACT's encoder and decoder are all
+    `nn.MultiheadAttention`), the rest of the model is pruned: channels and MLP neurons.
     """
     layouts, unsupported = find_attention(model)
     unsupported = [name for name in unsupported if name not in protected]
     layouts = [layout for layout in layouts if layout.name not in protected]
     if config.prune_heads and unsupported and not layouts:
         layer = dict(model.named_modules())[unsupported[0]]
-        raise OptimizationError(
-            f"structured_prune cannot remove heads of attention layer {unsupported[0]!r} "
-            f"({type(layer).__name__}: fused or unrecognized q/k/v projections)",
-            hint=f"set prune_heads=false to prune only channels and MLP neurons, or protect {unsupported[0]!r}",
-            detail={"unsupported_attention": unsupported},
+        _log.info(
+            "attention heads kept",
+            extra={"layer": unsupported[0], "type": type(layer).__name__, "layers": len(unsupported)},
         )
     return layouts, unsupported
+
+
+_NORM_BUFFERS = ("weight", "bias", "running_mean", "running_var")
+
+
+def _buffer_norm_pruners(model: nn.Module) -> dict[type, Any]:
+    """Pruners for per-channel norms held in buffers, not parameters (torchvision's FrozenBatchNorm2d in ACT's and
+    Diffusion Policy's ResNet): torch-pruning knows none, and a conv that loses channels before one breaks the
+    forward pass."""
+    import torch_pruning as tp
+
+    class BufferNormPruner(tp.pruner.function.BasePruningFunc):
+        """Slice every per-channel buffer of the norm; input and output channels are the same channels."""
+
+        def prune_out_channels(self, layer: nn.Module, idxs: list[int]) -> nn.Module:
+            keep = sorted(set(range(self.get_out_channels(layer))) - set(idxs))
+            for name in _NORM_BUFFERS:
+                setattr(layer, name, getattr(layer, name).data[keep].clone())
+            if hasattr(layer, "num_features"):
+                layer.num_features = len(keep)
+            return layer
+
+        prune_in_channels = prune_out_channels
+
+        def get_out_channels(self, layer: nn.Module) -> int:
+            return int(layer.weight.shape[0])
+
+        def get_in_channels(self, layer: nn.Module) -> int:
+            return int(layer.weight.shape[0])
+
+    kinds = {
+        type(layer)
+        for layer in model.modules()
+        if not list(layer.parameters(recurse=False))
+        and all(isinstance(layer._buffers.get(name), torch.Tensor) for name in _NORM_BUFFERS)
+        and len({layer._buffers[name].shape for name in _NORM_BUFFERS}) == 1
+        and layer._buffers["weight"].dim() == 1
+    }
+    return {kind: BufferNormPruner() for kind in kinds}
+
+
+def _residual_writers(model: nn.Module, attention: list[nn.Module]) -> set[nn.Module]:
+    """Layers whose outputs are as wide as a kept attention's embedding: they write the residual stream.
+
+    A kept attention layer hides from the dependency graph that its input and output width is the residual
+    width (ACT adds learned position embeddings and state projections into it), so every Linear or conv that
+    writes that width keeps its outputs; their input channels are still pruned with the layers before them.
+    """
+    widths = {
+        int(layer.embed_dim) for layer in attention if isinstance(getattr(layer, "embed_dim", None), int)
+    }
+    if not widths:
+        return set()
+    return {
+        layer
+        for layer in model.modules()
+        if (isinstance(layer, nn.Linear) and layer.out_features in widths)
+        or (isinstance(layer, nn.modules.conv._ConvNd) and layer.out_channels in widths)
+    }
 
 
 def _width_facts(
