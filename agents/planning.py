@@ -74,7 +74,8 @@ class TechniqueOption(BaseModel):
         "fidelity_cosine.",
     )
     parameters: dict[str, Any] = Field(
-        default_factory=dict, description="Config fields: default and description."
+        default_factory=dict,
+        description="Config fields: default, description and search range when declared.",
     )
 
     def expected(self, architecture: str) -> tuple[float | None, float | None]:

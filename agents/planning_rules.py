@@ -155,7 +155,9 @@ def _sampler_plans(
 ) -> list[tuple[list[PlannedTechnique], str]] | None:
     """The plans of a DDPM Diffusion Policy (or its sampler export), which no whole-graph technique takes; else
     None. DDPM draws noise at every denoising step, so the policy exports as its sampler (encoder + denoiser
-    ONNX and the loop as data, lossless) first, then the sampler's graphs go FP16 once."""
+    ONNX and the loop as data, lossless) first, then the sampler's graphs go FP16 once, then, while speed is
+    still missing, fewer DDIM steps (lossy: most steps first is least lossy, so the fewest go first only when
+    the remaining speed gap needs them)."""
     current = payload.current
     if "lerobot_sampler_export" not in options:
         return None
@@ -169,10 +171,41 @@ def _sampler_plans(
         ]
     if current.format == "lerobot_sampler":
         wants = payload.goal.objective != "meet" or max(residual_needs(payload)) > 1.0
+        plans = []
         if wants and current.lineage.count("lerobot_sampler_export") == 1:
-            return [([_step("lerobot_sampler_export", fp16=True)], "FP16 graphs for the diffusion sampler")]
-        return []
+            plans.append(
+                ([_step("lerobot_sampler_export", fp16=True)], "FP16 graphs for the diffusion sampler")
+            )
+        return plans + _fewer_steps_plans(payload, options)
     return None
+
+
+def _fewer_steps_plans(
+    payload: PlanningInput, options: dict[str, TechniqueOption]
+) -> list[tuple[list[PlannedTechnique], str]]:
+    """Fewer DDIM denoising steps for a diffusion sampler that is still too slow, once per lineage.
+
+    The step counts come from the config's search range. The denoiser's calls are the loop's cost, so the
+    first count tried is the largest (least lossy) that closes the speed gap if the sampler now runs at least
+    the range's largest count; fewer follow, then the larger ones (tried when fewer lose too much accuracy).
+    """
+    option = options.get("lerobot_fewer_steps")
+    speed, _ = residual_needs(payload)
+    wants_speed = speed > 1.0 or payload.goal.objective == "fastest"
+    if option is None or not wants_speed or "lerobot_fewer_steps" in payload.current.lineage:
+        return []
+    field = option.parameters.get("num_inference_steps", {})
+    counts = sorted({int(n) for n in field.get("search") or [field.get("default") or 10]}, reverse=True)
+    closing = [n for n in counts if counts[0] / n >= speed] or counts[-1:]
+    ordered = [n for n in counts if n <= closing[0]] + [n for n in counts if n > closing[0]]
+    return [
+        (
+            [_step("lerobot_fewer_steps", num_inference_steps=steps)],
+            f"DDIM in {steps} denoising steps: speed still {speed:.1f}x short after the lossless sampler export; "
+            "lossy, judged by action agreement",
+        )
+        for steps in ordered
+    ]
 
 
 def conv_heavy(payload: PlanningInput) -> bool:

@@ -62,7 +62,11 @@ def technique_options() -> list[TechniqueOption]:
                     for model, effect in (info.measured or {}).items()
                 },
                 parameters={
-                    name: {"default": field.get("default"), "description": field.get("description", "")}
+                    name: {
+                        "default": field.get("default"),
+                        "description": field.get("description", ""),
+                        **({"search": field["search"]} if "search" in field else {}),
+                    }
                     for name, field in properties.items()
                     if name not in ("type", "seed")
                 },

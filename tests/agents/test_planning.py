@@ -428,8 +428,39 @@ def test_a_ddpm_diffusion_policy_exports_as_its_sampler_first_then_fp16() -> Non
     plan = PLANNING.run_rules(exported)
     assert [step.config_json() for step in plan.steps] == [{"type": "lerobot_sampler_export", "fp16": True}]
     check_plan(exported, plan)
-    done = _diffusion("DDPM", fmt="lerobot_sampler", lineage=("lerobot_sampler_export",) * 2)
+    done = _diffusion(
+        "DDPM", fmt="lerobot_sampler", lineage=("lerobot_sampler_export",) * 2 + ("lerobot_fewer_steps",)
+    )
     assert PLANNING.run_rules(done).action == "finish"
+
+
+def test_a_slow_diffusion_sampler_takes_fewer_ddim_steps_after_the_lossless_export() -> None:
+    """2x short of the goal: the lossless sampler export first, FP16 next, then fewer DDIM steps from the config's
+    search range (20 first: 50 -> 20 closes 2x), and FP16 may still follow fewer steps."""
+    assert PLANNING.run_rules(_diffusion("DDPM")).steps[0].technique == "lerobot_sampler_export"
+    exported = _diffusion("DDPM", fmt="lerobot_sampler", lineage=("lerobot_sampler_export",))
+    chains = [[step.config_json() for step in steps] for steps, _ in candidate_attempts(exported)]
+    assert chains[0] == [{"type": "lerobot_sampler_export", "fp16": True}]
+    fewer = [chain[0]["num_inference_steps"] for chain in chains if chain[0]["type"] == "lerobot_fewer_steps"]
+    assert fewer == [20, 10, 50]
+    fp16 = _diffusion("DDPM", fmt="lerobot_sampler", lineage=("lerobot_sampler_export",) * 2)
+    plan = PLANNING.run_rules(fp16)
+    assert [step.config_json() for step in plan.steps] == [
+        {"type": "lerobot_fewer_steps", "num_inference_steps": 20}
+    ]
+    assert "lossy" in plan.rationale
+    check_plan(fp16, plan)
+    rejected = fp16.model_copy(
+        update={"attempts": [attempt(1, fp16.current.version_id, [plan.steps[0].config_json()])]}
+    )
+    assert PLANNING.run_rules(rejected).steps[0].config_json()["num_inference_steps"] == 10
+    fewer_first = _diffusion(
+        "DDPM", fmt="lerobot_sampler", lineage=("lerobot_sampler_export", "lerobot_fewer_steps")
+    )
+    assert PLANNING.run_rules(fewer_first).steps[0].config_json() == {
+        "type": "lerobot_sampler_export",
+        "fp16": True,
+    }
 
 
 def test_a_ddim_diffusion_policy_keeps_the_whole_graph_export() -> None:

@@ -1,7 +1,8 @@
 """Technique library contract: typed configs, one registry, and `apply(store, job, version, config)`.
 
 The families live in `tools.quantization`, `tools.pruning`, `tools.distillation`,
-`tools.architecture_search` and `tools.compression`; each registers its techniques here at import.
+`tools.architecture_search` and `tools.compression`; each registers its techniques here at import. Model-family
+adapters above them (`tools.lerobot.techniques`) register their own techniques the same way, after the families.
 """
 
 from tools.techniques.apply import AppliedTechnique, apply, seed_everything

@@ -26,6 +26,9 @@ FAMILY_MODULES = (
     "tools.architecture_search",
     "tools.compression",
 )
+ADAPTER_MODULES = ("tools.lerobot.techniques",)
+"""Model-family adapters: they sit above the generic families and register the family's own techniques.
+Named here as strings and imported after the families, so no generic part imports a family."""
 MEASURED_EFFECTS_FILE = Path(__file__).with_name("measured_effects.json")
 
 C = TypeVar("C", bound=type[TechniqueConfig])
@@ -66,9 +69,10 @@ def register(
 
 @lru_cache(maxsize=1)
 def load_families() -> tuple[str, ...]:
-    """Import every family module (registering its techniques); return the ones that imported."""
+    """Import every family module, then every model-family adapter (registering their techniques); return the
+    ones that imported."""
     loaded = []
-    for module in FAMILY_MODULES:
+    for module in (*FAMILY_MODULES, *ADAPTER_MODULES):
         if importlib.util.find_spec(module) is None:
             continue
         importlib.import_module(module)

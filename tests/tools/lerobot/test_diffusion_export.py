@@ -112,11 +112,11 @@ def test_the_exported_runner_is_a_version_robopt_loads_and_converts_to_fp16(
     gives the torch policy's actions; lerobot_sampler_export turns it into an FP16 runner at fewer steps."""
     import shutil
 
-    from tools.compression.sampler_export import LeRobotSamplerExportConfig
     from tools.intake import ModelFormat, detect_format, load_model
     from tools.lerobot.diffusion_export import inference_steps
     from tools.lerobot.export import observation_specs
     from tools.lerobot.sampler_module import write_runner_facts
+    from tools.lerobot.techniques import LeRobotSamplerExportConfig
     from tools.techniques.apply import apply
     from tools.versions import VersionStore
 

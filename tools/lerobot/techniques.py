@@ -1,4 +1,10 @@
-"""Export a LeRobot Diffusion Policy as its deployable sampler: encoder.onnx + denoiser.onnx + sampler.json.
+"""LeRobot's own techniques: the Diffusion Policy sampler export and fewer denoising steps (DDIM).
+
+This adapter sits above the generic families and registers in the one registry (`ADAPTER_MODULES`), so no
+generic part imports `tools.lerobot`.
+
+`lerobot_sampler_export` exports a Diffusion Policy as its deployable sampler: encoder.onnx + denoiser.onnx +
+sampler.json.
 
 A DDPM Diffusion Policy draws fresh noise at each of its (default 100) denoising steps, so the whole policy is
 no single graph and `onnx_export` cannot prove parity for it. This technique exports the two networks and
@@ -19,8 +25,13 @@ from typing import Any, Literal
 import torch
 from pydantic import Field
 
-from tools.errors import NotApplicableError, OptimizationError
+from tools.compression.onnx_export import parity_batches
+from tools.errors import NotApplicableError, OptimizationError, ValidationError
 from tools.intake.types import LoadOptions, ModelFormat
+from tools.lerobot.coverage import fp16
+from tools.lerobot.diffusion_export import export_diffusion_onnx
+from tools.lerobot.sampler import DENOISER_ONNX, ENCODER_ONNX, SAMPLER_FILE, SamplerSchedule
+from tools.lerobot.sampler_module import SamplerRunnerModule, write_runner_facts
 from tools.log import get_logger
 from tools.techniques.base import (
     Family,
@@ -32,7 +43,7 @@ from tools.techniques.base import (
 )
 from tools.techniques.registry import register
 
-_log = get_logger("compression.sampler_export")
+_log = get_logger("lerobot.techniques")
 RUNNER_DIRECTORY = "sampler"
 
 
@@ -62,12 +73,12 @@ class LeRobotSamplerExportConfig(TechniqueConfig):
     )
 
 
-def _diffusion_source(ctx: TechniqueContext) -> None:
+def _diffusion_source(ctx: TechniqueContext, technique: str) -> None:
     """Refuse a source that is not a LeRobot Diffusion Policy (or its exported sampler)."""
     policy = ctx.source.metadata.get("policy") or {}
     if policy.get("type") != "diffusion":
         raise NotApplicableError(
-            f"lerobot_sampler_export applies to LeRobot Diffusion Policies, not {policy.get('type') or 'this model'}",
+            f"{technique} applies to LeRobot Diffusion Policies, not {policy.get('type') or 'this model'}",
             hint="single-forward policies (ACT) and other models export whole with onnx_export",
         )
 
@@ -76,10 +87,6 @@ def _export_fp32(
     ctx: TechniqueContext, config: LeRobotSamplerExportConfig, directory: Path
 ) -> dict[str, Any]:
     """Export the torch policy into `directory` with parity against it; return the export facts."""
-    from tools.compression.onnx_export import parity_batches
-    from tools.lerobot.diffusion_export import export_diffusion_onnx
-    from tools.lerobot.sampler_module import write_runner_facts
-
     module = ctx.require_module(config.type)
     batches, source = parity_batches(ctx, 2)
     ctx.progress(20, "lerobot_sampler_export: exporting the encoder and the denoiser")
@@ -110,9 +117,6 @@ def _copy_runner(source: Path, directory: Path) -> None:
 
 def _to_fp16(source: Path, directory: Path) -> None:
     """Write `source`'s runner with FP16 graphs into `directory` (inputs and outputs stay float32)."""
-    from tools.lerobot.coverage import fp16
-    from tools.lerobot.sampler import DENOISER_ONNX, ENCODER_ONNX
-
     _copy_runner(source, directory)
     for name in (ENCODER_ONNX, DENOISER_ONNX):
         fp16(Path(source) / name, directory / name)
@@ -120,8 +124,6 @@ def _to_fp16(source: Path, directory: Path) -> None:
 
 def _set_steps(directory: Path, steps: int) -> None:
     """Make the runner take `steps` denoising steps by default."""
-    from tools.lerobot.sampler import SamplerSchedule
-
     schedule = SamplerSchedule.load(directory)
     schedule.timesteps(steps)  # refuses a count the scheduler cannot take
     schedule.model_copy(update={"num_inference_steps": steps}).save(directory)
@@ -129,9 +131,6 @@ def _set_steps(directory: Path, steps: int) -> None:
 
 def _agreement(ctx: TechniqueContext, directory: Path) -> dict[str, float]:
     """Worst action difference between the new runner and the source version on two input batches."""
-    from tools.compression.onnx_export import parity_batches
-    from tools.lerobot.sampler_module import SamplerRunnerModule
-
     runner = SamplerRunnerModule(directory)
     source = ctx.source.module
     worst, cosine = 0.0, 1.0
@@ -166,7 +165,7 @@ def _agreement(ctx: TechniqueContext, directory: Path) -> dict[str, float]:
 )
 def _apply_sampler_export(ctx: TechniqueContext, config: LeRobotSamplerExportConfig) -> TechniqueProduct:
     """Export (or convert) the diffusion sampler and store the runner directory as the version's artifact."""
-    _diffusion_source(ctx)
+    _diffusion_source(ctx, config.type)
     directory = ctx.work_dir / RUNNER_DIRECTORY
     facts: dict[str, Any] = {"fp16": config.fp16}
     from_policy = ctx.source.format == ModelFormat.LEROBOT_POLICY
@@ -186,10 +185,94 @@ def _apply_sampler_export(ctx: TechniqueContext, config: LeRobotSamplerExportCon
         _copy_runner(Path(ctx.source.path), directory)
     if config.num_inference_steps is not None:
         _set_steps(directory, config.num_inference_steps)
-    facts["num_inference_steps"] = json.loads((directory / "sampler.json").read_text())["num_inference_steps"]
+    facts["num_inference_steps"] = json.loads((directory / SAMPLER_FILE).read_text())["num_inference_steps"]
     if config.fp16 or config.num_inference_steps is not None or not from_policy:
         ctx.progress(80, "lerobot_sampler_export: comparing the new runner's actions with the source's")
         facts["agreement_with_source"] = _agreement(ctx, directory)
     facts["bytes"] = sum(p.stat().st_size for p in directory.iterdir() if p.suffix == ".onnx")
     _log.info("exported a diffusion sampler", extra={"job_id": ctx.job_id, "technique": config.type})
+    return TechniqueProduct(directory, ModelFormat.LEROBOT_SAMPLER.value, LoadOptions(), facts)
+
+
+class DiffusionFewerStepsConfig(TechniqueConfig):
+    """Sample a Diffusion Policy with DDIM in fewer denoising steps, through its exported sampler runner."""
+
+    type: Literal["lerobot_fewer_steps"] = "lerobot_fewer_steps"
+    num_inference_steps: int = Field(
+        default=10,
+        ge=1,
+        le=1000,
+        description="Denoising steps the DDIM runner takes (Diffusion Policy's authors run 10 against 100 "
+        "training steps); at most the policy's training timesteps. Fewer is faster and lossier.",
+        json_schema_extra={"search": [50, 20, 10]},
+    )
+    scheduler: Literal["DDIM"] = Field(
+        default="DDIM",
+        description="The scheduler the runner switches to: deterministic DDIM (eta 0), which, unlike DDPM, "
+        "keeps its quality at few steps.",
+    )
+
+
+def _switch_scheduler(directory: Path, config: DiffusionFewerStepsConfig) -> dict[str, Any]:
+    """Rewrite the runner's schedule to `config.scheduler` at `config.num_inference_steps`; return what changed."""
+    schedule = SamplerSchedule.load(directory)
+    steps = config.num_inference_steps
+    if steps > schedule.num_train_timesteps:
+        raise ValidationError(
+            f"num_inference_steps {steps} exceeds the policy's {schedule.num_train_timesteps} training timesteps",
+            hint=f"choose 1 to {schedule.num_train_timesteps} steps",
+        )
+    if schedule.kind == config.scheduler and schedule.num_inference_steps == steps:
+        raise NotApplicableError(
+            f"the sampler already runs {config.scheduler} at {steps} steps; nothing to change",
+            hint="choose fewer num_inference_steps",
+        )
+    switched = schedule.model_copy(update={"kind": config.scheduler, "num_inference_steps": steps})
+    switched.timesteps(steps)  # refuses a count the scheduler cannot take
+    switched.save(directory)
+    return {
+        "scheduler": config.scheduler,
+        "source_scheduler": schedule.kind,
+        "num_inference_steps": steps,
+        "source_num_inference_steps": schedule.num_inference_steps,
+        "num_train_timesteps": schedule.num_train_timesteps,
+    }
+
+
+@register(
+    DiffusionFewerStepsConfig,
+    TechniqueSpec(
+        name="lerobot_fewer_steps",
+        family=Family.EXPORT,
+        summary="Sample a LeRobot Diffusion Policy (DDPM or DDIM) with DDIM in fewer denoising steps, exported "
+        "as its encoder.onnx + denoiser.onnx + sampler.json runner; lossy, judged by action agreement.",
+        needs=Needs(
+            packages=("onnx", "onnxruntime", "onnxscript", "lerobot"),
+            install_hint="pip install 'robopt[lerobot]'",
+        ),
+        input_formats=(ModelFormat.LEROBOT_POLICY.value, ModelFormat.LEROBOT_SAMPLER.value),
+        output_format=ModelFormat.LEROBOT_SAMPLER.value,
+        runtimes=("onnxruntime-cpu", "onnxruntime-cuda"),
+        precision="fp32",
+        expected_effect="Latency per action chunk falls with the number of denoiser calls (100 -> 10 steps: about "
+        "10x on the denoising loop); the actions change (a different sampler), so evaluation measures their "
+        "agreement. The graphs keep their precision; FP16 (lerobot_sampler_export fp16) may follow.",
+    ),
+)
+def _apply_fewer_steps(ctx: TechniqueContext, config: DiffusionFewerStepsConfig) -> TechniqueProduct:
+    """Export (or copy) the diffusion sampler and switch it to DDIM at the configured number of steps."""
+    _diffusion_source(ctx, config.type)
+    directory = ctx.work_dir / RUNNER_DIRECTORY
+    facts: dict[str, Any] = {}
+    if ctx.source.format == ModelFormat.LEROBOT_POLICY:
+        facts.update(_export_fp32(ctx, LeRobotSamplerExportConfig(), directory))
+    else:
+        _copy_runner(Path(ctx.source.path), directory)
+    facts.update(_switch_scheduler(directory, config))
+    ctx.progress(80, "lerobot_fewer_steps: comparing the new runner's actions with the source's")
+    facts["agreement_with_source"] = _agreement(ctx, directory)
+    facts["bytes"] = sum(p.stat().st_size for p in directory.iterdir() if p.suffix == ".onnx")
+    _log.info(
+        "switched a diffusion sampler to fewer steps", extra={"job_id": ctx.job_id, "technique": config.type}
+    )
     return TechniqueProduct(directory, ModelFormat.LEROBOT_SAMPLER.value, LoadOptions(), facts)
