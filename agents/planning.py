@@ -188,6 +188,36 @@ def same_steps(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> bool:
         return a == b
 
 
+TRANSIENT_FAILURES = (
+    "child_timeout",
+    "child_memory",
+    "child_cancelled",
+    "resource_error",
+    "measurement_error",
+)
+
+
+def ruled_out_techniques(attempts: list[AttemptSummary]) -> dict[str, str]:
+    """Techniques a structural failure ruled out for this model: technique -> the failure's reason.
+
+    A technique that failed on the model's structure (an operator it cannot handle, a layer it cannot cut) fails
+    again with other parameters, so it is not retried; a time-out or an out-of-memory kill is not structural.
+    The failing step is the one the reason names, else the chain's first step.
+    """
+    ruled: dict[str, str] = {}
+    for attempt in attempts:
+        if attempt.status != "failed" or not attempt.steps:
+            continue
+        code = attempt.reason[1:].split("]", 1)[0] if attempt.reason.startswith("[") else ""
+        if code in TRANSIENT_FAILURES:
+            continue
+        types = [str(step.get("type", "")) for step in attempt.steps]
+        named = [name for name in types if name and name in attempt.reason]
+        for name in named or types[:1]:
+            ruled.setdefault(name, attempt.reason)
+    return ruled
+
+
 def check_plan(payload: PlanningInput, plan: PlanStep) -> None:
     """Refuse a plan the registry cannot run: unknown or unavailable technique, a format a step does not take,
     invalid params, or a repeat of an attempt already made on the same version."""
@@ -220,6 +250,13 @@ def check_plan(payload: PlanningInput, plan: PlanStep) -> None:
             raise ValidationError(f"{step.technique} needs labelled data and the job has none")
         parse_config(step.config_json())
         fmt = option.output_format
+    ruled = ruled_out_techniques(payload.attempts)
+    for step in plan.steps:
+        if step.technique in ruled:
+            raise ValidationError(
+                f"{step.technique} failed on this model's structure and is not retried with other "
+                f"parameters: {ruled[step.technique][:200]}"
+            )
     wanted = [step.config_json() for step in plan.steps]
     for attempt in payload.attempts:
         if attempt.parent_version == start.version_id and same_steps(attempt.steps, wanted):

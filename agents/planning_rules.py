@@ -19,6 +19,7 @@ from agents.planning import (
     PlanningInput,
     PlanStep,
     TechniqueOption,
+    ruled_out_techniques,
     same_steps,
 )
 
@@ -248,7 +249,11 @@ def _static_int8(
 
 
 def _tried(payload: PlanningInput, steps: list[PlannedTechnique]) -> bool:
-    """Whether the same chain was already attempted on the current version."""
+    """Whether the same chain was already attempted on the current version, or holds a technique that failed on
+    the model's structure (ruled out whatever its parameters)."""
+    ruled = ruled_out_techniques(payload.attempts)
+    if any(step.technique in ruled for step in steps):
+        return True
     wanted = [step.config_json() for step in steps]
     return any(
         attempt.parent_version == payload.current.version_id and same_steps(attempt.steps, wanted)

@@ -18,6 +18,7 @@ from agents.planning import (
     PlanStep,
     TechniqueOption,
     check_plan,
+    ruled_out_techniques,
     same_steps,
 )
 from agents.planning_rules import QUANTIZED_BY, candidate_attempts, plan_rules, residual_needs
@@ -284,7 +285,9 @@ def test_check_plan_refuses_a_labels_technique_without_labels() -> None:
 
 def test_check_plan_refuses_an_exact_repeat_on_the_same_version_only() -> None:
     chain = [{"type": "structured_prune", "ratio": 0.4}, {"type": "distill"}]
-    payload = _ten_x_speed(attempts=[attempt(1, "v0", chain, status="failed", reason="distill timed out")])
+    payload = _ten_x_speed(
+        attempts=[attempt(1, "v0", chain, status="failed", reason="[child_timeout] distill ran past 600 s")]
+    )
     with pytest.raises(ValidationError, match="attempt 1 already tried.*v0"):
         check_plan(payload, _apply(("structured_prune", {"ratio": 0.4}), ("distill", {})))
     # defaults written out are the same config
@@ -293,6 +296,29 @@ def test_check_plan_refuses_an_exact_repeat_on_the_same_version_only() -> None:
     check_plan(payload, _apply(("structured_prune", {"ratio": 0.25}), ("distill", {})))
     elsewhere = payload.model_copy(update={"attempts": [attempt(1, "v9", chain)]})
     check_plan(elsewhere, _apply(("structured_prune", {"ratio": 0.4}), ("distill", {})))
+
+
+def test_a_structural_failure_rules_the_technique_out_at_any_parameter() -> None:
+    """ACT's nn.MultiheadAttention once failed structured pruning at 0.4; 0.2 would fail the same way (issue 26)."""
+    reason = (
+        "[optimization_error] structured_prune cannot remove heads of attention layer "
+        "'vae_encoder.layers.0.self_attn' (MultiheadAttention: fused or unrecognized q/k/v projections)"
+    )
+    chain = [{"type": "structured_prune", "ratio": 0.4}, {"type": "distill"}]
+    payload = _ten_x_speed(attempts=[attempt(1, "v0", chain, status="failed", reason=reason)])
+    assert set(ruled_out_techniques(payload.attempts)) == {"structured_prune"}  # distill was not the cause
+    with pytest.raises(ValidationError, match="structured_prune failed on this model's structure"):
+        check_plan(payload, _apply(("structured_prune", {"ratio": 0.2}), ("distill", {})))
+    plan = plan_rules(payload)
+    assert plan.action == "finish" or all(step.technique != "structured_prune" for step in plan.steps)
+    # a time-out is not structural: the same technique may come back with other parameters
+    timed_out = _ten_x_speed(
+        attempts=[
+            attempt(1, "v0", chain, status="failed", reason="[child_timeout] structured_prune ran past 600 s")
+        ]
+    )
+    assert ruled_out_techniques(timed_out.attempts) == {}
+    check_plan(timed_out, _apply(("structured_prune", {"ratio": 0.2}), ("distill", {})))
 
 
 def _distill_lr() -> float:
