@@ -229,6 +229,39 @@ def optional_step(name: str, step: Callable[[], list[Any]], notes: list[str]) ->
         return []
 
 
+SENSITIVITY_BUDGET_S = 20.0  # per ranking: a 50M-parameter policy's analysis stays well under a minute
+SENSITIVITY_MIN_LAYERS = 8
+
+
+def sensitivity_layer_budget(module: Any, batches: list[dict[str, Any]], notes: list[str]) -> int | None:
+    """How many layers a sensitivity ranking may perturb within `SENSITIVITY_BUDGET_S` (one forward pass over
+    `batches` each, timed here); None when every layer fits. A sample ranks the largest layers and is noted.
+    """
+    import time
+
+    import torch
+
+    from tools.evaluation.sensitivity import count_weighted_layers
+
+    try:
+        total = count_weighted_layers(module)
+        with torch.inference_mode():
+            started = time.perf_counter()
+            for batch in batches:
+                module(**batch)
+            seconds = time.perf_counter() - started
+    except (RoboptError, RuntimeError, TypeError, ValueError, AttributeError):
+        return None  # the ranking itself reports what fails, as an optional step
+    limit = max(SENSITIVITY_MIN_LAYERS, int(SENSITIVITY_BUDGET_S / max(seconds, 1e-6)))
+    if limit >= total:
+        return None
+    notes.append(
+        f"analysis: sensitivity ranked the {limit} largest of {total} layers "
+        f"({seconds * 1000:.0f} ms a pass; budget {SENSITIVITY_BUDGET_S:.0f} s a ranking)"
+    )
+    return limit
+
+
 def profile_original(
     data_dir: str,
     ref: ArtifactRef,
@@ -264,11 +297,16 @@ def profile_original(
     if model.module is not None:
         calibration, _ = split_data(dataset)
         batches = (calibration.batches if calibration else [model.example_inputs()])[:2]
+        limit = sensitivity_layer_budget(model.module, batches, notes)
         quantization = optional_step(
-            "quantization sensitivity", lambda: quantization_sensitivity(model.module, batches), notes
+            "quantization sensitivity",
+            lambda: quantization_sensitivity(model.module, batches, max_layers=limit),
+            notes,
         )
         pruning = optional_step(
-            "pruning sensitivity", lambda: pruning_sensitivity(model.module, batches), notes
+            "pruning sensitivity",
+            lambda: pruning_sensitivity(model.module, batches, max_layers=limit),
+            notes,
         )
     progress(100, "analysis figures ready")
     return {

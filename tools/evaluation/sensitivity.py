@@ -49,12 +49,16 @@ def quantization_sensitivity(
     bits: int = 8,
     layer_types: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv2d),
     metric: DegradationMetric = "relative_l2",
+    max_layers: int | None = None,
 ) -> list[LayerSensitivity]:
-    """Fake-quantize each layer's weight alone (per-output-channel symmetric RTN) and rank the layers."""
+    """Fake-quantize each layer's weight alone (per-output-channel symmetric RTN) and rank the layers.
+
+    `max_layers` ranks only the largest layers by weight count (a sample that keeps a big policy's analysis
+    short; see `count_weighted_layers` for how many there are)."""
     if not 2 <= bits <= 16:
         raise ValidationError(f"bits must be between 2 and 16, got {bits}")
     _check_metric(metric)
-    layers = _weighted_layers(module, layer_types)
+    layers = _largest(_weighted_layers(module, layer_types), max_layers)
     results = []
     with _measurement(module, inputs) as measure:
         for name, layer in layers:
@@ -84,8 +88,11 @@ def pruning_sensitivity(
     mode: Literal["channels", "drop"] = "channels",
     layer_types: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv2d),
     metric: DegradationMetric = "relative_l2",
+    max_layers: int | None = None,
 ) -> list[LayerSensitivity]:
     """Prune one unit at a time and rank the units by the output degradation.
+
+    `max_layers` keeps only the largest layers by weight count (units hold only those).
 
     `mode="channels"`: zero the `ratio` fraction of output channels (neurons) with the lowest L1 norm in
     every layer of the unit. A unit is, with `granularity="block"`, an item of an `nn.ModuleList` (a
@@ -103,7 +110,7 @@ def pruning_sensitivity(
     _check_metric(metric)
     if mode == "drop":
         return _drop_sensitivity(module, inputs, layer_types, metric)
-    layers = _weighted_layers(module, layer_types)
+    layers = _largest(_weighted_layers(module, layer_types), max_layers)
     units = _group_units(module, layers) if granularity == "block" else {name: [name] for name, _ in layers}
     by_name = dict(layers)
     results = []
@@ -199,6 +206,23 @@ class _PassThrough(nn.Module):
 
     def forward(self, hidden: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
         return hidden
+
+
+def count_weighted_layers(
+    module: nn.Module, layer_types: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv2d)
+) -> int:
+    """How many layers a full sensitivity ranking would perturb, one forward pass each."""
+    return len(_weighted_layers(module, layer_types))
+
+
+def _largest(layers: list[tuple[str, nn.Module]], limit: int | None) -> list[tuple[str, nn.Module]]:
+    """The `limit` layers with the most weights (ties by name), in model order; all when `limit` is None."""
+    if limit is None or len(layers) <= limit:
+        return layers
+    if limit < 1:
+        raise ValidationError(f"max_layers must be at least 1, got {limit}")
+    chosen = {name for name, _ in sorted(layers, key=lambda item: (-item[1].weight.numel(), item[0]))[:limit]}
+    return [(name, layer) for name, layer in layers if name in chosen]
 
 
 def _weighted_layers(

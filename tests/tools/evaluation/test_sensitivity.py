@@ -180,3 +180,60 @@ def test_refuses_bad_settings(vla: TinyVLA, inputs: list) -> None:
         quantization_sensitivity(nn.Sequential(nn.ReLU()), {"input": torch.zeros(1, 2)})
     with pytest.raises(ValidationError, match="no inputs"):
         quantization_sensitivity(vla, [])
+
+
+def test_max_layers_ranks_the_largest_layers_only(vla: TinyVLA, inputs: list) -> None:
+    from tools.evaluation.sensitivity import count_weighted_layers
+
+    total = count_weighted_layers(vla)
+    sample = quantization_sensitivity(vla, inputs, bits=4, max_layers=5)
+    assert len(sample) == 5 < total
+    sizes = sorted(
+        (
+            module.weight.numel()
+            for module in vla.modules()
+            if getattr(module, "weight", None) is not None
+            and module.weight.ndim >= 2
+            and isinstance(module, (nn.Linear, nn.Conv2d))
+        ),
+        reverse=True,
+    )
+    assert sorted((item.params for item in sample), reverse=True) == sizes[:5]
+    full = {item.name: item.score for item in quantization_sensitivity(vla, inputs, bits=4)}
+    assert all(
+        item.score == pytest.approx(full[item.name]) for item in sample
+    )  # the same figures, fewer of them
+    pruned = pruning_sensitivity(vla, inputs, ratio=0.5, granularity="layer", max_layers=3)
+    assert len(pruned) == 3
+    with pytest.raises(ValidationError, match="max_layers"):
+        quantization_sensitivity(vla, inputs, max_layers=0)
+
+
+class _SlowWide(nn.Module):
+    """Sixty layers and a forward pass of at least 0.5 s: a full ranking would take over a minute."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(nn.Linear(4, 4) for _ in range(60))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        import time
+
+        time.sleep(0.5)
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
+def test_the_analysis_samples_the_ranking_of_a_slow_model_and_says_so() -> None:
+    from graph.work import SENSITIVITY_BUDGET_S, sensitivity_layer_budget
+
+    notes: list[str] = []
+    limit = sensitivity_layer_budget(_SlowWide(), [{"x": torch.randn(2, 4)}], notes)
+    assert limit is not None and 8 <= limit <= SENSITIVITY_BUDGET_S / 0.5 < 60
+    assert notes and f"the {limit} largest of 60 layers" in notes[0]
+    fast: list[str] = []
+    assert (
+        sensitivity_layer_budget(nn.Sequential(nn.Linear(4, 4)), [{"input": torch.randn(2, 4)}], fast) is None
+    )
+    assert not fast
