@@ -65,7 +65,8 @@ class LatencyRequest(BaseModel):
     """What to measure and how: the model to load in the child, fixed threads, iteration counts and limits.
 
     The measured phase stops after `iterations` or once `max_measure_s` have passed, whichever comes first,
-    but never before `min_iterations`; warm-up is capped at a quarter of `max_measure_s` (at least one run).
+    but not before `min_iterations` unless, past the cap, at least three runs agree within 5% (a model that
+    takes seconds a call); warm-up is capped at a quarter of `max_measure_s` (at least one run).
     """
 
     model_config = ConfigDict(frozen=True)
@@ -117,7 +118,10 @@ class LatencyResult(BaseModel):
     threads: int = Field(description="Intra-op threads (torch.set_num_threads / ORT intra_op_num_threads).")
     warmup_iterations: int = Field(description="Warm-up runs actually done.")
     iterations: int = Field(description="Timed runs actually done.")
-    stopped_by: Literal["iterations", "time_cap"] = Field(description="Why the timed phase ended.")
+    stopped_by: Literal["iterations", "time_cap", "stable"] = Field(
+        description="Why the timed phase ended: all iterations, the time cap, or (past the cap, before "
+        "min_iterations) runs that agree within 5% of their median."
+    )
     p50_ms: float = Field(description="Median latency (numpy linear-interpolated percentile).")
     p95_ms: float = Field(description="95th percentile latency.")
     p99_ms: float = Field(description="99th percentile latency (close to max for fewer than 100 runs).")
@@ -422,10 +426,26 @@ def _preload_runtime(request: LatencyRequest) -> None:
             pass
 
 
+STABLE_MIN_RUNS = 3
+STABLE_SPREAD = 0.05
+
+
+def stable_estimate(samples: list[int]) -> bool:
+    """Whether the timed runs so far settle the median: at least `STABLE_MIN_RUNS`, all within `STABLE_SPREAD`
+    of their median. Used past the time cap only, so fast models still run `min_iterations` or more."""
+    if len(samples) < STABLE_MIN_RUNS:
+        return False
+    ordered = sorted(samples)
+    median = ordered[len(ordered) // 2]
+    return median > 0 and (ordered[-1] - ordered[0]) <= STABLE_SPREAD * median
+
+
 def _time_runs(
     run: Callable[[], Any], request: LatencyRequest
-) -> tuple[int, float, list[int], float, Literal["iterations", "time_cap"]]:
-    """Warm up, then time runs until `iterations` or the time cap (past `min_iterations`)."""
+) -> tuple[int, float, list[int], float, Literal["iterations", "time_cap", "stable"]]:
+    """Warm up, then time runs until `iterations` or the time cap (past `min_iterations`, or past
+    `STABLE_MIN_RUNS` runs that agree: a model that takes seconds a call is not run minutes for its median).
+    """
     warmup_cap_ns = int(request.max_measure_s * 1e9 / 4)
     start = time.perf_counter_ns()
     warmed = 0
@@ -438,7 +458,7 @@ def _time_runs(
 
     samples: list[int] = []
     cap_ns = int(request.max_measure_s * 1e9)
-    stopped_by: Literal["iterations", "time_cap"] = "iterations"
+    stopped_by: Literal["iterations", "time_cap", "stable"] = "iterations"
     gc.collect()
     gc.disable()  # a collection inside a timed run is noise, not model latency
     try:
@@ -450,6 +470,11 @@ def _time_runs(
             samples.append(t_end - t_start)
             if len(samples) >= request.min_iterations and t_end - begin >= cap_ns:
                 stopped_by = "time_cap" if len(samples) < request.iterations else "iterations"
+                break
+            if t_end - begin >= cap_ns and stable_estimate(samples):
+                stopped_by = (
+                    "stable"  # a model of seconds a call: its median is settled, more runs add little
+                )
                 break
         measure_s = (time.perf_counter_ns() - begin) / 1e9
     finally:

@@ -162,3 +162,27 @@ def test_request_validates_ranges_and_round_trips_through_json(tmp_path: Path) -
         LatencyRequest(source=tmp_path, timeout_s=0)
     request = _request(tmp_path / "m.pt", 8, seed=3)
     assert LatencyRequest.model_validate_json(request.model_dump_json()) == request
+
+
+def test_a_stable_estimate_needs_three_runs_that_agree() -> None:
+    from tools.latency import stable_estimate
+
+    assert not stable_estimate([1_000_000, 1_010_000])  # two runs are never enough
+    assert stable_estimate([1_000_000, 1_010_000, 1_040_000])  # within 5% of the median
+    assert not stable_estimate([1_000_000, 1_010_000, 1_200_000])  # one run 20% off: keep timing
+
+
+def test_a_model_of_seconds_a_call_stops_once_its_runs_agree() -> None:
+    """Past the time cap, runs that agree end timing before min_iterations; runs that disagree do not."""
+    import time
+
+    from tools.latency import LatencyRequest, _time_runs
+
+    request = LatencyRequest(
+        source=Path("slow"), warmup=1, iterations=50, min_iterations=10, max_measure_s=0.2, threads=1
+    )
+    warmed, _, samples, _, stopped_by = _time_runs(lambda: time.sleep(0.15), request)
+    assert (warmed, stopped_by) == (1, "stable") and 3 <= len(samples) < 10
+    durations = iter([0.05, 0.15, 0.05, 0.15] * 10)
+    _, _, noisy, _, noisy_stop = _time_runs(lambda: time.sleep(next(durations)), request)
+    assert noisy_stop == "time_cap" and len(noisy) == 10  # no agreement: min_iterations still holds

@@ -45,6 +45,9 @@ class RuntimeFigures(BaseModel):
     threads: int = Field(description="Intra-op CPU threads.")
     batch: int = Field(ge=1, description="Samples per forward pass (the inputs' first dimension).")
     iterations: int = Field(description="Timed runs.")
+    stopped_by: Literal["iterations", "time_cap", "stable"] = Field(
+        default="iterations", description="Why timing stopped (see tools.latency.LatencyResult.stopped_by)."
+    )
     p50_ms: float
     p95_ms: float
     p99_ms: float
@@ -191,6 +194,7 @@ def _from_latency(result: LatencyResult, runtime: RuntimeName, batch: int) -> Ru
         threads=result.threads,
         batch=batch,
         iterations=result.iterations,
+        stopped_by=result.stopped_by,
         p50_ms=result.p50_ms,
         p95_ms=result.p95_ms,
         p99_ms=result.p99_ms,
