@@ -323,6 +323,14 @@ def _fix_onnx_threads(model: LoadedModel, threads: int) -> None:
     model.session = _ort_session(path, threads, base=base)
 
 
+def _fix_module_threads(model: LoadedModel, threads: int) -> None:
+    """Give a module that runs ONNX Runtime sessions inside (an exported sampler) the requested threads: torch's
+    thread count does not reach them. Such a module says so with a `set_threads(threads)` method."""
+    setter = getattr(model.module, "set_threads", None)
+    if callable(setter):
+        setter(threads)
+
+
 def make_runner(model: LoadedModel, inputs: dict[str, torch.Tensor]) -> Callable[[], Any]:
     """Return a no-argument callable that runs one forward pass, with argument binding done up front."""
     if model.session is not None:
@@ -495,6 +503,7 @@ def _measure_here(request: LatencyRequest, data_dir: Path) -> LatencyResult:
         _fix_onnx_threads(model, request.threads)
     elif model.module is not None:
         model.module.eval()
+    _fix_module_threads(model, request.threads)
     load_s = time.perf_counter() - t0
     gc.collect()
     rss_after = _rss_mb()

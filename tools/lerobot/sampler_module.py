@@ -62,8 +62,15 @@ class SamplerRunnerModule(nn.Module):
         facts, self.initial_noise = read_runner_facts(self.directory)
         self.policy, self.inputs = facts["policy"], facts["inputs"]
         self.runner = DiffusionOnnxRunner(self.directory, threads=threads)
+        self.threads = threads
         self.input_names = list(self.runner.schedule.input_names)
         self.seed = int(self.policy.get("seed", 0))
+
+    def set_threads(self, threads: int) -> None:
+        """Run the encoder and denoiser sessions on `threads` intra-op threads (latency measurement sets it)."""
+        if threads != self.threads:
+            self.runner = DiffusionOnnxRunner(self.directory, threads=threads)
+            self.threads = threads
 
     def policy_facts(self) -> dict[str, Any]:
         """The facts of the exported policy (`LoadedModel.metadata['policy']`)."""

@@ -151,3 +151,22 @@ def test_fewer_steps_refuses_act_steps_beyond_training_and_a_no_op(
             DiffusionFewerStepsConfig(num_inference_steps=4),
             data_dir=data,
         )
+
+
+@pytest.mark.integration
+def test_the_sampler_runner_honours_the_thread_count_it_is_given(versions: dict[str, Any]) -> None:
+    """Latency measurement sets threads through `set_threads`: torch's count never reaches ONNX Runtime."""
+    from tools.intake import load_model
+    from tools.latency import _fix_module_threads
+
+    directory = versions["store"].artifact_path("job", versions["full"].version.id)
+    loaded = load_model(directory, data_dir=versions["data"])
+    runner = loaded.module.runner
+    assert runner.encoder.get_session_options().intra_op_num_threads == 1
+    _fix_module_threads(loaded, 2)
+    for session in (loaded.module.runner.encoder, loaded.module.runner.denoiser):
+        assert session.get_session_options().intra_op_num_threads == 2
+    generator = torch.Generator().manual_seed(3)
+    feeds = {s.name: torch.rand((1, *s.shape[1:]), generator=generator) for s in loaded.input_specs}
+    with torch.no_grad():
+        assert torch.isfinite(loaded.module(**feeds)).all()  # the rebuilt runner still runs
