@@ -69,7 +69,10 @@ def _job_flags(
 ) -> None:
     parser.add_argument("--target", default=target, help="edge target to report on (robopt's target names)")
     parser.add_argument(
-        "--data", type=Path, help="inputs (+ labels) for calibration and accuracy: .npz/.safetensors/.pt"
+        "--data",
+        type=Path,
+        help="inputs (+ labels) for calibration and accuracy: .npz/.safetensors/.pt, or a LeRobotDataset "
+        "directory (split by episode; recorded actions as labels)",
     )
     parser.add_argument(
         "--sim",
