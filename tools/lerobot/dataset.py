@@ -124,8 +124,8 @@ def load_lerobot_dataset(
 
     `policy` is the model's `metadata["policy"]` (input names, `chunk_size`, `n_obs_steps`); without a
     `chunk_size` (a model that is not a LeRobot policy) no labels are made. At most `max_samples` frames are
-    taken, evenly spaced over each part's usable frames. With `fixed_batch` (an export with a fixed batch size)
-    a ragged last batch is dropped. `CalibrationData.holdout_from` marks where the held-out episodes begin.
+    taken, evenly spaced over each part's usable frames, in batches of equal size (at most `batch_size`; exactly
+    it with `fixed_batch`, an export with a fixed batch size), a ragged rest left out. `CalibrationData.holdout_from` marks where the held-out episodes begin.
     """
     from tools.lerobot.imports import import_lerobot_module
 
@@ -173,9 +173,9 @@ def load_lerobot_dataset(
                 hint=f"record episodes longer than the policy's chunk of {need} actions",
             )
         chosen = _evenly_spaced(usable, cap)
-        if fixed_batch and len(chosen) >= batch_size:
-            chosen = chosen[: len(chosen) - len(chosen) % batch_size]
-        parts.append(_frames(dataset, chosen, specs, keys, chunk, batch_size))
+        size = _even_batch_size(len(chosen), batch_size, fixed_batch)
+        chosen = chosen[: max(size, len(chosen) - len(chosen) % size)]
+        parts.append(_frames(dataset, chosen, specs, keys, chunk, size))
         notes.append(f"LeRobot dataset {path.name}: {name} on episodes {list(part)} ({len(chosen)} frames)")
     if chunk is not None:
         notes.append(
@@ -195,6 +195,14 @@ def load_lerobot_dataset(
         notes=notes,
         holdout_from=len(calibration.batches),
     )
+
+
+def _even_batch_size(count: int, batch_size: int, fixed: bool) -> int:
+    """A batch size that cuts `count` frames into equal batches (calibrators stack them), losing at most a few
+    frames; an export with a fixed batch size keeps its own."""
+    if fixed or count <= batch_size:
+        return batch_size if fixed else count
+    return count // math.ceil(count / batch_size)
 
 
 def _evenly_spaced(indices: list[int], count: int) -> list[int]:

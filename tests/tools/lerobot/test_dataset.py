@@ -55,7 +55,8 @@ def test_labels_are_the_next_chunk_and_episodes_never_straddle(
     calibration_episodes = {episode for episode, _ in _episode_frames(calibration.labels)}
     held_out_episodes = {episode for episode, _ in _episode_frames(held_out.labels)}
     assert calibration_episodes == {0, 1, 2} and held_out_episodes == {3}
-    assert sum(len(labels) for labels in calibration.labels) == 3 * (20 - chunk + 1)
+    usable = 3 * (20 - chunk + 1)  # 33 frames in batches of equal size (calibrators stack them): 5 x 6
+    assert [len(labels) for labels in calibration.labels] == [6] * 5 and usable - 30 < 5
     assert any("held-out acceptance on episodes [3]" in note for note in data.notes)
 
 

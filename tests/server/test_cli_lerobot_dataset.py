@@ -1,0 +1,50 @@
+"""A LeRobotDataset as a job's data, as a user gives it: `robopt optimize POLICY --data DATASET_DIR` judges the
+policy on action error against the recorded actions of held-out episodes; the same over HTTP from an archive.
+"""
+
+from __future__ import annotations
+
+import json
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from tests.server.api_support import server_env, start_server, upload_model
+from tests.server.test_cli_lerobot import _robopt
+
+pytestmark = pytest.mark.integration
+GOAL = "at least 2x smaller, keep action MSE within 5%"
+
+
+def _report(data_dir: Path) -> dict:
+    (report,) = (data_dir / "reports").glob("*/report.json")
+    return json.loads(report.read_text())
+
+
+def test_optimize_with_a_lerobot_dataset_judges_action_error_on_held_out_episodes(
+    lerobot_act_dir: Path, lerobot_dataset_dir: Path, tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "data"
+    run = _robopt(
+        data_dir, "optimize", str(lerobot_act_dir), "--goal", GOAL, "--max-attempts", "2",
+        "--out", str(tmp_path / "out"), "--data", str(lerobot_dataset_dir),
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
+    report = _report(data_dir)
+    text = json.dumps(report)
+    assert "action_mse" in text and '"task"' in text, text[:3000]
+    notes = report["notes"]
+    assert any("held-out acceptance on episodes [3]" in note for note in notes), notes
+    assert any("calibration and search on episodes [0, 1, 2]" in note for note in notes), notes
+    assert "held-out acceptance on episodes [3]" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_a_directory_that_is_not_a_lerobot_dataset_exits_2_saying_so(
+    lerobot_act_dir: Path, tmp_path: Path
+) -> None:
+    run = _robopt(
+        tmp_path / "data", "optimize", str(lerobot_act_dir), "--goal", GOAL, "--data", str(tmp_path)
+    )
+    assert run.returncode == 2, run.stdout[-2000:] + run.stderr[-2000:]
+    assert "not a LeRobotDataset: it has no meta/info.json" in run.stdout + run.stderr
