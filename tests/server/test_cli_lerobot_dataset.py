@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.server.api_support import server_env, start_server, upload_model
+from tests.server.api_support import server_env, start_server, upload_model, wait_for_status
 from tests.server.test_cli_lerobot import _robopt
 
 pytestmark = pytest.mark.integration
@@ -48,3 +48,49 @@ def test_a_directory_that_is_not_a_lerobot_dataset_exits_2_saying_so(
     )
     assert run.returncode == 2, run.stdout[-2000:] + run.stderr[-2000:]
     assert "not a LeRobotDataset: it has no meta/info.json" in run.stdout + run.stderr
+
+
+def test_a_lerobot_dataset_uploaded_as_an_archive_feeds_a_job_over_http(
+    lerobot_act_dir: Path, lerobot_dataset_dir: Path, tmp_path: Path
+) -> None:
+    policy_archive, data_archive = tmp_path / "act_policy.tar.gz", tmp_path / "pick_cube.tar.gz"
+    with tarfile.open(policy_archive, "w:gz") as tar:
+        tar.add(lerobot_act_dir, arcname="act_policy")
+    with tarfile.open(data_archive, "w:gz") as tar:
+        tar.add(lerobot_dataset_dir, arcname="pick_cube")
+    data_dir = tmp_path / "data"
+    server = start_server(server_env(data_dir), tmp_path / "server.log")
+    try:
+        with server.client() as client:
+            model = upload_model(client, policy_archive)
+            uploaded = client.post(
+                "/datasets", files={"file": (data_archive.name, data_archive.read_bytes())}
+            )
+            assert uploaded.status_code == 201, uploaded.text
+            dataset = uploaded.json()
+            assert dataset["kind"] == "lerobot" and dataset["episodes"] == 4 and dataset["has_labels"]
+            assert dataset["arrays"]["observation.state"] == [6]
+            unpacked = list((data_dir / "datasets" / dataset["id"]).rglob("info.json"))
+            assert [path.parent.parent.name for path in unpacked] == [
+                "pick_cube"
+            ]  # inside the dataset folder
+            job = {"model_id": model["id"], "goal": GOAL, "max_attempts": 1, "dataset_id": dataset["id"]}
+            accepted = client.post("/jobs", json=job)
+            assert accepted.status_code == 202, accepted.text
+            job_id = accepted.json()["job"]["id"]
+            ended = wait_for_status(client, job_id, {"succeeded", "best_effort", "failed"}, timeout=600)
+            assert ended["status"] == "succeeded", ended
+            report = client.get(f"/jobs/{job_id}/report").json()
+            text = json.dumps(report)
+            assert "action_mse" in text, text[:2000]
+            assert any("held-out acceptance on episodes [3]" in note for note in report["notes"])
+            not_a_dataset = tmp_path / "empty.tar.gz"
+            with tarfile.open(not_a_dataset, "w:gz") as tar:
+                tar.add(lerobot_act_dir, arcname="act_policy")  # a policy, not a dataset
+            refused = client.post(
+                "/datasets", files={"file": (not_a_dataset.name, not_a_dataset.read_bytes())}
+            )
+            assert refused.status_code == 422, refused.text
+            assert "not a LeRobotDataset" in refused.json()["message"]
+    finally:
+        server.stop()
