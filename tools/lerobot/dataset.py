@@ -125,7 +125,8 @@ def load_lerobot_dataset(
     `policy` is the model's `metadata["policy"]` (input names, `chunk_size`, `n_obs_steps`); without a
     `chunk_size` (a model that is not a LeRobot policy) no labels are made. At most `max_samples` frames are
     taken, evenly spaced over each part's usable frames, in batches of equal size (at most `batch_size`; exactly
-    it with `fixed_batch`, an export with a fixed batch size), a ragged rest left out. `CalibrationData.holdout_from` marks where the held-out episodes begin.
+    it with `fixed_batch`, an export with a fixed batch size), a ragged rest left out.
+    `CalibrationData.holdout_from` marks where the held-out episodes begin.
     """
     from tools.lerobot.imports import import_lerobot_module
 
@@ -234,12 +235,11 @@ def _frames(
         if chunk is not None:
             labels.append(item[ACTION_KEY].reshape(chunk, -1).float())
     arrays = {name: torch.stack(values) for name, values in columns.items()}
-    for spec in specs:  # a policy without history takes (N, ...) frames: nothing to stack
+    for spec in specs:  # a temporal policy with a one-frame history takes (N, 1, ...)
         value = arrays[spec.name]
         if value.dim() == len(spec.shape) - 1 and tuple(value.shape[1:]) == tuple(spec.shape[2:]):
             arrays[spec.name] = value.unsqueeze(1)
-    aliases = {name: key for name, key in keys.items()}
-    check_data_matches(specs, arrays, aliases)
+    check_data_matches(specs, arrays, keys)
     if chunk is not None:
         arrays[LABEL_NAME] = torch.stack(labels)
     return calibration_from_data(
