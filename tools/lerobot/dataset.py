@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import json
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import torch
 
@@ -147,11 +148,13 @@ def load_lerobot_dataset(
             deltas[keys[spec.name]] = [(step - history + 1) / fps for step in range(history)]
     dataset_class = import_lerobot_module("lerobot.datasets.lerobot_dataset").LeRobotDataset
     try:
-        dataset = dataset_class(f"local/{path.name}", root=path, delta_timestamps=deltas or None)
-        episodes = [dict(row) for row in dataset.meta.episodes]
+        with _hub_offline():  # LeRobot fetches missing files from the Hub; a local dataset must be complete
+            dataset = dataset_class(f"local/{path.name}", root=path, delta_timestamps=deltas or None)
+            episodes = [dict(row) for row in dataset.meta.episodes]
     except Exception as exc:  # noqa: BLE001 - LeRobot and datasets raise many types for a broken directory
         raise CorruptFileError(
-            f"LeRobot cannot open the dataset at {path}: {type(exc).__name__}: {first_line(exc)}",
+            f"LeRobot cannot open the dataset at {path} from its local files: {type(exc).__name__}: "
+            f"{first_line(exc)}",
             hint="give a complete LeRobotDataset directory (meta/, data/ and its images or videos)",
         ) from None
     split = split_episodes((row["episode_index"] for row in episodes), holdout_fraction)
@@ -196,6 +199,19 @@ def load_lerobot_dataset(
         notes=notes,
         holdout_from=len(calibration.batches),
     )
+
+
+@contextmanager
+def _hub_offline() -> Iterator[None]:
+    """Refuse every Hugging Face Hub call inside the block (huggingface_hub reads this flag per call)."""
+    import huggingface_hub.constants as hub
+
+    before = hub.HF_HUB_OFFLINE
+    hub.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        hub.HF_HUB_OFFLINE = before
 
 
 def _even_batch_size(count: int, batch_size: int, fixed: bool) -> int:

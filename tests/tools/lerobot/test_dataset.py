@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tools.errors import InputSpecError, ValidationError
+from tools.errors import CorruptFileError, InputSpecError, ValidationError
 from tools.intake import load_model
 from tools.lerobot.dataset import load_lerobot_dataset, split_episodes
 
@@ -112,3 +112,13 @@ def test_a_dataset_without_the_policys_features_names_them(
     assert "no feature 'observation.images.top'" in message
     assert "the policy expects 'observation.images.top', 'observation.state'" in message
     assert "observation.images.front" in message
+
+
+def test_an_incomplete_dataset_is_refused_without_asking_the_hub(
+    lerobot_act_dir: Path, lerobot_dataset_dir: Path, tmp_path: Path, data_dir: Path
+) -> None:
+    model = load_model(lerobot_act_dir, data_dir=data_dir)
+    copy = shutil.copytree(lerobot_dataset_dir, tmp_path / "no_data")
+    shutil.rmtree(copy / "data")  # LeRobot would download the missing episodes from the Hub
+    with pytest.raises(CorruptFileError, match="from its local files: OfflineModeIsEnabled"):
+        load_lerobot_dataset(copy, model.input_specs, model.metadata["policy"])
