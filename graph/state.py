@@ -26,13 +26,15 @@ AttemptStatus = Literal["accepted", "rejected", "failed"]
 
 
 class DataSource(BaseModel):
-    """Where calibration and accuracy data come from: a file of arrays, a reference task, or synthetic inputs."""
+    """Where calibration and accuracy data come from: a file of arrays, a LeRobotDataset directory (split by
+    episode, recorded actions as labels), a reference task, or synthetic inputs."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    kind: Literal["synthetic", "file", "reference"] = "synthetic"
+    kind: Literal["synthetic", "file", "lerobot", "reference"] = "synthetic"
     path: str | None = Field(
-        default=None, description="For 'file': .npz/.safetensors/.pt tensors (+ labels)."
+        default=None,
+        description="For 'file': .npz/.safetensors/.pt tensors (+ labels); for 'lerobot': the dataset's root.",
     )
     task: str | None = Field(
         default=None, description="For 'reference': the task generator, e.g. 'reaching'."

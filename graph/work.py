@@ -28,7 +28,8 @@ def _quiet(_: float, __: str) -> None:
 
 
 def load_data(source: DataSource, model: LoadedModel) -> CalibrationData | None:
-    """Build the job's data: synthetic inputs, a user's tensor file (labels auto-detected), or a reference task."""
+    """Build the job's data: synthetic inputs, a user's tensor file (labels auto-detected), a LeRobotDataset
+    directory (held-out episodes last, recorded action chunks as labels), or a reference task."""
     from tools.techniques import calibration_from_data, synthetic_calibration
 
     if source.kind == "reference":
@@ -40,6 +41,20 @@ def load_data(source: DataSource, model: LoadedModel) -> CalibrationData | None:
         names = {spec.name for spec in model.input_specs}
         batches = [{k: v for k, v in batch.items() if k in names} for batch in data.batches]
         return CalibrationData(batches, data.labels, data.source)
+    if source.kind == "lerobot":
+        from tools.lerobot.dataset import load_lerobot_dataset
+
+        if source.path is None:
+            raise ValidationError("a data source of kind 'lerobot' needs a path")
+        fixed = fixed_batch_size(model)
+        return load_lerobot_dataset(
+            Path(source.path),
+            model.input_specs,
+            model.metadata.get("policy"),
+            max_samples=source.batches * source.batch_size,
+            batch_size=fixed or source.batch_size,
+            fixed_batch=fixed is not None,
+        )
     if source.kind == "file":
         from tools.inputs import align_data, load_input_data
 

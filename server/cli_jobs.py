@@ -69,7 +69,10 @@ def _job_flags(
 ) -> None:
     parser.add_argument("--target", default=target, help="edge target to report on (robopt's target names)")
     parser.add_argument(
-        "--data", type=Path, help="inputs (+ labels) for calibration and accuracy: .npz/.safetensors/.pt"
+        "--data",
+        type=Path,
+        help="inputs (+ labels) for calibration and accuracy: .npz/.safetensors/.pt, or a LeRobotDataset "
+        "directory (split by episode; recorded actions as labels)",
     )
     parser.add_argument(
         "--sim",
@@ -145,9 +148,10 @@ def _check_budget_flags(args: argparse.Namespace) -> None:
 
 def _optimize(args: argparse.Namespace, settings: Settings) -> int:
     _check_budget_flags(args)
-    if args.data is not None and not args.data.is_file():
+    if args.data is not None and not args.data.exists():
         raise ValidationError(
-            f"data file not found: {args.data}", hint="give an .npz, .safetensors or .pt file"
+            f"data not found: {args.data}",
+            hint="give an .npz, .safetensors or .pt file, or a LeRobotDataset directory",
         )
     service = _service(settings, args)
     source = _source(args, settings)

@@ -163,8 +163,9 @@ class JobService:
 
             get_simulator(simulator)
         job_id = job_id or new_job_id()
-        if data_path is not None:
-            data = DataSource(kind="file", path=str(Path(data_path).resolve()))
+        if data_path is not None:  # a directory is read as a LeRobotDataset (or refused, saying why)
+            kind = "lerobot" if Path(data_path).is_dir() else "file"
+            data = DataSource(kind=kind, path=str(Path(data_path).resolve()))
         elif source.reference in REFERENCE_TASKS:
             data = DataSource(kind="reference", task=REFERENCE_TASKS[source.reference])
         else:

@@ -53,8 +53,15 @@ class DatasetPublic(BaseModel):
     filename: str
     size_bytes: int
     sha256: str
-    arrays: dict[str, list[int]] = Field(description="Array name -> shape.")
+    arrays: dict[str, list[int]] = Field(
+        description="Array name -> shape (a LeRobotDataset: feature -> shape)."
+    )
     has_labels: bool
+    kind: Literal["arrays", "lerobot"] = Field(
+        default="arrays",
+        description="A file of arrays, or a LeRobotDataset directory uploaded as an archive.",
+    )
+    episodes: int | None = Field(default=None, description="For a LeRobotDataset: its number of episodes.")
 
 
 class JobCreate(BaseModel):

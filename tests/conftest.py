@@ -102,3 +102,12 @@ def lerobot_diffusion_ddim_dir(tmp_path_factory: pytest.TempPathFactory) -> Path
         noise_scheduler_type="DDIM",
         num_inference_steps=3,
     )
+
+
+@pytest.fixture(scope="session")
+def lerobot_dataset_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small LeRobotDataset (4 episodes of 20 frames) with the features of the zoo's policies."""
+    pytest.importorskip("lerobot", reason="the lerobot extra is not installed")
+    from tests.lerobot_zoo import write_lerobot_dataset
+
+    return write_lerobot_dataset(tmp_path_factory.mktemp("lerobot-data") / "pick_cube")

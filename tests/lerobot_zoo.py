@@ -166,3 +166,47 @@ BUILDERS: dict[str, Callable[..., Path]] = {
     "diffusion": write_tiny_diffusion,
     "vqbet": write_tiny_vqbet,
 }
+
+
+def write_lerobot_dataset(
+    directory: Path, episodes: int = 4, frames: int = 20, seed: int = 0, fps: int = 10
+) -> Path:
+    """A small LeRobotDataset (images stored in parquet, no videos) with the zoo's features, made with
+    `LeRobotDataset.create`, `add_frame` and `save_episode`.
+
+    The recorded action of frame `i` of episode `e` starts with `(e, i)`, so a test can tell which frame an
+    action label came from; the other dimensions, the state and the image are seeded noise.
+    """
+    import numpy as np
+
+    dataset_class = import_lerobot_module("lerobot.datasets.lerobot_dataset").LeRobotDataset
+    height, width = IMAGE_SHAPE[1:]
+    features = {
+        IMAGE_KEY: {
+            "dtype": "image",
+            "shape": (height, width, IMAGE_SHAPE[0]),
+            "names": ["height", "width", "channels"],
+        },
+        STATE_KEY: {"dtype": "float32", "shape": (STATE_DIM,), "names": None},
+        "action": {"dtype": "float32", "shape": (ACTION_DIM,), "names": None},
+    }
+    dataset = dataset_class.create(
+        repo_id=f"local/{Path(directory).name}", root=directory, fps=fps, features=features, use_videos=False
+    )
+    rng = np.random.default_rng(seed)
+    for episode in range(episodes):
+        for frame in range(frames):
+            action = rng.standard_normal(ACTION_DIM).astype(np.float32)
+            action[:2] = (episode, frame)
+            dataset.add_frame(
+                {
+                    IMAGE_KEY: rng.integers(0, 256, (height, width, IMAGE_SHAPE[0]), dtype=np.uint8),
+                    STATE_KEY: rng.standard_normal(STATE_DIM).astype(np.float32),
+                    "action": action,
+                    "task": "pick the cube",
+                }
+            )
+        dataset.save_episode()
+    if hasattr(dataset, "finalize"):
+        dataset.finalize()
+    return Path(directory)

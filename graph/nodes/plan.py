@@ -207,4 +207,4 @@ def float_base(state: JobState) -> VersionPoint | None:
 def options_calibration(state: JobState) -> str:
     """'data', 'reference' or 'synthetic': what the job's calibration inputs are."""
     kind = state["options"].data.kind
-    return "data" if kind == "file" else kind
+    return "data" if kind in ("file", "lerobot") else kind

@@ -99,6 +99,7 @@ class CalibrationData:
     labels: list[torch.Tensor] | None = None
     source: str = "synthetic"
     notes: list[str] = field(default_factory=list)  # how a user's arrays were matched to the inputs
+    holdout_from: int | None = None  # first held-out batch when the data fixes its own split (whole episodes)
 
     def __post_init__(self) -> None:
         if not self.batches:
@@ -109,10 +110,16 @@ class CalibrationData:
             )
 
     def split(self, holdout_fraction: float = 0.25) -> tuple["CalibrationData", "CalibrationData"]:
-        """Split into (train, held-out) keeping order; both parts hold at least one batch."""
-        if len(self.batches) < 2:
+        """Split into (train, held-out) keeping order; both parts hold at least one batch.
+
+        Data that fixes its own split (`holdout_from`: a LeRobot dataset's held-out episodes) is cut there.
+        """
+        if self.holdout_from is not None and 0 < self.holdout_from < len(self.batches):
+            cut = self.holdout_from
+        elif len(self.batches) < 2:
             return self, self
-        cut = min(len(self.batches) - 1, max(1, round(len(self.batches) * (1 - holdout_fraction))))
+        else:
+            cut = min(len(self.batches) - 1, max(1, round(len(self.batches) * (1 - holdout_fraction))))
         labels = self.labels
         first = CalibrationData(self.batches[:cut], labels[:cut] if labels else None, self.source, self.notes)
         second = CalibrationData(
