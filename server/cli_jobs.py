@@ -78,7 +78,8 @@ def _job_flags(
         "--sim",
         default=sim,
         help="simulator for closed-loop accuracy: reaching, gym:<id> (success rate); pusht, aloha, "
-        "aloha:transfer_cube, aloha:fast (action agreement with the original, success rate alongside)",
+        "aloha:transfer_cube, aloha:fast (action agreement with the original, success rate alongside); "
+        "append :steps=N to cut LeRobot's episodes to N steps (pusht:steps=50)",
     )
     parser.add_argument(
         "--episodes",

@@ -70,9 +70,9 @@ def accuracy_plan(
     """Closed loop when a simulator is given (action agreement with the original in LeRobot's simulators),
     a task metric when the data has labels, fidelity otherwise (judged on the actions for a policy, see
     tools.evaluation.policy.is_policy)."""
-    from tools.evaluation.simulators import AGREEMENT_SIMULATORS
+    from tools.evaluation.simulators import judges_by_agreement
 
-    if simulator in AGREEMENT_SIMULATORS:
+    if judges_by_agreement(simulator):
         return AccuracyPlan(
             level="closed_loop_agreement", simulator=simulator, episodes=episodes or AGREEMENT_EPISODES
         )

@@ -23,9 +23,9 @@ CLOSED_LOOP = AccuracyKind(level="closed_loop", metric="success_rate", higher_is
 
 def _simulator_accuracy(simulator: str) -> AccuracyKind:
     """The headline a job with this simulator measures: action agreement in LeRobot's, else success rate."""
-    from tools.evaluation.simulators import AGREEMENT_SIMULATORS
+    from tools.evaluation.simulators import judges_by_agreement
 
-    if simulator in AGREEMENT_SIMULATORS:
+    if judges_by_agreement(simulator):
         return AccuracyKind(level="closed_loop_agreement", metric="action_agreement", higher_is_better=True)
     return CLOSED_LOOP
 

@@ -194,3 +194,41 @@ def test_ddpm_diffusion_directory_is_optimized_to_its_sampler_export(
     facts = policy.metadata["policy"]
     assert standalone.shape == (3, facts["n_action_steps"], facts["action_dim"])
     assert np.isfinite(standalone).all()
+
+
+@pytest.mark.parametrize(
+    ("simulator", "policy_type", "shape"),
+    [("aloha:fast:steps=20", "act", dict(state_dim=14, action_dim=14, image_shape=(3, 48, 64))),
+     ("pusht:steps=20", "diffusion", dict(state_dim=2, action_dim=2, image_shape=(3, 32, 32)))],
+)  # fmt: skip
+def test_a_lerobot_directory_is_judged_in_its_simulator_over_the_cli(
+    simulator: str, policy_type: str, shape: dict, tmp_path: Path
+) -> None:
+    """`robopt optimize DIR --sim aloha:fast` / `--sim pusht` (episodes cut to 20 steps): every version is judged
+    by closed-loop action agreement with the original on the same seeded episodes."""
+    pytest.importorskip("gym_pusht", reason="the sim extra is not installed")
+    from tests.lerobot_zoo import write_tiny_act, write_tiny_diffusion
+
+    if policy_type == "act":
+        policy = write_tiny_act(tmp_path / "act", **shape)
+    else:
+        policy = write_tiny_diffusion(
+            tmp_path / "diffusion", noise_scheduler_type="DDIM", num_inference_steps=3, **shape
+        )
+    data_dir = tmp_path / "data"
+    run = _robopt(
+        data_dir, "optimize", str(policy), "--sim", simulator, "--episodes", "2", "--max-attempts", "1",
+        "--goal", "at least 2x smaller, keep accuracy within 5%",
+    )  # fmt: skip
+    assert run.returncode in (0, 3), run.stdout[-3000:] + run.stderr[-2000:]  # met, or best effort
+    import json
+
+    (report_path,) = (data_dir / "reports").glob("*/report.json")
+    report = json.loads(report_path.read_text())
+    baseline = report["baseline"]["accuracy"]
+    assert baseline["level"] == "closed_loop_agreement" and baseline["metric"] == "action_agreement"
+    assert baseline["value"] == pytest.approx(1.0)  # the original agrees with itself exactly
+    assert (
+        report["attempts"]
+        and report["attempts"][0]["measurement"]["accuracy"]["level"] == "closed_loop_agreement"
+    )

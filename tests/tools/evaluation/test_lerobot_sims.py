@@ -184,3 +184,19 @@ def test_a_goal_on_success_rate_is_judged_by_the_success_rate_of_the_same_episod
     check = check_criteria(goal.criteria.model_copy(update={"min_speedup": None}), figures[0], figures[1])
     (accuracy,) = [r for r in check.results if r.name == "max_accuracy_drop"]
     assert "closed-loop success_rate" in accuracy.note and accuracy.passed  # no success either way here
+
+
+def test_a_steps_suffix_cuts_lerobot_episodes_and_is_refused_elsewhere() -> None:
+    from tools.errors import ValidationError
+    from tools.evaluation.simulators import judges_by_agreement, split_simulator_name
+
+    assert split_simulator_name("aloha:fast:steps=20") == ("aloha:fast", 20)
+    assert split_simulator_name("pusht") == ("pusht", None)
+    assert get_simulator("pusht:steps=20").max_steps == 20 < get_simulator("pusht").max_steps
+    fast = get_simulator("aloha:fast:steps=15")
+    assert fast.max_steps == 15 and fast.fast_render
+    assert judges_by_agreement("aloha:fast:steps=15") and not judges_by_agreement("reaching")
+    with pytest.raises(ValidationError, match="only LeRobot's simulators"):
+        get_simulator("reaching:steps=5")
+    with pytest.raises(ValidationError, match="positive integer"):
+        get_simulator("pusht:steps=0")
