@@ -144,6 +144,18 @@ def _agreement(ctx: TechniqueContext, directory: Path) -> dict[str, float]:
     return {"max_abs_error": worst, "cosine": cosine}
 
 
+_SAMPLER_SPEC: dict[str, Any] = dict(  # what both sampler techniques need, take, give and run on
+    needs=Needs(
+        packages=("onnx", "onnxruntime", "onnxscript", "lerobot"),
+        install_hint="pip install 'robopt[lerobot]'",
+    ),
+    input_formats=(ModelFormat.LEROBOT_POLICY.value, ModelFormat.LEROBOT_SAMPLER.value),
+    output_format=ModelFormat.LEROBOT_SAMPLER.value,
+    runtimes=("onnxruntime-cpu", "onnxruntime-cuda"),
+    precision="fp32",
+)
+
+
 @register(
     LeRobotSamplerExportConfig,
     TechniqueSpec(
@@ -151,14 +163,7 @@ def _agreement(ctx: TechniqueContext, directory: Path) -> dict[str, float]:
         family=Family.EXPORT,
         summary="Export a LeRobot Diffusion Policy as encoder.onnx + denoiser.onnx + sampler.json run by a numpy "
         "denoising loop in ONNX Runtime (DDPM included), with action parity; optionally FP16 graphs.",
-        needs=Needs(
-            packages=("onnx", "onnxruntime", "onnxscript", "lerobot"),
-            install_hint="pip install 'robopt[lerobot]'",
-        ),
-        input_formats=(ModelFormat.LEROBOT_POLICY.value, ModelFormat.LEROBOT_SAMPLER.value),
-        output_format=ModelFormat.LEROBOT_SAMPLER.value,
-        runtimes=("onnxruntime-cpu", "onnxruntime-cuda"),
-        precision="fp32",
+        **_SAMPLER_SPEC,
         expected_effect="Same actions as the torch policy under the same noise (max abs error < 1e-3); the "
         "denoising loop runs in ONNX Runtime instead of eager PyTorch. fp16 halves the graphs' size.",
     ),
@@ -246,14 +251,7 @@ def _switch_scheduler(directory: Path, config: DiffusionFewerStepsConfig) -> dic
         family=Family.EXPORT,
         summary="Sample a LeRobot Diffusion Policy (DDPM or DDIM) with DDIM in fewer denoising steps, exported "
         "as its encoder.onnx + denoiser.onnx + sampler.json runner; lossy, judged by action agreement.",
-        needs=Needs(
-            packages=("onnx", "onnxruntime", "onnxscript", "lerobot"),
-            install_hint="pip install 'robopt[lerobot]'",
-        ),
-        input_formats=(ModelFormat.LEROBOT_POLICY.value, ModelFormat.LEROBOT_SAMPLER.value),
-        output_format=ModelFormat.LEROBOT_SAMPLER.value,
-        runtimes=("onnxruntime-cpu", "onnxruntime-cuda"),
-        precision="fp32",
+        **_SAMPLER_SPEC,
         expected_effect="Latency per action chunk falls with the number of denoiser calls (100 -> 10 steps: about "
         "10x on the denoising loop); the actions change (a different sampler), so evaluation measures their "
         "agreement. The graphs keep their precision; FP16 (lerobot_sampler_export fp16) may follow.",
