@@ -160,6 +160,42 @@ def test_logits_are_distilled_with_kl() -> None:
     assert report.after.fidelity_cosine > report.before.fidelity_cosine
 
 
+def test_training_that_makes_the_student_worse_on_held_out_data_is_undone() -> None:
+    """Issue 15, item 6: distill keeps the better of before and after on held-out data."""
+    torch.manual_seed(0)
+    teacher = _Wide(32)
+    student = _Wide(32)
+    student.load_state_dict(teacher.state_dict())
+    with torch.no_grad():
+        for parameter in student.parameters():
+            parameter.add_(0.01 * torch.randn_like(parameter))  # close to the teacher already
+    untrained = {name: value.clone() for name, value in student.state_dict().items()}
+    report = distill_module(teacher, student, _vector_data(), steps=40, lr=1.0, grad_clip=0.0, seed=0)
+    assert report.steps_run == 40 and report.trained is not None
+    assert report.trained.output_mse > 10 * report.before.output_mse, "lr 1.0 must have wrecked the student"
+    assert report.kept == "before" and report.after == report.before
+    assert all(torch.equal(untrained[name], value) for name, value in student.state_dict().items())
+    facts = report.as_facts()
+    assert facts["kept"] == "before" and facts["trained"]["output_mse"] > facts["after"]["output_mse"]
+
+    helped = _Wide(16)
+    report = distill_module(teacher, helped, _vector_data(), steps=60, lr=1e-2, seed=0)
+    assert report.kept == "trained" and report.after == report.trained
+    assert report.after.output_mse < report.before.output_mse
+
+
+def test_labels_decide_which_student_is_better_when_there_are_labels() -> None:
+    from tools.distillation.core import better_on_heldout
+    from tools.distillation.report import HeldOutMetrics
+
+    before = HeldOutMetrics(fidelity_cosine=0.9, output_mse=0.1, task_loss=0.5)
+    closer_to_teacher_worse_on_task = HeldOutMetrics(fidelity_cosine=0.99, output_mse=0.01, task_loss=0.6)
+    assert not better_on_heldout(closer_to_teacher_worse_on_task, before)
+    assert better_on_heldout(HeldOutMetrics(0.8, 0.2, 0.4), before)
+    assert better_on_heldout(HeldOutMetrics(0.99, 0.01), HeldOutMetrics(0.9, 0.1))
+    assert not better_on_heldout(HeldOutMetrics(0.8, 0.2), HeldOutMetrics(0.9, 0.1))
+
+
 def test_output_loss_choice() -> None:
     logits = torch.zeros(2, 3, 11)
     actions = torch.zeros(2, 8, 2)

@@ -320,9 +320,15 @@ def distill_module(
         train_set = _TrainingSet(train, batch_size, seed)
         losses: list[float] = []
         stopped_by: Literal["steps", "time"] = "steps"
+        untrained = {name: value.detach().clone() for name, value in student.state_dict().items()}
         if steps > 0:
             losses, stopped_by = _train(teacher, student, train_set, kinds, pairs, taps, settings, milestones)
-        after = _evaluate(student, held, held_teacher) if losses else before
+        trained = _evaluate(student, held, held_teacher) if losses else None
+        kept: Literal["trained", "before"] = "trained" if trained is not None else "before"
+        if trained is not None and not better_on_heldout(trained, before):
+            student.load_state_dict(untrained)
+            kept = "before"
+        after = trained if kept == "trained" and trained is not None else before
     finally:
         for tap in taps or ():
             tap.close()
@@ -350,17 +356,37 @@ def distill_module(
         heldout_samples=sum(int(next(iter(b.values())).shape[0]) for b in held.batches),
         feature_pairs=pairs,
         heldout_separate=len(data.batches) >= 2,
+        trained=trained,
+        kept=kept,
     )
     milestones.reach(
         100,
         f"distillation: {report.steps_run} steps ({stopped_by}), held-out cosine "
-        f"{before.fidelity_cosine:.4f} -> {after.fidelity_cosine:.4f}",
+        f"{before.fidelity_cosine:.4f} -> {after.fidelity_cosine:.4f}"
+        + (
+            ""
+            if kept == "trained" or trained is None
+            else "; training made it worse, the weights before are kept"
+        ),
     )
     _log.info(
         "distilled",
-        extra={"steps": report.steps_run, "stopped_by": stopped_by, "cosine_after": after.fidelity_cosine},
+        extra={
+            "steps": report.steps_run,
+            "stopped_by": stopped_by,
+            "cosine_after": after.fidelity_cosine,
+            "kept": kept,
+        },
     )
     return report
+
+
+def better_on_heldout(trained: HeldOutMetrics, before: HeldOutMetrics) -> bool:
+    """Whether the trained student beats the one before training on held-out data: by task loss when the data
+    has labels (the ground truth), else by output MSE against the teacher; a tie keeps the trained one."""
+    if trained.task_loss is not None and before.task_loss is not None:
+        return trained.task_loss <= before.task_loss
+    return trained.output_mse <= before.output_mse
 
 
 @torch.no_grad()

@@ -28,6 +28,8 @@ class DistillationReport:
     """What a distillation run did: held-out metrics before and after, steps run and why it stopped.
 
     `heldout_separate` is False when the data held a single batch, so the held-out split is the training data.
+    `trained` holds the held-out metrics right after training; `after` those of the student returned, which is
+    the trained one unless training made it worse on held-out data (`kept` "before": its weights are restored).
     """
 
     before: HeldOutMetrics
@@ -45,6 +47,8 @@ class DistillationReport:
     heldout_samples: int
     feature_pairs: tuple[tuple[str, str], ...] = field(default_factory=tuple)
     heldout_separate: bool = True
+    trained: HeldOutMetrics | None = None
+    kept: Literal["trained", "before"] = "trained"
 
     @property
     def fidelity_recovered(self) -> float | None:
@@ -86,4 +90,6 @@ class DistillationReport:
             "train_samples": self.train_samples,
             "heldout_samples": self.heldout_samples,
             "heldout_separate": self.heldout_separate,
+            "trained": self.trained.as_dict() if self.trained is not None else None,
+            "kept": self.kept,
         }
