@@ -7,3 +7,4 @@ are imported inside the handlers only.
 from tools.compression import clustering  # noqa: F401  (registers techniques)
 from tools.compression import lowrank  # noqa: F401  (registers techniques)
 from tools.compression import onnx_export  # noqa: F401  (registers techniques)
+from tools.compression import transformer_fusion  # noqa: F401  (registers techniques)

@@ -216,7 +216,7 @@ def _finish_export(path: Path, metadata: dict[str, Any] | None) -> Path:
     import onnx
 
     proto = onnx.load(str(path))
-    _drop_bulky_node_metadata(proto)
+    drop_bulky_node_metadata(proto)
     if metadata is not None:  # record the opset reached: a down-conversion that fails keeps the exporter's
         set_robopt_metadata(proto, {**metadata, "opset": graph_opset(proto)})
     onnx.save(proto, str(path))
@@ -294,7 +294,7 @@ def graph_opset(proto: Any) -> int:
     return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
-def _drop_bulky_node_metadata(proto: Any) -> None:
+def drop_bulky_node_metadata(proto: Any) -> None:
     """Drop per-node stack traces and FX text (machine paths, most of a tiny model's bytes); keep scopes."""
     for node in proto.graph.node:
         set_metadata_props(

@@ -424,6 +424,12 @@ def _apply_ort_int8_dynamic(ctx: TechniqueContext, config: OrtInt8DynamicConfig)
     prepared = quantization_input(ctx, config.type, "Gemm" in config.op_types_to_quantize)
     excluded = resolve_excluded_nodes(prepared.model, config.nodes_to_exclude, config.op_types_to_exclude)
     op_types = sorted({"MatMul" if op == "Gemm" else op for op in config.op_types_to_quantize})
+    fused = sum(1 for node in prepared.model.graph.node if node.op_type == "Attention")
+    if fused and "MatMul" in op_types and "Attention" not in op_types:
+        # a fused graph (ort_transformer_fusion) holds the q/k/v projections inside Attention: quantizing
+        # MatMuls means quantizing those too, or the attention weights would stay float
+        op_types = sorted({*op_types, "Attention"})
+        prepared.facts["fused_attention_quantized"] = fused
     ctx.progress(50, f"ort_int8_dynamic: quantizing {', '.join(op_types)} ({len(excluded)} nodes excluded)")
     output = ctx.work_dir / "quantized.onnx"
     with quiet_ort_quantization():
