@@ -33,7 +33,7 @@ def run_cli(data_dir: Path, capsys: pytest.CaptureFixture[str]):  # noqa: ANN201
         ("onnx", [], "onnx"),
         ("state_dict", ["--arch", "tests.model_zoo:TinyMLP", "--config", "{config}"], "torch_state_dict"),
         ("safetensors", ["--arch", "tests.model_zoo:TinyMLP"], "safetensors"),
-        ("pickled_module", ["--trust-pickle"], "torch_pickled_module"),
+        ("pickled_module", ["--trust-pickle", "--trust-package", "tests"], "torch_pickled_module"),
     ],
 )
 def test_analyze_json_reports_each_format(

@@ -20,7 +20,11 @@ def store_module(
     path = work / f"{job_id}.pt"
     torch.save(module.eval(), path)
     return store_original(
-        store, job_id, path, LoadOptions(trust_pickle=True, input_specs=tuple(specs)), data_dir
+        store,
+        job_id,
+        path,
+        LoadOptions(trust_pickle=True, trusted_packages=("tests",), input_specs=tuple(specs)),
+        data_dir,
     )
 
 

@@ -82,7 +82,12 @@ def test_weights_for_another_architecture_are_refused_with_the_mismatch(
 def test_pickled_module_needs_trust_flag(zoo: dict[str, Path], data_dir: Path) -> None:
     with pytest.raises(UnsafeFileError, match="--trust-pickle"):
         load_model(zoo["pickled_module"], data_dir=data_dir)
-    loaded = load_model(zoo["pickled_module"], LoadOptions(trust_pickle=True), data_dir=data_dir)
+    # trust is an allowlist: the test's own package must be named before its classes are constructed
+    with pytest.raises(UnsafeFileError, match="tests.model_zoo.TinyMLP") as refused:
+        load_model(zoo["pickled_module"], LoadOptions(trust_pickle=True), data_dir=data_dir)
+    assert "--trust-package tests" in (refused.value.hint or "")
+    options = LoadOptions(trust_pickle=True, trusted_packages=("tests",))
+    loaded = load_model(zoo["pickled_module"], options, data_dir=data_dir)
     assert loaded.format == ModelFormat.TORCH_PICKLED_MODULE
     np.testing.assert_allclose(_run(loaded), reference_output()[1].numpy(), rtol=1e-6)
 

@@ -66,7 +66,8 @@ def tiny_mlp(workspace: tuple[VersionStore, Path], tmp_path_factory: pytest.Temp
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("mlp") / "mlp.pt"
     torch.save(TinyMLP().eval(), path)
-    return store_original(store, "tiny_mlp", path, LoadOptions(trust_pickle=True), data_dir)
+    options = LoadOptions(trust_pickle=True, trusted_packages=("tests",))
+    return store_original(store, "tiny_mlp", path, options, data_dir)
 
 
 def test_config_round_trips_and_rejects_bad_values() -> None:
@@ -174,7 +175,9 @@ def test_failed_export_names_the_operator(workspace: tuple, tmp_path: Path) -> N
     store, data_dir = workspace
     path = tmp_path / "eigh.pt"
     torch.save(EighPolicy().eval(), path)
-    options = LoadOptions(trust_pickle=True, input_specs=(InputSpec(name="state", shape=(1, 4)),))
+    options = LoadOptions(
+        trust_pickle=True, trusted_packages=("tests",), input_specs=(InputSpec(name="state", shape=(1, 4)),)
+    )
     source = store_original(store, "eigh", path, options, data_dir)
     with pytest.raises(
         OptimizationError, match=r"operator aten\._linalg_eigh\.default is not supported"

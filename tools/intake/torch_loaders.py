@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,13 @@ import torch
 
 from tools.errors import InputSpecError, UnsafeFileError, ValidationError, first_line
 from tools.inputs import InputSpec
-from tools.intake.pickle_scan import classify_torch_pickle, is_dangerous_global
+from tools.intake.pickle_scan import (
+    allowlist_pickle_module,
+    classify_torch_pickle,
+    is_dangerous_global,
+    split_trusted_globals,
+    torch_pickle_globals,
+)
 from tools.intake.types import LoadedModel, LoadOptions, ModelFormat
 
 SIDECAR_NAME = "robopt.json"  # TorchScript extra file: {"input_specs": [...], "config": {...}}
@@ -92,8 +99,28 @@ def _load_pickled_module(path: Path, options: LoadOptions) -> LoadedModel:
         from tools.lerobot.imports import install_shims
 
         install_shims()
+    names = torch_pickle_globals(path)
+    admitted, refused = split_trusted_globals(names, options.trusted_packages, options.trusted_globals)
+    if refused:
+        raise UnsafeFileError(
+            f"{path.name} would import {', '.join(refused[:3])}, which a trusted load does not admit (only model "
+            "classes of torch, transformers, LeRobot, torchao, bitsandbytes and the packages you name)",
+            hint="if these are your own package's classes, name the package: --trust-package "
+            + refused[0].split(".", 1)[0],
+        )
     try:
-        module = torch.load(path, map_location="cpu", weights_only=False)
+        module = torch.load(
+            path, map_location="cpu", weights_only=False, pickle_module=allowlist_pickle_module(admitted)
+        )
+    except pickle.UnpicklingError as exc:  # a global the scan did not see: refused by the allowlist unpickler
+        text = str(exc)
+        reason = next(
+            (line.strip() for line in text.splitlines() if "GLOBAL" in line or "global" in line), ""
+        )
+        raise UnsafeFileError(
+            f"{path.name}: the unpickler met a global outside the allowlist: {(reason or first_line(exc))[:300]}",
+            hint="a model file does not build its globals on the stack; do not load this file",
+        ) from None
     except Exception as exc:  # noqa: BLE001 - arbitrary errors from user classes while unpickling
         raise ValidationError(
             f"{path.name}: trusted unpickling failed: {first_line(exc)}",

@@ -53,7 +53,21 @@ class LoadOptions(BaseModel):
         default=None,
         description="A Hugging Face config.json (or JSON kwargs for `architecture`) for weight-only files.",
     )
-    trust_pickle: bool = Field(default=False, description="Allow full unpickling of whole pickled modules.")
+    trust_pickle: bool = Field(
+        default=False,
+        description="Allow unpickling whole pickled modules: model classes of torch, transformers, LeRobot, "
+        "torchao, bitsandbytes and of `trusted_packages` only (an allowlist; nothing else is imported).",
+    )
+    trusted_packages: tuple[str, ...] = Field(
+        default=(),
+        description="Top-level packages whose classes a trusted pickle may construct besides the model libraries "
+        "(the user's own, e.g. 'mypolicies').",
+    )
+    trusted_globals: tuple[str, ...] = Field(
+        default=(),
+        description="Exact globals admitted besides the allowlist: robopt records them for the versions it writes "
+        "(hooks, kernel rebuilders, schedulers of a model the user already trusted), sha256-checked on load.",
+    )
     trust_remote_code: bool = Field(default=False, description="Allow Hugging Face models with custom code.")
     input_specs: tuple[InputSpec, ...] = Field(
         default=(), description="Given input specs; override inference."

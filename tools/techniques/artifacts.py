@@ -3,7 +3,8 @@ run a loaded model and compare its outputs with another's.
 
 Torch outputs are stored as a whole pickled module (`model.pt`): the only format that keeps a pruned or
 quantized module's changed shapes and tensor subclasses. robopt loads its own versions with `trust_pickle`
-only after the version's sha256 is verified, and the pickle scan still refuses code-running globals.
+only after the version's sha256 is verified, through the same allowlist as a user's file (model classes only,
+plus the exact globals recorded when the version was written).
 """
 
 from __future__ import annotations
@@ -42,10 +43,16 @@ def save_torch_module(
     module: torch.nn.Module, work_dir: Path, input_specs: list[InputSpec], name: str = TORCH_ARTIFACT
 ) -> tuple[Path, str, LoadOptions]:
     """Write `module` whole into `work_dir`; return (path, format, the load options that read it back)."""
+    from tools.intake.pickle_scan import classify_torch_pickle, split_trusted_globals
+
     path = Path(work_dir) / name
     drop_output_capturing_hooks(module)
     torch.save(module.eval(), path)
-    return path, ModelFormat.TORCH_PICKLED_MODULE.value, torch_load_options(input_specs)
+    _, imported = classify_torch_pickle(path)
+    _, beyond = split_trusted_globals(
+        imported
+    )  # what the allowlist alone would refuse: robopt vouches for these
+    return path, ModelFormat.TORCH_PICKLED_MODULE.value, torch_load_options(input_specs, beyond)
 
 
 def save_module_product(
@@ -72,9 +79,13 @@ def drop_output_capturing_hooks(model: torch.nn.Module) -> None:
             module._output_capturing_hooks_installed = False
 
 
-def torch_load_options(input_specs: list[InputSpec]) -> LoadOptions:
-    """Load options for a robopt-written pickled module: trusted (robopt wrote it) with its input specs."""
-    return LoadOptions(trust_pickle=True, input_specs=tuple(input_specs))
+def torch_load_options(input_specs: list[InputSpec], trusted: list[str] | None = None) -> LoadOptions:
+    """Load options for a robopt-written pickled module: trusted (robopt wrote it, its sha256 is checked before
+    loading) for the model libraries' classes and the exact globals recorded when it was written (the user's
+    classes, hooks, kernel rebuilders: from a model already trusted at intake), with its input specs."""
+    return LoadOptions(
+        trust_pickle=True, trusted_globals=tuple(trusted or ()), input_specs=tuple(input_specs)
+    )
 
 
 def save_onnx_model(
