@@ -169,7 +169,8 @@ class Bench:
         )
 
     def floor(self, candidate: Measured) -> None:
-        """Set the candidate's roofline floor: its own weight bytes and precision, its FLOPs (or the original's)."""
+        """Set the candidate's roofline floor: its own weight bytes and precision, its FLOPs (or the original's),
+        and the peaks of the runtime that measured it (ONNX Runtime's int8 kernels are not torch's)."""
         m = candidate.measurement
         base = self.cache.get(steps_key([]))
         if m is None or m.size is None:
@@ -183,6 +184,7 @@ class Bench:
             self.machine,
             precision=m.size.dominant_precision(),
             threads=self.threads,
+            runtime=m.runtime.runtime if m.runtime is not None else None,
         )
         candidate.floor_ms, candidate.floor_bound = floor.floor_ms, floor.bound
 

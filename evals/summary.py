@@ -20,6 +20,12 @@ def _num(value: float | None, pattern: str = ".2f", suffix: str = "") -> str:
     return format(value, pattern) + suffix
 
 
+def _over_floor(value: float | None, suffix: str = "") -> str:
+    """Format p50 / roofline floor; below 1 the floor was mismeasured (no model beats its roofline): say so."""
+    text = _num(value, ".1f", suffix)
+    return text + " **floor error**" if value is not None and math.isfinite(value) and value < 1 else text
+
+
 def _acc(value: float | None) -> str:
     """Format an accuracy value."""
     return "-" if value is None else format(value, ".4g")
@@ -60,7 +66,7 @@ def headline_table(document: dict[str, Any]) -> list[str]:
         lines.append(
             f"| {s['scenario']} | {_metric(s)} | {_yes(s['met'])} | {claim} "
             f"| {_num(vs['speedup'], '.2f', 'x')} | {_num(vs['compression'], '.2f', 'x')} "
-            f"| {_change(vs['accuracy_change'])} | {_num(first['latency_over_floor'], '.1f', 'x')} "
+            f"| {_change(vs['accuracy_change'])} | {_over_floor(first['latency_over_floor'], 'x')} "
             f"| {s['cost']['robopt_attempts']} / {s['cost']['oracle_candidates']} "
             f"| {_num(s['cost']['robopt_wall_s'], '.0f')} / {_num(s['cost']['oracle_wall_s'], '.0f')} "
             f"| {_num(memory['optimizer_peak_mb'], '.0f')} (+{_num(memory['optimizer_increase_mb'], '.0f')}) "
@@ -99,7 +105,7 @@ def scenario_table(s: dict[str, Any]) -> list[str]:
         )
         lines.append(
             f"| {label}{status} | {_yes(r['met'])} | {_num(r['p50_ms'], '.3f')} | {_num(r['size_mb'], '.3f')} "
-            f"| {_acc(r['accuracy'])} | {_num(r['latency_over_floor'], '.1f')} "
+            f"| {_acc(r['accuracy'])} | {_over_floor(r['latency_over_floor'])} "
             f"| {_num(vs.get('speedup'), '.2f', 'x')} | {_num(vs.get('compression'), '.2f', 'x')} "
             f"| {_change(vs.get('accuracy_change'))} |"
         )
@@ -138,7 +144,9 @@ def summary_markdown(document: dict[str, Any]) -> str:
         "- goal met (eval): the scenario's criteria checked on the eval's own measurement of robopt's final "
         "model; robopt says: the job's status (**disagrees** flags a claim the measurement does not back).",
         "- p50 / roofline floor: robopt's p50 over max(weight bytes / measured bandwidth, FLOPs / measured "
-        "peak) on this machine at the model's storage precision.",
+        "peak) on this machine at the model's storage precision, the peak measured with the kernels of the "
+        "runtime that ran the model (ONNX Runtime MatMul / MatMulInteger, torch.mm / torch._int_mm); below "
+        "1.0x the floor is wrong (a measurement error), never a model beating physics.",
         "- Δ accuracy: robopt's accuracy minus FP32 eager's, in the metric's units (mind its direction).",
         f"- optimizer peak memory: {document['memory_method']}; in brackets the increase over that sum just "
         "before the job started (the eval's own process and the fork server are in both).",

@@ -1,13 +1,19 @@
-"""This machine's measured roofline: achievable memory bandwidth and peak compute, cached per machine.
+"""This machine's measured roofline: achievable memory bandwidth and each runtime's peak compute, cached.
 
 `machine_profile(data_dir)` measures once (a few seconds) and caches the result as
 `<data_dir>/machine/<fingerprint>.json`, where the fingerprint is the CPU model, core count and torch version.
-`roofline_floor_ms(weight_bytes, flops, machine)` is the time no implementation can beat on a machine: the
-larger of bytes moved / bandwidth and FLOPs / peak compute, with the one that binds.
+Peaks are measured per runtime with the kernels that runtime runs: torch.mm and torch._int_mm for torch,
+an InferenceSession over one MatMul (MLAS SGEMM) and one MatMulInteger uint8 x int8 (MLAS QGEMM, the kernel
+ONNX Runtime's dynamic INT8 models run) for onnxruntime. Runtimes' int8 kernels differ twentyfold (MLAS
+uses VNNI; torch._int_mm ran 20x slower on an AVX-512 VNNI EPYC), so a floor taken with another runtime's
+peak is no floor at all.
+`roofline_floor_ms(weight_bytes, flops, machine, runtime=...)` is the time no implementation can beat on a
+machine: the larger of bytes moved / bandwidth and FLOPs / peak compute, with the one that binds.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import platform
@@ -34,7 +40,36 @@ _INT8_SIZE = 512
 _REPEATS = 5
 _MAX_REPEATS = 200
 _BUDGET_S = 1.0
-_SCHEMA_VERSION = 1
+_ORT_SIZE = 1024
+_ORT_BUDGET_S = 0.3
+_SCHEMA_VERSION = 2
+
+RuntimeFamily = Literal["torch", "onnxruntime"]
+"""Runtimes whose peaks are measured here; runtime names map onto them by `runtime_family`."""
+
+
+def runtime_family(runtime: str | None) -> RuntimeFamily | None:
+    """Map a runtime name ('onnxruntime-cpu', 'torch-cpu', 'ort', ...) to its measured family, else None."""
+    name = (runtime or "").strip().lower()
+    if name.startswith(("onnxruntime", "ort")):
+        return "onnxruntime"
+    if name.startswith("torch"):
+        return "torch"
+    return None
+
+
+class RuntimePeak(BaseModel):
+    """One runtime's measured dense peak at one precision, at 1 thread and at all physical cores."""
+
+    model_config = ConfigDict(frozen=True)
+
+    runtime: RuntimeFamily
+    precision: Precision
+    gflops_1thread: float = Field(
+        gt=0, description="Best-of-N rate at 1 thread, GFLOP/s (GOP/s for integers)."
+    )
+    gflops_all: float = Field(gt=0, description="Best-of-N rate at all physical cores.")
+    kernel: str = Field(description="What was timed, e.g. 'onnxruntime MatMulInteger uint8 x int8, 1024^3'.")
 
 
 class Roof(BaseModel):
@@ -83,25 +118,57 @@ class MachineProfile(BaseModel):
     fp32_gflops_1thread: float = Field(description="Best-of-N fp32 matmul rate at 1 thread.")
     fp32_gflops_all: float = Field(description="Best-of-N fp32 matmul rate at `all_threads` threads.")
     all_threads: int
-    int8_gops_1thread: float | None = None
-    int8_gops_all: float | None = None
+    int8_gops_1thread: float | None = Field(default=None, description="torch._int_mm rate at 1 thread.")
+    int8_gops_all: float | None = Field(default=None, description="torch._int_mm rate at `all_threads`.")
     int8_note: str = ""
+    runtime_peaks: list[RuntimePeak] = Field(
+        default_factory=list,
+        description="Peaks per runtime and precision, each with the kernel that runtime runs (torch too).",
+    )
     measured_at: datetime
     measure_s: float = Field(description="Time the measurement took.")
 
-    def roof(self, threads: int | None = None) -> Roof:
-        """Return this machine's roof for a run at `threads` threads (1 uses the single-thread peaks)."""
+    def peak_table(self, threads: int | None = None) -> dict[RuntimeFamily, dict[str, float]]:
+        """Return each runtime's measured peaks by precision at `threads` (1: single-thread peaks).
+
+        Above 1 thread a peak is never taken below the single-thread one: more cores cannot lower what a
+        kernel can reach, and an all-core run shares its cores with whatever else runs (measured here: 68
+        against 439 GOP/s int8 while a benchmark held one core), which would raise the floor above the truth.
+        """
         single = threads == 1
-        peaks = {"fp32": self.fp32_gflops_1thread if single else self.fp32_gflops_all}
-        int8 = self.int8_gops_1thread if single else self.int8_gops_all
-        if int8:
-            peaks["int8"] = int8
-        label = "1 thread" if single else f"{self.all_threads} threads"
+
+        def rate(one: float, every: float) -> float:
+            return one if single else max(one, every)
+
+        torch_peaks = {"fp32": rate(self.fp32_gflops_1thread, self.fp32_gflops_all)}
+        if self.int8_gops_1thread:
+            torch_peaks["int8"] = rate(self.int8_gops_1thread, self.int8_gops_all or 0.0)
+        table: dict[RuntimeFamily, dict[str, float]] = {"torch": torch_peaks}
+        for peak in self.runtime_peaks:
+            table.setdefault(peak.runtime, {})[peak.precision] = rate(peak.gflops_1thread, peak.gflops_all)
+        return table
+
+    def roof(self, threads: int | None = None, runtime: str | None = None) -> Roof:
+        """Return this machine's roof for a run on `runtime` at `threads` threads (1: single-thread peaks).
+
+        A runtime measured here gets its own peaks; a precision it lacks, and any runtime not measured here
+        (or none named), gets the highest peak measured at that precision, so the floor stays a lower bound.
+        """
+        table = self.peak_table(threads)
+        best: dict[str, float] = {}
+        for peaks in table.values():
+            for precision, rate in peaks.items():
+                best[precision] = max(rate, best.get(precision, 0.0))
+        family = runtime_family(runtime)
+        peaks = {**best, **table.get(family, {})} if family is not None else best
+        label = "1 thread" if threads == 1 else f"{self.all_threads} threads"
+        source = family if family in table else "highest of the runtimes measured"
+        kernels = "; ".join(f"{p.runtime} {p.precision}: {p.kernel}" for p in self.runtime_peaks)
         return Roof(
-            name=f"this-machine ({label})",
+            name=f"this-machine ({source}, {label})",
             bandwidth_gbs=self.bandwidth_gbs,
             peak_gflops=peaks,
-            note="measured: " + self.bandwidth_method,
+            note="measured: " + self.bandwidth_method + (f"; peaks: {kernels}" if kernels else ""),
         )
 
 
@@ -131,14 +198,18 @@ def roofline_floor_ms(
     activation_bytes: int = 0,
     precision: str = "fp32",
     threads: int | None = None,
+    runtime: str | None = None,
 ) -> RooflineFloor:
-    """Return max(bytes moved / bandwidth, FLOPs / peak) in ms; bytes moved are at least the weight bytes."""
+    """Return max(bytes moved / bandwidth, FLOPs / peak) in ms; bytes moved are at least the weight bytes.
+
+    On a measured machine the peak is `runtime`'s own (see `MachineProfile.roof`); a `Roof` is taken as is.
+    """
     if weight_bytes < 0 or activation_bytes < 0 or (flops is not None and flops < 0):
         raise ValidationError(
             f"roofline inputs must be non-negative (weights {weight_bytes}, activations {activation_bytes}, "
             f"flops {flops})"
         )
-    roof = machine.roof(threads) if isinstance(machine, MachineProfile) else machine
+    roof = machine.roof(threads, runtime) if isinstance(machine, MachineProfile) else machine
     wanted = normalize_precision(precision)
     used, peak = roof.peak_for(wanted)
     moved = weight_bytes + activation_bytes
@@ -252,8 +323,100 @@ def measure_int8_gops(threads: int, size: int = _INT8_SIZE, repeats: int = _REPE
     return 2 * size**3 / seconds / 1e9
 
 
+def _ort_matmul_model(precision: Literal["fp32", "int8"], size: int) -> bytes:
+    """Build a one-node ONNX graph: fp32 MatMul, or MatMulInteger uint8 x int8 -> int32.
+
+    MatMulInteger with an activation zero point is what quantize_dynamic emits (ORT fuses it with the
+    DynamicQuantizeLinear before it into the same MLAS QGEMM). The weight is an initializer, so ONNX Runtime
+    pre-packs it as it does a real model's weights.
+    """
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    if precision == "fp32":
+        weight = numpy_helper.from_array(rng.standard_normal((size, size)).astype(np.float32), "b")
+        node = helper.make_node("MatMul", ["a", "b"], ["y"])
+        initializers, a_type, y_type = [weight], TensorProto.FLOAT, TensorProto.FLOAT
+    else:
+        weight = numpy_helper.from_array(rng.integers(-127, 128, (size, size), dtype=np.int8), "b")
+        a_zero = numpy_helper.from_array(np.array(128, dtype=np.uint8), "a_zero")
+        b_zero = numpy_helper.from_array(np.array(0, dtype=np.int8), "b_zero")
+        node = helper.make_node("MatMulInteger", ["a", "b", "a_zero", "b_zero"], ["y"])
+        initializers, a_type, y_type = [weight, a_zero, b_zero], TensorProto.UINT8, TensorProto.INT32
+    graph = helper.make_graph(
+        [node],
+        f"peak_{precision}",
+        [helper.make_tensor_value_info("a", a_type, [size, size])],
+        [helper.make_tensor_value_info("y", y_type, [size, size])],
+        initializer=initializers,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+def measure_ort_gops(
+    precision: Literal["fp32", "int8"],
+    threads: int,
+    size: int = _ORT_SIZE,
+    repeats: int = _REPEATS,
+    budget_s: float = _ORT_BUDGET_S,
+) -> float | None:
+    """Measure ONNX Runtime's CPU matmul rate at `precision` and `threads` intra-op threads, best of N.
+
+    None where onnxruntime is missing or cannot run the graph (logged, with the reason).
+    """
+    try:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        session = ort.InferenceSession(
+            _ort_matmul_model(precision, size), options, providers=["CPUExecutionProvider"]
+        )
+        rng = np.random.default_rng(1)
+        if precision == "fp32":
+            feed = {"a": rng.standard_normal((size, size)).astype(np.float32)}
+        else:
+            feed = {"a": rng.integers(0, 256, (size, size), dtype=np.uint8)}
+        seconds = _best_seconds(lambda: session.run(None, feed), repeats, budget_s)
+    except (ImportError, RuntimeError, ValueError) as error:
+        log.warning(
+            "onnxruntime peak not measured",
+            extra={"precision": precision, "threads": threads, "error": str(error)},
+        )
+        return None
+    return 2 * size**3 / seconds / 1e9
+
+
+def _measure_ort_at(precision: Literal["fp32", "int8"], threads: int) -> float | None:
+    """Measure ONNX Runtime's `precision` matmul rate at `threads` threads, default size and budget."""
+    return measure_ort_gops(precision, threads)
+
+
+def _runtime_peak(
+    runtime: RuntimeFamily,
+    precision: Precision,
+    kernel: str,
+    measure: Callable[[int], float | None],
+    threads: int,
+) -> RuntimePeak | None:
+    """Measure one runtime's peak at 1 thread and at `threads`; None when either run is impossible here."""
+    one = measure(1)
+    if not one:
+        return None
+    every = measure(threads) if threads > 1 else one
+    if not every:
+        return None
+    return RuntimePeak(
+        runtime=runtime, precision=precision, gflops_1thread=one, gflops_all=every, kernel=kernel
+    )
+
+
 def measure_machine() -> MachineProfile:
-    """Measure this machine's bandwidth and fp32/int8 compute now (a few seconds)."""
+    """Measure this machine's bandwidth and each runtime's fp32/int8 compute now (a few seconds)."""
     started = time.perf_counter()
     threads = psutil.cpu_count(logical=False) or os.cpu_count() or 1
     try:
@@ -266,11 +429,43 @@ def measure_machine() -> MachineProfile:
         raise MeasurementError(
             f"not enough memory for the {_BANDWIDTH_ARRAY_BYTES >> 20} MiB bandwidth arrays"
         ) from None
+    peaks = [
+        RuntimePeak(
+            runtime="torch",
+            precision="fp32",
+            gflops_1thread=fp32_one,
+            gflops_all=fp32_all,
+            kernel=f"torch.mm fp32, {_MATMUL_SIZE}^3",
+        )
+    ]
+    if int8_one and int8_all:
+        peaks.append(
+            RuntimePeak(
+                runtime="torch",
+                precision="int8",
+                gflops_1thread=int8_one,
+                gflops_all=int8_all,
+                kernel=f"torch._int_mm int8 x int8 -> int32, {_INT8_SIZE}^3",
+            )
+        )
+    ort_kernels: dict[Literal["fp32", "int8"], str] = {
+        "fp32": f"onnxruntime MatMul fp32 (MLAS SGEMM), {_ORT_SIZE}^3, weight pre-packed",
+        "int8": f"onnxruntime MatMulInteger uint8 x int8 -> int32 (MLAS QGEMM, as quantize_dynamic emits), "
+        f"{_ORT_SIZE}^3, weight pre-packed",
+    }
+    for precision, kernel in ort_kernels.items():
+        peak = _runtime_peak(
+            "onnxruntime", precision, kernel, functools.partial(_measure_ort_at, precision), threads
+        )
+        if peak is not None:
+            peaks.append(peak)
+    measured = ", ".join(f"{p.runtime} {p.precision}" for p in peaks)
     note = (
-        "torch._int_mm (int8 x int8 -> int32) as this torch build runs it; a runtime with VNNI/AMX or dot-"
-        "product kernels may go faster"
+        "int8_gops_* are torch._int_mm (int8 x int8 -> int32) as this torch build runs it; every runtime's "
+        f"own int8 kernel is in runtime_peaks (measured: {measured})"
         if int8_one
-        else "int8 matmul could not run here (torch._int_mm missing or without a CPU kernel); no int8 peak"
+        else "torch._int_mm could not run here (missing or without a CPU kernel); runtime_peaks holds what "
+        f"was measured ({measured})"
     )
     profile = MachineProfile(
         fingerprint=machine_fingerprint(),
@@ -290,6 +485,7 @@ def measure_machine() -> MachineProfile:
         int8_gops_1thread=int8_one,
         int8_gops_all=int8_all,
         int8_note=note,
+        runtime_peaks=peaks,
         measured_at=datetime.now(timezone.utc),
         measure_s=time.perf_counter() - started,
     )
@@ -299,6 +495,7 @@ def measure_machine() -> MachineProfile:
             "bandwidth_gbs": bandwidth,
             "fp32_gflops_all": fp32_all,
             "fp32_gflops_1thread": fp32_one,
+            "peaks": {f"{p.runtime} {p.precision}": round(p.gflops_all, 1) for p in peaks},
             "measure_s": profile.measure_s,
         },
     )

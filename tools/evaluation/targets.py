@@ -3,7 +3,10 @@
 Only "this-machine" is measured (tools.evaluation.machine). Every other target's latency is a projection:
 this machine's measured latency times (roofline floor on the target / roofline floor here), i.e. this
 machine's measured efficiency applied to the target's floor, always returned with `estimated=True` and the
-method. Datasheet figures are dense peaks (NVIDIA quotes INT8 TOPS with 2:4 structured sparsity; dense is
+method. The floor here uses the peaks of the runtime that measured the latency. A projection is never below
+the target's own floor: a latency measured faster than the floor here means that floor is wrong, which is
+reported as `floor_error`, and the target's floor itself is given as the (lower-bound) estimate.
+Datasheet figures are dense peaks (NVIDIA quotes INT8 TOPS with 2:4 structured sparsity; dense is
 half) and theoretical DRAM bandwidth, of which an achievable fraction (stated per target) is used.
 """
 
@@ -224,9 +227,7 @@ def _builtin_targets() -> dict[str, TargetProfile]:
 
 def this_machine_target(machine: MachineProfile) -> TargetProfile:
     """Describe this machine as a target from its measured profile (not estimated)."""
-    peaks = {"fp32": machine.fp32_gflops_all}
-    if machine.int8_gops_all:
-        peaks["int8"] = machine.int8_gops_all
+    peaks = dict(machine.roof().peak_gflops)  # the highest measured peak of each precision, any runtime
     total = machine.memory_gb
     return TargetProfile(
         name=THIS_MACHINE,
@@ -309,14 +310,23 @@ class ProjectedLatency(BaseModel):
     batch: int
     efficiency: float | None = Field(
         default=None,
-        description="Measured latency here / roofline floor here (>= 1 means slower than floor).",
+        description="Measured latency here / roofline floor here (>= 1 means slower than floor; below 1 the "
+        "floor here is wrong, see floor_error).",
     )
     floor_here: RooflineFloor | None = None
     floor_target: RooflineFloor | None = None
+    floor_error: str | None = Field(
+        default=None,
+        description="Set when the latency measured here beats the floor here (efficiency < 1): that floor "
+        "is a measurement error, nothing is projected from it, and latency_ms is the target's own floor "
+        "(a lower bound).",
+    )
 
     @property
     def label(self) -> str:
-        """A human label that always says when the figure is an estimate."""
+        """A human label that always says when the figure is an estimate, and when only a lower bound."""
+        if self.floor_error is not None:
+            return f">= {self.latency_ms:.3g} ms (estimated: target's roofline floor; floor here mismeasured)"
         return f"{self.latency_ms:.3g} ms" + (" (estimated)" if self.estimated else " (measured)")
 
 
@@ -357,6 +367,7 @@ def project_latency(
         activation_bytes=activation_bytes,
         precision=wanted,
         threads=measured.threads,
+        runtime=measured.runtime,
     )
     there = roofline_floor_ms(
         size.weight_bytes, total_flops, target.roof(), activation_bytes=activation_bytes, precision=wanted
@@ -364,6 +375,8 @@ def project_latency(
     if here.floor_ms <= 0:
         raise ValidationError("cannot project latency: the model moves no bytes and does no FLOPs")
     efficiency = measured.p50_ms / here.floor_ms
+    if efficiency < 1:
+        return _floor_error_projection(measured, target, wanted, efficiency, here, there)
     return ProjectedLatency(
         target=target.name,
         latency_ms=efficiency * there.floor_ms,
@@ -371,14 +384,53 @@ def project_latency(
         method=(
             f"roofline projection: measured p50 here ({measured.p50_ms:.3g} ms on {measured.runtime}) x "
             f"floor on target ({there.floor_ms:.3g} ms, {there.bound}-bound) / floor here "
-            f"({here.floor_ms:.3g} ms, {here.bound}-bound); assumes the target reaches the same fraction of "
-            "its roofline as this machine, which ignores kernel-launch overhead and runtime differences"
+            f"({here.floor_ms:.3g} ms, {here.bound}-bound, {here.roof}); assumes the target reaches the same "
+            "fraction of its roofline as this machine, which ignores kernel-launch overhead and runtime "
+            "differences"
         ),
         precision=wanted,
         batch=measured.batch,
         efficiency=efficiency,
         floor_here=here,
         floor_target=there,
+    )
+
+
+def _floor_error_projection(
+    measured: RuntimeFigures,
+    target: TargetProfile,
+    precision: Precision,
+    efficiency: float,
+    here: RooflineFloor,
+    there: RooflineFloor,
+) -> ProjectedLatency:
+    """Give the target's own floor (a lower bound) when the latency measured here beats the floor here."""
+    unit = "GOP/s" if here.peak_precision.startswith("int") else "GFLOP/s"
+    ceiling = (
+        f"{here.peak_gflops:.3g} {unit} {here.peak_precision} peak"
+        if here.bound == "compute"
+        else f"{here.bandwidth_gbs:.3g} GB/s bandwidth"
+    )
+    error = (
+        f"measured p50 here ({measured.p50_ms:.3g} ms on {measured.runtime}, {measured.threads} threads) "
+        f"is {1 / efficiency:.3g}x below the {here.bound}-bound roofline floor here ({here.floor_ms:.3g} ms "
+        f"from the {ceiling} of {here.roof}): that ceiling was measured too low for this runtime, so this "
+        "floor is wrong and nothing is projected from it"
+    )
+    return ProjectedLatency(
+        target=target.name,
+        latency_ms=there.floor_ms,
+        estimated=True,
+        method=(
+            f"target's own roofline floor ({there.floor_ms:.3g} ms, {there.bound}-bound), a lower bound, "
+            f"not a projection: {error}"
+        ),
+        precision=precision,
+        batch=measured.batch,
+        efficiency=efficiency,
+        floor_here=here,
+        floor_target=there,
+        floor_error=error,
     )
 
 
