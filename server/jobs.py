@@ -148,6 +148,7 @@ class JobService:
         episodes: int | None = None,
         job_id: str | None = None,
         goal_history: Sequence[str] = (),
+        stop_at_first: bool = False,
     ) -> JobRecord:
         """Store the model as version 1 of a new job and record the job (status queued)."""
         from tools.evaluation.policy import is_policy
@@ -198,6 +199,7 @@ class JobService:
             goal_history=list(goal_history),
             max_attempts=max_attempts or self.settings.max_attempts,
             time_budget_s=time_budget_s or self.settings.time_budget_s,
+            stop_at_first=stop_at_first,
             attempt_memory_mb=self.settings.attempt_memory_mb,
             latency_threads=self.settings.latency_threads,
             latency_iterations=min(self.settings.latency_iterations, 30),
