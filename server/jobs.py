@@ -16,7 +16,7 @@ from typing import Any, Awaitable, Callable, Sequence
 from agents.base import Reasoner
 from agents.intake import INTAKE, AccuracyKind, GoalSpec, IntakeInput, ModelFacts
 from graph.events import Event
-from graph.nodes.intake import accuracy_kind
+from graph.nodes.intake import accuracy_kind, with_job_options
 from graph.runner import CheckpointInfo, JobResult, JobRunner
 from graph.state import DataSource, JobOptions
 from server.errors import GoalUnclearError
@@ -298,9 +298,10 @@ class JobService:
         record = self.history.get_job(job_id)
         options = JobOptions.model_validate(record.options["job"])
         history = options.goal_history if goal is None else []
-        return await self.parse_goal(
+        parsed = await self.parse_goal(
             goal or record.goal, options.model, accuracy_kind(options.accuracy), options.target, history
         )
+        return with_job_options(parsed, options)  # as the intake node reads it (stop_at_first)
 
     def discard(self, job_id: str) -> None:
         """Remove a job that never ran: its versions and its history."""
