@@ -1,7 +1,10 @@
 """Evaluation: judge one attempt's measured candidate against its parent, the baseline and the goal.
 
 Hard guards come first and no reasoner can overrule them: a candidate that breaks the accuracy criterion, or
-is slower than its parent on the latency target, or improves nothing, is rejected even when it is smaller.
+is slower than its parent on the latency target, or improves nothing, is rejected even when it is smaller. Once a
+version meets every criterion, a candidate that also meets them but is not better than the best such version on
+the goal's priority is rejected too: it stays stored, but the search does not continue from it (a version no
+better than the best would only lead the next attempts away from it).
 Within the guards, `judge_rules` (or the LLM, through the `evaluation` prompt) decides and explains.
 """
 
@@ -43,6 +46,11 @@ class VerdictInput(BaseModel):
     candidate: Measurement
     check: CriteriaCheck = Field(description="The candidate's criteria check against the baseline.")
     parent_check: CriteriaCheck
+    best: Measurement | None = Field(
+        default=None,
+        description="The best version so far that meets every criterion (None while none does): a candidate that "
+        "also meets them must beat it on the goal's priority to be kept.",
+    )
     guards: list[Guard]
 
 
@@ -72,8 +80,10 @@ def guards(
     candidate: Measurement,
     check: CriteriaCheck,
     parent_check: CriteriaCheck,
+    best: Measurement | None = None,
 ) -> list[Guard]:
-    """The hard rules: accuracy kept, not slower than the parent on the target, and some real gain."""
+    """The hard rules: accuracy kept, not slower than the parent on the target, some real gain, and, when a
+    version already meets every criterion, better than the best such version on the goal's priority."""
     target = goal.criteria.latency_target
     result: list[Guard] = []
     accuracy = [r for r in check.results if r.name in ("accuracy_floor", "max_accuracy_drop")]
@@ -120,7 +130,44 @@ def guards(
             or "neither smaller nor faster than its parent",
         )
     )
+    if best is not None and check.passed and not goal.stop_at_first:
+        result.append(beats_best(goal, best, candidate))
     return result
+
+
+def beats_best(goal: GoalSpec, best: Measurement, candidate: Measurement) -> Guard:
+    """Whether a candidate that meets every criterion beats the best passing version on the goal's priority:
+    faster (latency), smaller (size), or faster and no larger / smaller and no slower (Pareto)."""
+    target, priority = goal.criteria.latency_target, goal.priority
+    before, after = _latency(best, target), _latency(candidate, target)
+    size_before, size_after = _size(best), _size(candidate)
+    faster = bool(before and after and after < before * (1 - LATENCY_NOISE))
+    not_slower = bool(before and after and after <= before * (1 + LATENCY_NOISE))
+    smaller = bool(size_before and size_after and size_after < size_before * (1 - MIN_GAIN))
+    not_larger = bool(size_before and size_after and size_after <= size_before * (1 + MIN_GAIN))
+    passed = {
+        "latency": faster,
+        "size": smaller,
+        "pareto": (faster and not_larger) or (smaller and not_slower),
+    }[priority]
+    figures = ", ".join(
+        part
+        for part in (
+            f"p50 on {target} {after:.3f} ms against {before:.3f} ms" if before and after else "",
+            f"{size_after:,} bytes against {size_before:,}" if size_before and size_after else "",
+        )
+        if part
+    )
+    return Guard(
+        name="beats_best",
+        passed=passed,
+        detail=(
+            f"meets every criterion but is not better on {priority} than the best passing version "
+            f"{best.version_id} ({figures}); kept as a version, not continued from"
+            if not passed
+            else f"better on {priority} than the best passing version {best.version_id} ({figures})"
+        ),
+    )
 
 
 def judge_rules(payload: VerdictInput) -> Verdict:

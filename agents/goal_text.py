@@ -115,6 +115,11 @@ SMALLEST = re.compile(
     r"|minimi[sz]e (?:the )?(?:model )?size"
     r"|as light as possible|\blightest\b"
 )
+STOP_AT_FIRST = re.compile(
+    r"\bgood enough\b|\bstop at (?:the )?first\b|\bfirst (?:version|model|one) that (?:meets|passes|reaches)"
+    r"|\bno need to (?:search|look) (?:further|for better)\b|\bdon'?t (?:search|look) (?:further|for (?:a )?better)"
+)
+"""The user asks to stop once every criterion passes, without searching for a better version."""
 FASTER = re.compile(
     r"\bfaster\b|\bquicker\b|speed\s*(?:it\s*)?up|\bspeedup\b|\baccelerat\w*|(?:reduce|lower) latency"
 )

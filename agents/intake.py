@@ -16,6 +16,7 @@ from agents import goal_text as gt
 from agents.base import AgentSpec
 from tools.errors import NotFoundError, ValidationError
 from tools.evaluation.criteria import Criteria
+from tools.evaluation.report import SearchPriority
 from tools.evaluation.targets import (
     THIS_MACHINE,
     canonical_target_name,
@@ -71,8 +72,14 @@ class GoalSpec(BaseModel):
     criteria: Criteria = Field(default_factory=Criteria)
     objective: Objective = Field(
         default="meet",
-        description="'meet': stop once every criterion passes; 'fastest'/'smallest': keep improving while "
-        "budget is left ('as fast as possible').",
+        description="'meet': every criterion must pass, then the search keeps improving on the goal's priority "
+        "while a candidate's predicted gain exceeds measurement noise; 'fastest'/'smallest': that priority is "
+        "named outright ('as fast as possible').",
+    )
+    stop_at_first: bool = Field(
+        default=False,
+        description="Stop at the first version that meets every criterion, without searching for a better one "
+        "('good enough', 'stop at the first version that meets it', --stop-at-first).",
     )
     targets: list[str] = Field(
         default_factory=list, description="Canonical target names to report on; includes the latency target."
@@ -83,6 +90,20 @@ class GoalSpec(BaseModel):
     question: str | None = Field(
         default=None, description="Set when the goal contradicts itself or is impossible on its face."
     )
+
+    @property
+    def priority(self) -> SearchPriority:
+        """What 'better' means once every criterion passes: latency for a speed goal, size for a size goal,
+        else Pareto dominance (faster and no larger, or smaller and no slower)."""
+        if self.objective == "fastest":
+            return "latency"
+        if self.objective == "smallest":
+            return "size"
+        speed = self.criteria.max_latency_ms is not None or self.criteria.min_speedup is not None
+        size = self.criteria.max_size_mb is not None or self.criteria.min_compression is not None
+        if speed != size:
+            return "latency" if speed else "size"
+        return "pareto"
 
     @property
     def needs_answer(self) -> bool:
@@ -106,6 +127,7 @@ class _Reading:
     fields: dict[str, Any] = field(default_factory=dict)
     accuracy: dict[str, Any] | None = None
     objective: Objective | None = None
+    stop_at_first: bool = False
     targets: list[str] = field(default_factory=list)
     issues: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -269,12 +291,17 @@ def _read_message(text: str, job: AccuracyKind) -> _Reading:
     _read_ratios(reading, statements)
     _read_accuracy(reading, statements, blanked, job)
     _read_objective(reading, blanked, statements)
+    reading.stop_at_first = bool(gt.STOP_AT_FIRST.search(blanked))
     if gt.asks_faster_and_slower(blanked):
         reading.issues.append(
             "The goal asks for the model to be faster and also slower. Which is it? Say e.g. '3x faster', or "
             "'at most 2x slower' if speed may be traded for size."
         )
     reading.recognised = bool(statements or mentions or reading.accuracy or reading.objective)
+    if reading.stop_at_first:
+        reading.notes.append(
+            "stopping at the first version that meets every criterion, as asked (no search for a better one)"
+        )
     return reading
 
 
@@ -322,6 +349,7 @@ def parse_goal_rules(payload: IntakeInput) -> GoalSpec:
     latest = _read_message(payload.text, job)
     fields: dict[str, Any] = {}
     accuracy, objective, targets = None, None, []
+    stop_at_first = any(r.stop_at_first for r in [*readings, latest])
     for reading in [*readings, latest]:
         fields.update(reading.fields)
         accuracy, objective = reading.accuracy or accuracy, reading.objective or objective
@@ -366,12 +394,19 @@ def parse_goal_rules(payload: IntakeInput) -> GoalSpec:
     spec = GoalSpec(
         criteria=criteria,
         objective=objective or "meet",
+        stop_at_first=stop_at_first,
         targets=targets,
         assumptions=assumptions,
         question=" ".join(issues) or None,
     )
     log.info(
-        "goal read", extra={"component": "intake", "objective": spec.objective, "asks": spec.needs_answer}
+        "goal read",
+        extra={
+            "component": "intake",
+            "objective": spec.objective,
+            "stop_at_first": spec.stop_at_first,
+            "asks": spec.needs_answer,
+        },
     )
     return spec
 
@@ -409,6 +444,11 @@ def check_goal(payload: IntakeInput, spec: GoalSpec) -> None:
         raise ValidationError(
             f"latency target {spec.criteria.latency_target} is missing from targets {spec.targets}",
             hint="targets must include the latency target",
+        )
+    if spec.stop_at_first and not gt.STOP_AT_FIRST.search(text):
+        raise ValidationError(
+            "stop_at_first is set but the goal never asks to stop at the first version that meets it",
+            hint="leave stop_at_first false unless the user says 'good enough' or 'stop at the first'",
         )
     words = gt.criterion_words(text)
     for name, kind in _FIELD_WORDS.items():

@@ -18,6 +18,7 @@ from agents.intake import GoalSpec
 from tools.errors import RoboptError, ValidationError
 from tools.evaluation.criteria import CriteriaCheck
 from tools.evaluation.measurement import Measurement
+from tools.evaluation.report import SearchStop
 from tools.evaluation.sensitivity import LayerSensitivity
 
 QUANTIZED_BY = {
@@ -116,6 +117,7 @@ class AttemptSummary(BaseModel):
     speedup: float | None = Field(default=None, description="Parent p50 / candidate p50 on the target.")
     compression: float | None = Field(default=None, description="Parent bytes / candidate bytes.")
     accuracy: float | None = Field(default=None, description="The candidate's headline accuracy value.")
+    passed: bool = Field(default=False, description="The candidate met every criterion of the goal.")
 
 
 class PlanningInput(BaseModel):
@@ -136,6 +138,14 @@ class PlanningInput(BaseModel):
         default=None,
         description="The latest accepted version that is not quantized (the original, or its FP32 export) when "
         "the current version is quantized: lossy chains never tried on it can start from it (`start_from`).",
+    )
+    best: VersionSummary | None = Field(
+        default=None,
+        description="The best version so far that meets every criterion (fastest for a latency priority, "
+        "smallest for a size priority); None while none does. Once set, the search looks for a better one.",
+    )
+    improvement_attempts: int = Field(
+        default=0, ge=0, description="Attempts made since a version first met every criterion."
     )
     techniques: list[TechniqueOption]
     attempts_left: int
@@ -175,6 +185,11 @@ class PlanStep(BaseModel):
         default=None,
         description="Version the steps apply to: None for the current version, or the float_base version's id "
         "to try a chain from the unquantized model when the current (quantized) one leaves nothing to try.",
+    )
+    stop: SearchStop | None = Field(
+        default=None,
+        description="With 'finish': the rule that stopped the search, and the chains left untried with their "
+        "predicted gains.",
     )
 
 

@@ -6,22 +6,36 @@ and only when the goal needs more than quantization gives or asks for the best m
 the default speed and size step; sensitive layers are kept in float when INT8 breaks accuracy (mixed
 precision); 4-bit weights when the size limit needs more than INT8; FP32 ONNX Runtime as the lossless speed step.
 Techniques measured slower than FP32 on this machine are not chosen when latency matters.
+Once a version meets every criterion, the search goes on for a better one on the goal's priority while an
+untried chain's predicted gain beats measurement noise (`agents.improvement`), unless the goal asks to stop at
+the first version that meets it.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from agents.analysis import CONV_HEAVY_SHARE
+from agents.improvement import (
+    MAX_IMPROVEMENT_ATTEMPTS,
+    Prediction,
+    describe,
+    noise_threshold,
+    predict,
+    search_stop,
+)
 from agents.planning import (
     QUANTIZED_BY,
     PlannedTechnique,
     PlanningInput,
     PlanStep,
     TechniqueOption,
+    VersionSummary,
     ruled_out_techniques,
     same_steps,
 )
+from tools.evaluation.report import SearchStopRule
 
 STRUCTURAL_MIN_SECONDS = 150.0
 """Prune + distill is only planned with at least this much wall time left (distillation is time-bounded)."""
@@ -261,21 +275,38 @@ def _tried(payload: PlanningInput, steps: list[PlannedTechnique]) -> bool:
     )
 
 
+def _finish(
+    payload: PlanningInput, rule: SearchStopRule, rationale: str, untried: list[Prediction] | None = None
+) -> PlanStep:
+    """A 'finish' step that records the rule that stopped the search."""
+    return PlanStep(action="finish", rationale=rationale, stop=search_stop(rule, rationale, payload, untried))
+
+
 def plan_rules(payload: PlanningInput) -> PlanStep:
-    """Finish when the goal is met (and asks no more) or nothing untried can help; else the best next attempt."""
+    """Finish when the goal asks to stop at the first version that meets it, when accuracy is missed or nothing
+    untried can help; once a version meets every criterion, search for a better one while a candidate's
+    predicted gain beats noise; else the best next attempt towards the goal."""
     goal, check = payload.goal, payload.check
     version = payload.current.version_id
-    if check.passed and goal.objective == "meet":
-        return PlanStep(action="finish", rationale=f"version {version} meets every criterion")
+    if check.passed and goal.stop_at_first:
+        return _finish(
+            payload,
+            "goal_met_stop_at_first",
+            f"version {version} meets every criterion; the goal asks to stop at the first version that does",
+        )
     accuracy_missing = [r for r in check.missing if r.name in ("accuracy_floor", "max_accuracy_drop")]
     if accuracy_missing:
-        return PlanStep(
-            action="finish",
-            rationale=f"version {version} misses the accuracy criterion ({accuracy_missing[0].note}); "
+        return _finish(
+            payload,
+            "accuracy_missed",
+            f"version {version} misses the accuracy criterion ({accuracy_missing[0].note}); "
             "compression cannot raise accuracy",
         )
     if payload.attempts_left <= 0:
-        return PlanStep(action="finish", rationale="no attempts left in the budget")
+        return _finish(payload, "attempts_spent", "no attempts left in the budget")
+    best = payload.best or (payload.current if check.passed else None)
+    if best is not None:
+        return _improve(payload, best)
     plans = [(steps, why) for steps, why in candidate_attempts(payload) if not _tried(payload, steps)]
     start_from = None
     base = payload.float_base
@@ -288,10 +319,10 @@ def plan_rules(payload: PlanningInput) -> PlanStep:
     if not plans:
         missing = ", ".join(r.name for r in check.missing) or "nothing"
         tried = f" or version {base.version_id}" if base is not None and base.version_id != version else ""
-        return PlanStep(
-            action="finish",
-            rationale=f"no untried technique can improve version {version}{tried} further "
-            f"(still missing: {missing})",
+        return _finish(
+            payload,
+            "nothing_untried",
+            f"no untried technique can improve version {version}{tried} further (still missing: {missing})",
         )
     steps, why = plans[0]
     return PlanStep(
@@ -299,5 +330,105 @@ def plan_rules(payload: PlanningInput) -> PlanStep:
         steps=steps,
         rationale=why,
         then=["+".join(step.technique for step in later) for later, _ in plans[1:3]],
+        start_from=start_from,
+    )
+
+
+def _improving_goals(payload: PlanningInput) -> list[PlanningInput]:
+    """The payload as the candidate rules see a search for the goal's priority: 'fastest' for latency,
+    'smallest' for size, both (fastest first) for Pareto dominance."""
+    objectives = {"latency": ["fastest"], "size": ["smallest"], "pareto": ["fastest", "smallest"]}
+    return [
+        payload.model_copy(update={"goal": payload.goal.model_copy(update={"objective": objective})})
+        for objective in objectives[payload.goal.priority]
+    ]
+
+
+def _with_quantization(
+    plans: list[tuple[list[PlannedTechnique], str]],
+) -> list[tuple[list[PlannedTechnique], str]]:
+    """Structural chains (prune, distill) followed by the first single quantization step planned beside them:
+    a pruned float model is rarely better than a quantized one, the pruned and quantized one can be (the
+    evals' oracle finds structured pruning + 4-bit weights on the conv policy)."""
+    quantize = next(
+        (steps for steps, _ in plans if len(steps) == 1 and steps[0].technique in QUANTIZED_BY), None
+    )
+    if quantize is None:
+        return []
+    return [
+        (steps + quantize, f"{why}, then {quantize[0].technique}")
+        for steps, why in plans
+        if steps[0].technique == "structured_prune" and len(steps) + len(quantize) <= 3
+    ]
+
+
+def improvement_predictions(payload: PlanningInput, best: VersionSummary) -> list[Prediction]:
+    """Every untried chain from the current version (and the unquantized base, when the current one is
+    quantized) with its predicted gain over the best passing version, highest first."""
+    sources = [payload.current]
+    base = payload.float_base
+    if base is not None and base.version_id != payload.current.version_id:
+        sources.append(base)
+    seen: set[str] = set()
+    predictions: list[Prediction] = []
+    for source in sources:
+        branch = payload if source is payload.current else payload.model_copy(update={"current": source})
+        plans: list[tuple[list[PlannedTechnique], str]] = []
+        for improving in _improving_goals(branch):
+            found = candidate_attempts(improving)
+            plans += found + _with_quantization(found)
+        for steps, why in plans:
+            key = json.dumps([source.version_id, [step.config_json() for step in steps]], sort_keys=True)
+            if key in seen or _tried(branch, steps):
+                continue
+            seen.add(key)
+            if source is not payload.current:
+                why = f"from version {source.version_id} (not quantized): {why}"
+            predictions.append(predict(payload, source, best, steps, why))
+    return sorted(predictions, key=lambda p: -p.gain)
+
+
+def _improve(payload: PlanningInput, best: VersionSummary) -> PlanStep:
+    """The goal is met by `best`: the untried chain with the highest predicted gain on the priority, or the rule
+    that stops the search (improvement budget spent, nothing untried, best gain below noise)."""
+    priority = payload.goal.priority
+    predictions = improvement_predictions(payload, best)
+    met = f"version {best.version_id} meets every criterion"
+    if payload.goal.objective == "meet" and payload.improvement_attempts >= MAX_IMPROVEMENT_ATTEMPTS:
+        # a goal that names its limits gets a bounded search beyond them; 'fastest' / 'smallest' asked for it
+        return _finish(
+            payload,
+            "attempts_spent",
+            f"{met}; the {MAX_IMPROVEMENT_ATTEMPTS} attempts allowed for finding a better one after that are spent",
+            predictions,
+        )
+    if not predictions:
+        return _finish(
+            payload, "nothing_untried", f"{met}; no untried chain is left to look for a {describe(priority)}"
+        )
+    top, threshold = predictions[0], noise_threshold(priority)
+    if top.gain < threshold:
+        return _finish(
+            payload,
+            "gain_below_noise",
+            f"{met}; the best untried chain, {top.chain} from version {top.start_from}, is predicted "
+            f"{top.gain:+.1%} on {priority} over it, below the {threshold:.0%} measurement noise",
+            predictions,
+        )
+    start_from = top.start_from if top.start_from != payload.current.version_id else None
+    figures = ", ".join(
+        part
+        for part in (
+            f"{top.speedup:.2f}x its speed" if top.speedup else "",
+            f"{top.compression:.2f}x its compression" if top.compression else "",
+        )
+        if part
+    )
+    return PlanStep(
+        action="apply",
+        steps=top.steps,
+        rationale=f"{met}; looking for a {describe(priority)}: {top.rationale} (predicted {figures} against "
+        f"version {best.version_id}, {top.gain:+.0%} on {priority})",
+        then=[p.chain for p in predictions[1:3] if p.gain >= threshold],
         start_from=start_from,
     )

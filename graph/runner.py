@@ -20,7 +20,7 @@ from graph.build import build_graph
 from graph.checkpoint import open_checkpointer
 from graph.context import GraphContext
 from graph.events import Event, EventType
-from graph.nodes.intake import accuracy_kind
+from graph.nodes.intake import accuracy_kind, with_job_options
 from graph.state import JobOptions, JobState
 from tools.errors import NotFoundError, RoboptError, ValidationError, first_line
 from tools.log import get_logger
@@ -220,7 +220,7 @@ class JobRunner:
                     default_target=options.target,
                 ),
             )
-            goal = decision.output
+            goal = with_job_options(decision.output, options)
             if goal.question:
                 raise ValidationError(f"the new goal needs an answer first: {goal.question}")
         goal_text = goal_text or values["goal_text"]

@@ -18,6 +18,7 @@ from agents.planning import PlanStep
 from tools.evaluation.criteria import CriteriaCheck
 from tools.evaluation.evaluate import AccuracyPlan
 from tools.evaluation.measurement import Measurement
+from tools.evaluation.report import SearchStop, UntriedChain
 from tools.evaluation.sensitivity import LayerSensitivity
 from tools.versions import ArtifactRef
 
@@ -63,6 +64,11 @@ class JobOptions(BaseModel):
     )
     attempt_memory_mb: int | None = Field(
         default=None, gt=0, description="Memory limit of one child process."
+    )
+    stop_at_first: bool = Field(
+        default=False,
+        description="Stop at the first version that meets every criterion instead of searching for a better "
+        "one (--stop-at-first; the goal text can ask the same).",
     )
     latency_threads: int = Field(default=1, ge=1, le=256)
     latency_iterations: int = Field(default=30, ge=3, le=100_000)
@@ -176,6 +182,8 @@ STATE_TYPES: tuple[type[BaseModel], ...] = (
     Analysis,
     Measurement,
     PlanStep,
+    SearchStop,
+    UntriedChain,
     CriteriaCheck,
     AccuracyPlan,
     ModelFacts,

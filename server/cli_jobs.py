@@ -90,6 +90,11 @@ def _job_flags(
     parser.add_argument("--out", type=Path, help="output folder (default: <data>/out/<job>)")
     parser.add_argument("--max-attempts", type=int, default=max_attempts, help="attempt budget")
     parser.add_argument("--time-budget", type=float, default=time_budget, help="wall-time budget, seconds")
+    parser.add_argument(
+        "--stop-at-first",
+        action="store_true",
+        help="stop at the first version that meets the goal instead of searching for a better one",
+    )
     parser.add_argument("--reasoner", choices=["rules", "openai"], help="default: ROBOPT_REASONER (rules)")
 
 
@@ -165,6 +170,7 @@ def _optimize(args: argparse.Namespace, settings: Settings) -> int:
         max_attempts=args.max_attempts,
         time_budget_s=args.time_budget,
         episodes=args.episodes,
+        stop_at_first=args.stop_at_first,
     )
     print(f"robopt: job {record.id}: {args.goal}", file=sys.stderr, flush=True)
     result = asyncio.run(service.run(record.id))

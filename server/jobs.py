@@ -16,7 +16,7 @@ from typing import Any, Awaitable, Callable, Sequence
 from agents.base import Reasoner
 from agents.intake import INTAKE, AccuracyKind, GoalSpec, IntakeInput, ModelFacts
 from graph.events import Event
-from graph.nodes.intake import accuracy_kind
+from graph.nodes.intake import accuracy_kind, with_job_options
 from graph.runner import CheckpointInfo, JobResult, JobRunner
 from graph.state import DataSource, JobOptions
 from server.errors import GoalUnclearError
@@ -148,6 +148,7 @@ class JobService:
         episodes: int | None = None,
         job_id: str | None = None,
         goal_history: Sequence[str] = (),
+        stop_at_first: bool = False,
     ) -> JobRecord:
         """Store the model as version 1 of a new job and record the job (status queued)."""
         from tools.evaluation.policy import is_policy
@@ -198,6 +199,7 @@ class JobService:
             goal_history=list(goal_history),
             max_attempts=max_attempts or self.settings.max_attempts,
             time_budget_s=time_budget_s or self.settings.time_budget_s,
+            stop_at_first=stop_at_first,
             attempt_memory_mb=self.settings.attempt_memory_mb,
             latency_threads=self.settings.latency_threads,
             latency_iterations=min(self.settings.latency_iterations, 30),
@@ -296,9 +298,10 @@ class JobService:
         record = self.history.get_job(job_id)
         options = JobOptions.model_validate(record.options["job"])
         history = options.goal_history if goal is None else []
-        return await self.parse_goal(
+        parsed = await self.parse_goal(
             goal or record.goal, options.model, accuracy_kind(options.accuracy), options.target, history
         )
+        return with_job_options(parsed, options)  # as the intake node reads it (stop_at_first)
 
     def discard(self, job_id: str) -> None:
         """Remove a job that never ran: its versions and its history."""

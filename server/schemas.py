@@ -93,6 +93,11 @@ class JobCreate(BaseModel):
     )
     max_attempts: int | None = Field(default=None, ge=1, le=200)
     time_budget_s: float | None = Field(default=None, gt=0, le=7 * 24 * 3600)
+    stop_at_first: bool = Field(
+        default=False,
+        description="Stop at the first version that meets the goal instead of searching for a better one "
+        "(the goal text can ask the same: 'good enough', 'stop at the first').",
+    )
 
 
 class AttemptPublic(BaseModel):
@@ -185,6 +190,10 @@ class ChatRequest(BaseModel):
     )
     max_attempts: int | None = Field(default=None, ge=1, le=200)
     time_budget_s: float | None = Field(default=None, gt=0, le=7 * 24 * 3600)
+    stop_at_first: bool = Field(
+        default=False,
+        description="Stop the started job at the first version that meets the goal (as JobCreate).",
+    )
 
 
 class ChatResponse(BaseModel):

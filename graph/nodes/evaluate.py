@@ -13,6 +13,7 @@ from graph.context import GraphContext, report_targets, run_work
 from graph.events import emit
 from graph.nodes.intake import decision_note
 from graph.nodes.optimize import attempt_event, planned_attempt, report_failure
+from graph.search import best_passing
 from graph.state import Attempt, JobState, VersionPoint
 from tools.errors import RoboptError
 from tools.evaluation.criteria import check_criteria
@@ -71,6 +72,7 @@ def make_evaluate_node(
             return {"attempts": [attempt], "last_node": "evaluate"}
         check = check_criteria(goal.criteria, baseline, measurement)
         parent_check = check_criteria(goal.criteria, baseline, current.measurement)
+        best = best_passing(state)
         payload = VerdictInput(
             goal=goal,
             steps=[str(s["type"]) for s in steps],
@@ -79,7 +81,15 @@ def make_evaluate_node(
             candidate=measurement,
             check=check,
             parent_check=parent_check,
-            guards=guards(goal, current.measurement, measurement, check, parent_check),
+            best=best.measurement if best is not None else None,
+            guards=guards(
+                goal,
+                current.measurement,
+                measurement,
+                check,
+                parent_check,
+                best=best.measurement if best is not None else None,
+            ),
         )
         decision = await reasoner.decide(EVALUATION, payload)
         verdict = decision.output

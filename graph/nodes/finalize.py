@@ -9,11 +9,12 @@ from langgraph.runtime import Runtime
 
 from graph.context import GraphContext, report_targets
 from graph.events import emit
+from graph.search import accepted_points
 from graph.state import JobState, ReportRef, VersionPoint
 from tools.evaluation.criteria import Criteria, CriteriaCheck, check_criteria
 from tools.evaluation.machine import machine_profile
 from tools.evaluation.measurement import Measurement
-from tools.evaluation.report import AttemptRecord, build_report, write_report
+from tools.evaluation.report import AttemptRecord, SearchStop, build_report, write_report
 
 
 def _latency(measurement: Measurement, target: str) -> float:
@@ -61,25 +62,15 @@ def choose_final(
 async def finalize(state: JobState, runtime: Runtime[GraphContext]) -> dict[str, Any]:
     """Pick the final version, write report.json / report.md / plots under <data>/reports/<job>/."""
     writer = runtime.stream_writer
-    goal, baseline, original = state["goal"], state["baseline"], state["original"]
+    goal, baseline = state["goal"], state["baseline"]
     if goal is None or baseline is None:
         raise RuntimeError("finalize reached without a goal and a baseline")
     emit(writer, "status", state="node", node="finalize", message="choosing the final version")
     attempts = state.get("attempts", [])
-    points = [VersionPoint(ref=original, measurement=baseline, lineage=[])]
-    lineage: dict[str, list[str]] = {}
-    for attempt in attempts:
-        if attempt.status == "accepted" and attempt.version and attempt.measurement:
-            parent = lineage.get(attempt.parent_version, [])
-            lineage[attempt.version.version_id] = parent + [str(s["type"]) for s in attempt.steps]
-            points.append(
-                VersionPoint(
-                    ref=attempt.version,
-                    measurement=attempt.measurement,
-                    lineage=lineage[attempt.version.version_id],
-                )
-            )
-    final, _ = choose_final(goal.criteria, goal.objective, baseline, points)
+    points = accepted_points(state)
+    # a size priority ('under 5 MB' with no speed asked) keeps the smallest passing version, as the search did
+    objective = "smallest" if goal.priority == "size" else goal.objective
+    final, _ = choose_final(goal.criteria, objective, baseline, points)
     records = [
         AttemptRecord(
             index=0, technique="original", status="baseline", reason="as given", measurement=baseline
@@ -99,8 +90,12 @@ async def finalize(state: JobState, runtime: Runtime[GraphContext]) -> dict[str,
         )
     notes = list(state.get("notes", []))
     plan = state.get("plan")
+    stop = None
     if plan is not None and plan.action == "finish":
         notes.append(f"stopped: {plan.rationale}")
+        stop = plan.stop or SearchStop(
+            rule="planner_finished", rationale=plan.rationale, priority=goal.priority
+        )
     machine = machine_profile(runtime.context.data_dir)
     report = build_report(
         state["goal_text"],
@@ -112,6 +107,7 @@ async def finalize(state: JobState, runtime: Runtime[GraphContext]) -> dict[str,
         machine=machine,
         notes=notes
         + [f"final version {final.ref.version_id}: {' -> '.join(final.lineage) or 'the original'}"],
+        search_stop=stop,
     )
     out = Path(runtime.context.data_dir) / "reports" / state["job_id"]
     files = write_report(report, out)

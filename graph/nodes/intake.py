@@ -7,10 +7,10 @@ from typing import Any, Awaitable, Callable
 from langgraph.runtime import Runtime
 
 from agents.base import Decision, Reasoner
-from agents.intake import INTAKE, AccuracyKind, IntakeInput
+from agents.intake import INTAKE, AccuracyKind, GoalSpec, IntakeInput
 from graph.context import GraphContext
 from graph.events import Writer, emit
-from graph.state import JobState
+from graph.state import JobOptions, JobState
 from tools.evaluation.evaluate import AccuracyPlan
 from tools.evaluation.policy import ACTION_ERROR_METRIC
 
@@ -51,6 +51,13 @@ def decision_note(writer: Writer | None, agent: str, decision: Decision[Any]) ->
     return []
 
 
+def with_job_options(goal: GoalSpec, options: JobOptions) -> GoalSpec:
+    """The goal with what the job's options ask beside the text (--stop-at-first, the API's stop_at_first)."""
+    if options.stop_at_first and not goal.stop_at_first:
+        return goal.model_copy(update={"stop_at_first": True})
+    return goal
+
+
 def make_intake_node(
     reasoner: Reasoner,
 ) -> Callable[[JobState, Runtime[GraphContext]], Awaitable[dict[str, Any]]]:
@@ -70,11 +77,11 @@ def make_intake_node(
         )
         decision = await reasoner.decide(INTAKE, payload)
         goal = decision.output
-        update: dict[str, Any] = {
-            "goal": goal,
-            "last_node": "intake",
-            "notes": decision_note(writer, "intake", decision) + [f"assumed: {a}" for a in goal.assumptions],
-        }
+        notes = decision_note(writer, "intake", decision) + [f"assumed: {a}" for a in goal.assumptions]
+        if options.stop_at_first and not goal.stop_at_first:
+            goal = with_job_options(goal, options)
+            notes.append("stopping at the first version that meets every criterion (asked with the job)")
+        update: dict[str, Any] = {"goal": goal, "last_node": "intake", "notes": notes}
         if goal.question:
             update["status"] = "needs_input"
             emit(writer, "status", state="needs_input", question=goal.question)

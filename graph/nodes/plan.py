@@ -20,9 +20,11 @@ from agents.planning import (
 from graph.context import GraphContext, attempts_left, seconds_left
 from graph.events import emit
 from graph.nodes.intake import decision_note
+from graph.search import best_passing, improvement_attempts
 from graph.state import JobState, VersionPoint
 from tools.evaluation.criteria import check_criteria
 from tools.evaluation.measurement import Measurement
+from tools.evaluation.report import SearchStop, SearchStopRule
 from tools.intake.detect import diffusion_scheduler
 from tools.techniques import list_techniques
 
@@ -100,6 +102,7 @@ def summarize_attempts(state: JobState, target: str) -> list[AttemptSummary]:
                 speedup=speedup,
                 compression=compression,
                 accuracy=after.accuracy.value if after and after.accuracy else None,
+                passed=bool(attempt.check is not None and attempt.check.passed),
             )
         )
         if attempt.status == "accepted" and attempt.version is not None and after is not None:
@@ -122,7 +125,9 @@ def make_plan_node(
         if left <= 0 or seconds <= 0:
             why = "attempt budget spent" if left <= 0 else "time budget spent"
             emit(writer, "status", state="budget_spent", message=why)
-            step = PlanStep(action="finish", rationale=why)
+            rule: SearchStopRule = "attempts_spent" if left <= 0 else "time_spent"
+            stop = SearchStop(rule=rule, rationale=why, priority=goal.priority)
+            step = PlanStep(action="finish", rationale=why, stop=stop)
             return {"plan": step, "planned_by": "budget", "last_node": "plan", "notes": [why]}
         calibration = options_calibration(state)
         payload = PlanningInput(
@@ -133,6 +138,8 @@ def make_plan_node(
             check=check_criteria(goal.criteria, baseline, current.measurement),
             attempts=summarize_attempts(state, goal.criteria.latency_target),
             float_base=_summary(base) if (base := float_base(state)) is not None else None,
+            best=_summary(best) if (best := best_passing(state)) is not None else None,
+            improvement_attempts=improvement_attempts(state),
             sensitivity=state.get("sensitivity", [])[:12],
             techniques=technique_options(),
             attempts_left=left,

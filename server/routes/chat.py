@@ -101,6 +101,7 @@ async def chat(request: ChatRequest, response: Response, services: ServicesDep) 
         simulator=request.simulator,
         max_attempts=request.max_attempts,
         time_budget_s=request.time_budget_s,
+        stop_at_first=request.stop_at_first,
     )
     accepted = await start_job(services, body, history)
     response.status_code = status.HTTP_202_ACCEPTED

@@ -124,6 +124,7 @@ async def start_job(services: AppServices, body: JobCreate, history: Sequence[st
         time_budget_s=body.time_budget_s,
         episodes=body.episodes,
         goal_history=history,
+        stop_at_first=body.stop_at_first,
     )
     try:
         goal = await services.jobs.check_goal(record.id)

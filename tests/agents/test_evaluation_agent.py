@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from agents.evaluation import EVALUATION, Verdict, VerdictInput, check_verdict, judge_rules
+from agents.evaluation import EVALUATION, Verdict, VerdictInput, check_verdict, guards, judge_rules
 from agents.intake import GoalSpec
 from agents.prompts import render_prompt
 from tests.agents.agent_figures import goal, measurement, verdict_input
@@ -171,3 +171,50 @@ def test_evaluation_prompt_renders_the_schema_and_the_input() -> None:
     text = render_prompt("evaluation", input_json=payload.model_dump_json(), output_schema=schema)
     assert schema in text and payload.model_dump_json() in text
     assert "${" not in text
+
+
+# --- once a version meets every criterion --------------------------------------------------------------------
+
+
+def _judge_against_best(
+    candidate: Measurement, best: Measurement, spec: GoalSpec = GOAL
+) -> tuple[VerdictInput, Verdict]:
+    """The verdict for `candidate` made from the original while `best` already meets every criterion."""
+    payload = verdict_input(spec, BASELINE, BASELINE, candidate)
+    payload = payload.model_copy(
+        update={
+            "best": best,
+            "guards": guards(spec, BASELINE, candidate, payload.check, payload.parent_check, best=best),
+        }
+    )
+    return payload, EVALUATION.run_rules(payload)
+
+
+def test_a_passing_candidate_that_does_not_beat_the_best_passing_version_is_not_continued_from() -> None:
+    best = measurement("v2", p50_ms=20.0, size_mib=90.0, technique="ort_int8_dynamic")
+    # faster than its parent (the original) and within every criterion, but slower than v2 at the same size
+    slower = _candidate(p50_ms=30.0, size_mib=90.0)
+    payload, verdict = _judge_against_best(slower, best)
+    assert payload.check.passed and _guard(payload, "not_slower") and _guard(payload, "improves")
+    assert not _guard(payload, "beats_best") and not verdict.accept
+    assert "not continued from" in verdict.reason and "v2" in verdict.reason
+    with pytest.raises(ValidationError, match="beats_best"):
+        check_verdict(payload, Verdict(accept=True, reason="an LLM would keep it"))
+    # Pareto (speed and size both limited): smaller and no slower beats it, smaller but slower does not
+    payload, verdict = _judge_against_best(_candidate(p50_ms=20.2, size_mib=60.0), best)
+    assert _guard(payload, "beats_best") and verdict.accept
+    payload, verdict = _judge_against_best(_candidate(p50_ms=28.0, size_mib=60.0), best)
+    assert not _guard(payload, "beats_best") and not verdict.accept
+    # a size goal counts size only
+    size_goal = goal(max_size_mb=100.0, max_accuracy_drop=1.0, accuracy_drop_unit="relative_pct")
+    payload, verdict = _judge_against_best(_candidate(p50_ms=28.0, size_mib=60.0), best, size_goal)
+    assert _guard(payload, "beats_best") and verdict.accept
+
+
+def test_no_best_guard_while_nothing_passes_or_when_the_goal_stops_at_the_first() -> None:
+    best = measurement("v2", p50_ms=20.0, size_mib=90.0, technique="ort_int8_dynamic")
+    payload, _ = _judge(_candidate(p50_ms=30.0, size_mib=90.0))
+    assert "beats_best" not in [g.name for g in payload.guards]
+    first = GOAL.model_copy(update={"stop_at_first": True})
+    payload, verdict = _judge_against_best(_candidate(p50_ms=30.0, size_mib=90.0), best, first)
+    assert "beats_best" not in [g.name for g in payload.guards] and verdict.accept

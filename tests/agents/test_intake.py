@@ -184,3 +184,45 @@ def test_prompt_renders_with_both_placeholders() -> None:
     text = render_prompt("intake", input_json=payload.model_dump_json(indent=2), output_schema=schema)
     assert "under 50 MB on a Jetson Orin Nano" in text and '"max_size_mb"' in text
     assert "${" not in text
+
+
+# --- stop at the first version that meets the goal ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "stop"),
+    [
+        ("under 50 MB, lose at most 1%", False),
+        ("under 50 MB, lose at most 1%; good enough is fine", True),
+        ("under 20 ms, stop at the first version that meets it", True),
+        ("4x smaller: the first model that passes will do", True),
+    ],
+)
+def test_good_enough_and_stop_at_the_first_keep_the_first_passing_version(text: str, stop: bool) -> None:
+    payload = IntakeInput(text=text)
+    spec = parse_goal_rules(payload)
+    assert spec.stop_at_first is stop and spec.question is None
+    check_goal(payload, spec)
+    assert any("first version that meets" in a for a in spec.assumptions) is stop
+
+
+def test_check_goal_refuses_stop_at_first_the_text_never_asked() -> None:
+    payload = IntakeInput(text="under 50 MB")
+    with pytest.raises(ValidationError, match="stop_at_first"):
+        check_goal(payload, parse_goal_rules(payload).model_copy(update={"stop_at_first": True}))
+
+
+@pytest.mark.parametrize(
+    ("text", "priority"),
+    [
+        ("under 20 ms", "latency"),
+        ("at least 3x faster", "latency"),
+        ("under 50 MB", "size"),
+        ("4x smaller", "size"),
+        ("under 50 MB and 20 ms", "pareto"),
+        ("as small as possible", "size"),
+        ("lose at most 1%", "latency"),  # no size or speed asked: 'fastest'
+    ],
+)
+def test_the_search_priority_follows_what_the_goal_limits(text: str, priority: str) -> None:
+    assert parse_goal_rules(IntakeInput(text=text)).priority == priority

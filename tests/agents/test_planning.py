@@ -11,6 +11,8 @@ from typing import Callable, Literal
 import pytest
 
 from agents.analysis import analyze_rules
+from agents.improvement import chain_effect, job_effects
+from agents.intake import GoalSpec
 from agents.planning import (
     PLANNING,
     PlannedTechnique,
@@ -21,7 +23,13 @@ from agents.planning import (
     ruled_out_techniques,
     same_steps,
 )
-from agents.planning_rules import QUANTIZED_BY, candidate_attempts, plan_rules, residual_needs
+from agents.planning_rules import (
+    QUANTIZED_BY,
+    candidate_attempts,
+    improvement_predictions,
+    plan_rules,
+    residual_needs,
+)
 from agents.prompts import render_prompt
 from tests.agents.agent_figures import (
     INT8_SIZE_RATIO,
@@ -174,12 +182,14 @@ def test_size_need_beyond_int8_plans_four_bit_weights() -> None:
     assert "6.0x" in plan.rationale
 
 
-def test_meet_objective_with_a_passing_check_finishes_but_fastest_goes_on() -> None:
+def test_stop_at_the_first_with_a_passing_check_finishes_but_fastest_goes_on() -> None:
     current = measurement("v1", p50_ms=20.0, size_mib=80.0, accuracy=0.998, technique="ort_int8_dynamic")
-    met = planning_input(goal(max_latency_ms=30.0, **KEEP_ACCURACY), BASELINE, current=current)
+    first = goal(max_latency_ms=30.0, **KEEP_ACCURACY).model_copy(update={"stop_at_first": True})
+    met = planning_input(first, BASELINE, current=current)
     assert met.check.passed
     plan = PLANNING.run_rules(met)
     assert plan.action == "finish" and "meets every criterion" in plan.rationale
+    assert plan.stop is not None and plan.stop.rule == "goal_met_stop_at_first"
     fastest = planning_input(goal("fastest", **KEEP_ACCURACY), BASELINE, calibration="data")
     assert fastest.check.passed and PLANNING.run_rules(fastest).action == "apply"
 
@@ -493,3 +503,133 @@ def test_a_ddim_diffusion_policy_keeps_the_whole_graph_export() -> None:
     plans = candidate_attempts(_diffusion("DDIM"))
     names = [steps[0].technique for steps, _ in plans]
     assert "onnx_export" in names and "lerobot_sampler_export" not in names
+
+
+# --- meet, then improve ---------------------------------------------------------------------------------------
+
+
+def _pinned(
+    options: list[TechniqueOption], name: str, speedup: float, size_ratio: float
+) -> list[TechniqueOption]:
+    """The options with `name`'s measured effect pinned on every reference model."""
+    effect = {"speedup": speedup, "size_ratio": size_ratio, "fidelity_cosine": 0.999}
+    return [
+        (
+            o.model_copy(
+                update={
+                    "speedup": speedup,
+                    "size_ratio": size_ratio,
+                    "effects": {m: dict(effect) for m in ("vla", "conv_policy", "hf_llama")},
+                }
+            )
+            if o.name == name
+            else o
+        )
+        for o in options
+    ]
+
+
+def _int8_met(spec: GoalSpec, four_bit_size: float, **changes: object) -> PlanningInput:
+    """INT8 from the original (90 ms, 300 MiB) met the goal at 18 ms and 81 MiB (5x, 3.7x as measured here);
+    4-bit weights are pinned at 3x faster and `four_bit_size` after / before."""
+    int8 = measurement("v1", p50_ms=18.0, size_mib=81.0, accuracy=0.999, technique="ort_int8_dynamic")
+    accepted = attempt(1, "v0", [INT8], status="accepted", reason="5x faster, 3.7x smaller")
+    accepted = accepted.model_copy(update={"speedup": 5.0, "compression": 3.7, "passed": True})
+    techniques = _pinned(registry_options(), "ort_matmul_4bits", 3.0, four_bit_size)
+    base = planning_input(spec, BASELINE, techniques=techniques)
+    payload = planning_input(
+        spec,
+        BASELINE,
+        current=int8,
+        fmt="onnx",
+        lineage=["ort_int8_dynamic"],
+        attempts=[accepted],
+        techniques=techniques,
+        **changes,
+    )
+    return payload.model_copy(update={"float_base": base.current})
+
+
+SIZE_GOAL = goal(max_size_mb=100.0, **KEEP_ACCURACY)
+
+
+def test_a_met_goal_keeps_searching_for_a_smaller_version_from_the_unquantized_original() -> None:
+    payload = _int8_met(SIZE_GOAL, four_bit_size=0.15)
+    assert payload.check.passed and payload.goal.priority == "size" and not payload.goal.stop_at_first
+    plan = PLANNING.run_rules(payload)
+    # 4-bit from the original: 300 MiB x 0.15 = 45 MiB against INT8's 81 MiB, predicted 1.8x smaller
+    assert plan.action == "apply" and plan.start_from == "v0", plan
+    assert _techniques(plan) == ["ort_matmul_4bits"]
+    assert "v1 meets every criterion" in plan.rationale and "smaller version" in plan.rationale
+    assert "1.80x its compression" in plan.rationale
+    check_plan(payload, plan)
+
+
+def test_the_search_stops_when_the_best_untried_gain_is_below_noise_and_lists_what_is_left() -> None:
+    # 4-bit pinned at INT8's size: nothing untried is predicted smaller than version v1
+    plan = PLANNING.run_rules(_int8_met(SIZE_GOAL, four_bit_size=INT8_SIZE_RATIO))
+    assert plan.action == "finish" and plan.stop is not None
+    assert plan.stop.rule == "gain_below_noise" and plan.stop.priority == "size"
+    assert "below the 2% measurement noise" in plan.rationale
+    untried = {u.chain: u for u in plan.stop.untried}
+    assert "ort_matmul_4bits" in untried and all(u.predicted_gain < 0.02 for u in untried.values())
+    assert untried["ort_matmul_4bits"].start_from == "v0"
+
+
+def test_what_this_job_measured_overrides_the_registry_in_predictions() -> None:
+    payload = _int8_met(SIZE_GOAL, four_bit_size=0.15)
+    measured = job_effects(payload.attempts)
+    assert measured["ort_int8_dynamic"] == (5.0, 1 / 3.7)
+    options = {o.name: o for o in registry_options(int8_speedup=2.0, int8_size_ratio=0.5)}
+    step = [PlannedTechnique(technique="ort_int8_dynamic", params={"per_channel": True})]
+    assert chain_effect(step, options, "vla", {}) == (2.0, 0.5)
+    assert chain_effect(step, options, "vla", measured) == (5.0, 1 / 3.7)
+
+
+def test_the_improvement_phase_is_bounded_and_says_so() -> None:
+    plan = PLANNING.run_rules(
+        _int8_met(SIZE_GOAL, four_bit_size=0.15).model_copy(update={"improvement_attempts": 3})
+    )
+    assert plan.action == "finish" and plan.stop.rule == "attempts_spent"
+    assert "3 attempts allowed" in plan.rationale and plan.stop.untried[0].chain == "ort_matmul_4bits"
+
+
+def test_a_latency_goal_searches_for_a_faster_version_only() -> None:
+    speed_goal = goal(max_latency_ms=30.0, **KEEP_ACCURACY)
+    # 4-bit pinned 3x faster and much smaller: slower than INT8's measured 5x, so no latency gain
+    plan = PLANNING.run_rules(_int8_met(speed_goal, four_bit_size=0.15))
+    assert plan.action == "finish" and plan.stop.rule == "gain_below_noise"
+    assert plan.stop.priority == "latency" and "below the 5% measurement noise" in plan.rationale
+
+
+def test_the_search_goes_on_from_the_best_passing_version_not_a_worse_current_one() -> None:
+    # the current version (a float branch) does not meet the goal; v1 does and stays the yardstick
+    payload = _int8_met(SIZE_GOAL, four_bit_size=0.15)
+    best = payload.current
+    branch = payload.model_copy(
+        update={
+            "current": payload.float_base,
+            "float_base": None,
+            "best": best,
+            "check": planning_input(SIZE_GOAL, BASELINE).check,
+        }
+    )
+    plan = PLANNING.run_rules(branch)
+    assert plan.action == "apply" and plan.start_from is None and _techniques(plan) == ["ort_matmul_4bits"]
+    assert "v1 meets every criterion" in plan.rationale
+
+
+def test_every_improvement_candidate_passes_check_plan_including_prune_distill_then_quantize() -> None:
+    payload = _int8_met(SIZE_GOAL, four_bit_size=0.15, calibration="data")
+    predictions = improvement_predictions(payload, payload.current)
+    chains = [p.chain for p in predictions]
+    assert "structured_prune+distill+ort_int8_dynamic" in chains, chains
+    for prediction in predictions:
+        start = None if prediction.start_from == payload.current.version_id else prediction.start_from
+        check_plan(
+            payload,
+            PlanStep(
+                action="apply", steps=prediction.steps, rationale=prediction.rationale, start_from=start
+            ),
+        )
+    assert [p.gain for p in predictions] == sorted((p.gain for p in predictions), reverse=True)

@@ -51,6 +51,28 @@ def test_conv_policy_meets_a_size_and_speed_goal_on_the_task_metric(
     assert report.comparison.speedup >= 1.5 and report.comparison.compression >= 2
     assert report.final.accuracy.metric == "action_mse" and report.final.accuracy.level == "task"
     assert report.final.accuracy.value <= report.baseline.accuracy.value * 1.05
+    # meet, then improve: the search went on after the first passing version, or said why it did not
+    attempts = result.values["attempts"]
+    first = next(i for i, a in enumerate(attempts) if a.status == "accepted" and a.check and a.check.passed)
+    stop = report.search_stop
+    assert stop is not None and stop.priority == "pareto", stop
+    if stop.rule == "gain_below_noise":
+        assert stop.untried and all(u.predicted_gain < 0.05 for u in stop.untried), stop
+    else:
+        assert len(attempts) > first + 1 and stop.rule in ("attempts_spent", "nothing_untried"), stop
+    assert "## Search" in Path(result.values["report"].markdown_path).read_text()
+    # every passing version kept after the first beat the best before it (faster and no larger, or smaller
+    # and no slower); the final version is the fastest of them
+    best = attempts[first].measurement
+    for later in attempts[first + 1 :]:
+        if later.status == "accepted" and later.check.passed:
+            faster = later.measurement.runtime.p50_ms < best.runtime.p50_ms
+            smaller = later.measurement.size.artifact_bytes < best.size.artifact_bytes
+            assert faster or smaller, (later.reason, later.measurement, best)
+            best = later.measurement if faster else best
+        elif later.status == "rejected" and later.check is not None and later.check.passed:
+            assert "beats_best" in later.reason, later.reason
+    assert report.final.runtime.p50_ms <= attempts[first].measurement.runtime.p50_ms
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +96,7 @@ def test_reacher_meets_a_size_goal_in_closed_loop_on_mujoco(
         accuracy=AccuracyPlan(level="closed_loop", simulator="gym:Reacher-v5", episodes=30),
         max_attempts=3,
         latency_iterations=20,
+        stop_at_first=True,  # the point is closed loop on MuJoCo, not the search
     )
     goal = "at least 1.5x smaller, lose at most 5 points of success rate"
     result = asyncio.run(JobRunner(data_dir, RuleReasoner()).start("reacher", goal, original, options))

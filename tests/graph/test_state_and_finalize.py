@@ -13,7 +13,7 @@ from graph.checkpoint import open_checkpointer, state_serializer
 from graph.nodes.finalize import choose_final
 from graph.state import Attempt, JobOptions, VersionPoint
 from tests.tools.evaluation.figures import runtime_figures, size_figures
-from tools.evaluation.criteria import Criteria
+from tools.evaluation.criteria import Criteria, check_criteria
 from tools.evaluation.measurement import Measurement
 from tools.evaluation.types import AccuracyResult
 from tools.versions import ArtifactRef
@@ -201,3 +201,45 @@ def test_the_float_base_is_the_latest_accepted_unquantized_version() -> None:
     assert float_base(state).ref.version_id == "v0001"  # type: ignore[arg-type, union-attr]
     state["current"] = exported.model_copy(update={"lineage": ["onnx_export"]})
     assert float_base(state) is None  # type: ignore[arg-type]  # not quantized: nothing to go back to
+
+
+def test_the_best_passing_version_and_the_attempts_since_the_goal_was_first_met() -> None:
+    from graph.search import best_passing, improvement_attempts
+
+    original = _point("v0001", 4.0, 24.0)
+
+    def accepted(index: int, point: VersionPoint, parent: str, passed: bool) -> Attempt:
+        check = check_criteria(criteria, original.measurement, point.measurement)
+        assert check.passed is passed
+        return Attempt(
+            index=index,
+            parent_version=parent,
+            steps=[{"type": "ort_int8_dynamic"}],
+            status="accepted",
+            reason="kept",
+            version=point.ref,
+            measurement=point.measurement,
+            check=check,
+        )
+
+    criteria = Criteria(
+        min_speedup=3.0, max_size_mb=10.0, max_accuracy_drop=0.02, accuracy_level="closed_loop"
+    )
+    attempts = [
+        accepted(1, _point("v0002", 2.0, 24.0), "v0001", False),  # 2x: not yet
+        accepted(2, _point("v0003", 1.0, 6.0), "v0002", True),  # first to meet the goal
+        accepted(3, _point("v0004", 0.8, 6.5), "v0001", True),  # faster, a bit larger
+    ]
+    state = {
+        "original": original.ref,
+        "baseline": original.measurement,
+        "attempts": attempts,
+        "goal": GoalSpec(criteria=criteria),
+    }
+    assert improvement_attempts(state) == 1
+    assert best_passing(state).ref.version_id == "v0004"  # both limited: the fastest, as finalize chooses
+    size_goal = GoalSpec(criteria=Criteria(max_size_mb=10.0, max_accuracy_drop=0.02))
+    assert best_passing({**state, "goal": size_goal}).ref.version_id == "v0003"
+    fastest = GoalSpec(criteria=Criteria(max_accuracy_drop=0.02), objective="fastest")
+    assert improvement_attempts({**state, "goal": fastest}) == 3  # the original already meets it
+    assert best_passing({**state, "attempts": attempts[:1]}) is None

@@ -81,9 +81,10 @@ def test_a_job_runs_from_upload_to_report_with_every_event_in_order(
     server: Server, policy: dict[str, Any], tmp_path: Path
 ) -> None:
     with server.client() as client:
-        accepted = _start(client, policy["id"])
+        accepted = _start(client, policy["id"], stop_at_first=True)
         job_id = accepted["job"]["id"]
         assert accepted["goal"]["criteria"]["min_compression"] == 2.0
+        assert accepted["goal"]["stop_at_first"] is True  # the API field, as the goal carries it
         events = follow_job(server, job_id)
         _assert_in_order(events)
         types = [e["type"] for e in events]
@@ -97,6 +98,8 @@ def test_a_job_runs_from_upload_to_report_with_every_event_in_order(
 
         report = client.get(f"/jobs/{job_id}/report").json()
         assert report["goal_met"] is True
+        assert report["search_stop"]["rule"] == "goal_met_stop_at_first"
+        assert [a["status"] for a in report["attempts"]][-1] == "accepted"  # ended at the first passing one
         markdown = client.get(f"/jobs/{job_id}/report", params={"format": "md"})
         assert markdown.headers["content-type"].startswith("text/markdown")
         assert "goal met" in markdown.text.lower()

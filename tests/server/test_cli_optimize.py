@@ -49,7 +49,7 @@ def test_killed_mid_run_resumes_from_the_last_checkpoint(
     data_dir = tmp_path / "data"
     env = _env(data_dir, reference_cache)
     command = [sys.executable, "-m", "server.cli", "optimize", "vla", "--goal", DEMO_GOAL]
-    command += ["--sim", "reaching", "--episodes", "30", "--max-attempts", "3"]
+    command += ["--sim", "reaching", "--episodes", "30", "--max-attempts", "3", "--stop-at-first"]
     process = subprocess.Popen(
         command,
         cwd=REPO,
@@ -171,12 +171,14 @@ def test_demo_meets_its_default_goal_with_a_measured_report(
 ) -> None:
     """Run the way `python3 run_robopt.py` runs it: from the working folder, with the relative data dir 'data'."""
     env = {**_env(tmp_path / "data", reference_cache), "ROBOPT_DATA_DIR": "data"}
-    result = _robopt(env, "demo", cwd=tmp_path)
+    result = _robopt(env, "demo", "--stop-at-first", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "GOAL MET" in result.stdout and "(estimated)" in result.stdout
     (out,) = (tmp_path / "data" / "out").iterdir()
     report = json.loads((out / "report.json").read_text())
     assert report["goal_met"] is True and report["baseline"]["accuracy"]["level"] == "closed_loop"
+    assert report["search_stop"]["rule"] == "goal_met_stop_at_first"  # --stop-at-first: today's single pass
+    assert [a["status"] for a in report["attempts"]][-1] == "accepted"
     artifact = next(p for p in out.iterdir() if p.suffix == ".onnx")
     assert report["final"]["size"]["artifact_bytes"] == artifact.stat().st_size
     orin = next(t for t in report["targets"] if t["target"] == "jetson-orin-nano-8gb")

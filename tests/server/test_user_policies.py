@@ -95,7 +95,9 @@ def test_a_torchscript_policy_reaches_a_size_goal_over_the_cli(tmp_path: Path) -
     model = write_torchscript(tmp_path / "policy.pt")
     data = tmp_path / "data"
     shapes = [flag for shape in SHAPES for flag in ("--input-shape", shape)]
-    done = _robopt(data, "optimize", str(model), *shapes, "--goal", GOAL, "--max-attempts", "3")
+    done = _robopt(
+        data, "optimize", str(model), *shapes, "--goal", GOAL, "--max-attempts", "3", "--stop-at-first"
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
     report = _report(data)
     assert report["goal_met"] and report["final"]["technique"] != "intake"
@@ -107,7 +109,7 @@ def test_a_torchscript_policy_reaches_a_size_goal_over_the_cli(tmp_path: Path) -
 def test_a_user_exported_onnx_policy_reaches_a_size_goal_over_the_cli(tmp_path: Path) -> None:
     model = write_onnx(tmp_path / "policy.onnx")
     data = tmp_path / "data"
-    done = _robopt(data, "optimize", str(model), "--goal", GOAL, "--max-attempts", "3")
+    done = _robopt(data, "optimize", str(model), "--goal", GOAL, "--max-attempts", "3", "--stop-at-first")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
     report = _report(data)
     assert report["goal_met"] and report["comparison"]["compression"] >= 2
@@ -126,7 +128,8 @@ def test_a_user_exported_policy_uploaded_over_http_reaches_a_size_goal(exported:
             uploaded = upload_model(client, model, name=model.name, **options)
             assert uploaded["format"] == exported
             response = client.post(
-                "/jobs", json={"model_id": uploaded["id"], "goal": GOAL, "max_attempts": 3}
+                "/jobs",
+                json={"model_id": uploaded["id"], "goal": GOAL, "max_attempts": 3, "stop_at_first": True},
             )
             assert response.status_code == 202, response.text
             job_id = response.json()["job"]["id"]

@@ -53,6 +53,53 @@ class AttemptRecord(BaseModel):
     measurement: Measurement | None = Field(default=None, description="None when the attempt failed.")
 
 
+SearchStopRule = Literal[
+    "goal_met_stop_at_first",
+    "gain_below_noise",
+    "attempts_spent",
+    "time_spent",
+    "nothing_untried",
+    "accuracy_missed",
+    "planner_finished",
+]
+SearchPriority = Literal["latency", "size", "pareto"]
+
+
+class UntriedChain(BaseModel):
+    """A chain the search could still have tried when it stopped, with what it was predicted to gain."""
+
+    model_config = ConfigDict(frozen=True)
+
+    chain: str = Field(description="The techniques joined with '+', e.g. 'ort_int8_static'.")
+    start_from: str = Field(description="The version the chain would have started from.")
+    predicted_speedup: float | None = Field(
+        default=None,
+        description="Predicted p50 of the best passing version / p50 after the chain (>1 faster).",
+    )
+    predicted_compression: float | None = Field(
+        default=None, description="Predicted bytes of the best passing version / bytes after the chain."
+    )
+    predicted_gain: float = Field(
+        description="Predicted relative gain on the search's priority over the best passing version (0.1 = 10%)."
+    )
+
+
+class SearchStop(BaseModel):
+    """Which rule ended the search, why, and what was left untried."""
+
+    model_config = ConfigDict(frozen=True)
+
+    rule: SearchStopRule
+    rationale: str
+    priority: SearchPriority | None = Field(
+        default=None,
+        description="What 'better' meant once the goal was met: latency, size, or Pareto dominance of both.",
+    )
+    untried: list[UntriedChain] = Field(
+        default_factory=list, description="Chains left untried, highest predicted gain first."
+    )
+
+
 class TargetReport(BaseModel):
     """The final version on one target: latency (measured here, estimated elsewhere) and feasibility."""
 
@@ -95,6 +142,9 @@ class Report(BaseModel):
     pareto: ParetoResult
     targets: list[TargetReport]
     environment: Environment
+    search_stop: SearchStop | None = Field(
+        default=None, description="Which rule stopped the search and what was left untried."
+    )
     notes: list[str] = Field(default_factory=list)
     created: datetime
 
@@ -166,6 +216,7 @@ def build_report(
     *,
     machine: MachineProfile | None = None,
     notes: Sequence[str] = (),
+    search_stop: SearchStop | None = None,
 ) -> Report:
     """Assemble the report; the criteria's latency target is always among the targets reported."""
     wanted: list[TargetProfile] = []
@@ -202,6 +253,7 @@ def build_report(
         pareto=pareto_front(unique, level=criteria.accuracy_level, metric=criteria.accuracy_metric),
         targets=target_reports,
         environment=_environment(machine),
+        search_stop=search_stop,
         notes=list(notes),
         created=datetime.now(timezone.utc),
     )
@@ -361,6 +413,28 @@ def _attempt_rows(report: Report) -> list[str]:
     return _table(header, rows)
 
 
+def _search_stop_lines(stop: SearchStop | None) -> list[str]:
+    """The 'Search' section: the rule that stopped the search and the chains left untried."""
+    if stop is None:
+        return []
+    priority = f" (better meant: {stop.priority})" if stop.priority else ""
+    lines = ["## Search", "", f"Stopped by `{stop.rule}`{priority}: {stop.rationale}", ""]
+    if stop.untried:
+        header = ["untried chain", "from", "predicted speed-up", "predicted compression", "predicted gain"]
+        rows = [
+            [
+                u.chain,
+                u.start_from,
+                _fmt(u.predicted_speedup, 3, "x"),
+                _fmt(u.predicted_compression, 3, "x"),
+                f"{u.predicted_gain:+.1%}",
+            ]
+            for u in stop.untried
+        ]
+        lines += [*_table(header, rows), ""]
+    return lines
+
+
 def render_markdown(report: Report, images: Sequence[str] = ()) -> str:
     """Render the report as Markdown for people: outcome, before/after, criteria, targets, attempts."""
     lines = [f"# robopt report — {report.created:%Y-%m-%d %H:%M} UTC", "", f"**Goal:** {report.goal}", ""]
@@ -388,6 +462,7 @@ def render_markdown(report: Report, images: Sequence[str] = ()) -> str:
             "",
         ]
     lines += ["## Attempts", "", *(_attempt_rows(report) if report.attempts else ["No attempts."]), ""]
+    lines += _search_stop_lines(report.search_stop)
     front = ", ".join(f"`{v}`" for v in report.pareto.front) or "-"
     quality = report.comparison.accuracy.label if report.comparison.accuracy else "accuracy"
     objectives = [quality if o == "accuracy" else o for o in report.pareto.objectives]
@@ -415,6 +490,8 @@ __all__ = [
     "Environment",
     "Report",
     "ReportFiles",
+    "SearchStop",
+    "UntriedChain",
     "TargetReport",
     "build_report",
     "render_markdown",
