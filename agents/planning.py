@@ -193,12 +193,21 @@ class PlanStep(BaseModel):
     )
 
 
+WALL_TIME_PARAMETERS = ("time_budget_s",)
+"""Parameters the planner derives from the time left: a chain that differs only in them is the same attempt (a
+rejected prune + distill was otherwise retried with a new distillation budget until the attempts ran out)."""
+
+
 def same_steps(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> bool:
-    """Whether two step lists are the same configs (defaults filled in)."""
+    """Whether two step lists are the same configs (defaults filled in, wall-time budgets ignored)."""
     from tools.techniques import parse_config
 
+    def canonical(steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        dumped = [parse_config(step).model_dump() for step in steps]
+        return [{k: v for k, v in step.items() if k not in WALL_TIME_PARAMETERS} for step in dumped]
+
     try:
-        return [parse_config(x).model_dump() for x in a] == [parse_config(x).model_dump() for x in b]
+        return canonical(a) == canonical(b)
     except RoboptError:
         return a == b
 

@@ -293,6 +293,22 @@ def test_check_plan_refuses_a_labels_technique_without_labels() -> None:
     check_plan(payload.model_copy(update={"has_labels": True}), plan)
 
 
+def test_a_rejected_prune_and_distill_is_not_retried_with_another_distillation_budget() -> None:
+    """Found on a pretrained MobileNetV2: the budget follows the time left, so the same chain came back four
+    times with a new time_budget_s until the attempts ran out."""
+    first = PLANNING.run_rules(_ten_x_speed())
+    chain = [step.config_json() for step in first.steps]
+    rejected = attempt(1, "v0", chain, status="rejected", reason="accuracy: min_cosine below 0.99")
+    payload = _ten_x_speed(attempts=[rejected], seconds_left=400.0)
+    again = PLANNING.run_rules(payload)
+    assert [step.config_json() for step in again.steps] != chain
+    assert not (
+        _techniques(again) == ["structured_prune", "distill"] and again.steps[0].params["ratio"] == 0.4
+    ), "the same prune ratio again, only with a new distillation budget"
+    budget = {**chain[1], "time_budget_s": chain[1]["time_budget_s"] / 2}
+    assert same_steps(chain, [chain[0], budget])
+
+
 def test_check_plan_refuses_an_exact_repeat_on_the_same_version_only() -> None:
     chain = [{"type": "structured_prune", "ratio": 0.4}, {"type": "distill"}]
     payload = _ten_x_speed(
