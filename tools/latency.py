@@ -448,11 +448,20 @@ def stable_estimate(samples: list[int]) -> bool:
     return median > 0 and (ordered[-1] - ordered[0]) <= STABLE_SPREAD * median
 
 
+DEADLINE_SHARE = 0.8
+"""Share of the child's wall-clock limit (`timeout_s`, counted from the child's start) the timed phase may use:
+a slow model on a loaded machine reports fewer runs instead of being killed with none."""
+
+
 def _time_runs(
-    run: Callable[[], Any], request: LatencyRequest
+    run: Callable[[], Any], request: LatencyRequest, deadline_ns: int | None = None
 ) -> tuple[int, float, list[int], float, Literal["iterations", "time_cap", "stable"]]:
     """Warm up, then time runs until `iterations` or the time cap (past `min_iterations`, or past
     `STABLE_MIN_RUNS` runs that agree: a model that takes seconds a call is not run minutes for its median).
+
+    `deadline_ns` (perf_counter_ns) ends warm-up and timing before the child's own limit: once one timed run
+    is in, no run starts that would end past it (judged by the slowest run so far), and the result says
+    "time_cap".
     """
     warmup_cap_ns = int(request.max_measure_s * 1e9 / 4)
     start = time.perf_counter_ns()
@@ -460,7 +469,8 @@ def _time_runs(
     while warmed < request.warmup:
         run()
         warmed += 1
-        if time.perf_counter_ns() - start >= warmup_cap_ns:
+        now = time.perf_counter_ns()
+        if now - start >= warmup_cap_ns or (deadline_ns is not None and 2 * now - start >= deadline_ns):
             break
     warmup_s = (time.perf_counter_ns() - start) / 1e9
 
@@ -484,6 +494,9 @@ def _time_runs(
                     "stable"  # a model of seconds a call: its median is settled, more runs add little
                 )
                 break
+            if deadline_ns is not None and t_end + max(samples) >= deadline_ns:
+                stopped_by = "time_cap" if len(samples) < request.iterations else "iterations"
+                break
         measure_s = (time.perf_counter_ns() - begin) / 1e9
     finally:
         gc.enable()
@@ -492,6 +505,7 @@ def _time_runs(
 
 def _measure_here(request: LatencyRequest, data_dir: Path) -> LatencyResult:
     """Load, warm up and time the model in this process (the child); see LatencyRequest for the stop rules."""
+    deadline_ns = time.perf_counter_ns() + int(DEADLINE_SHARE * request.timeout_s * 1e9)
     torch.set_num_threads(request.threads)
     torch.manual_seed(request.seed)
     _preload_runtime(request)
@@ -514,7 +528,7 @@ def _measure_here(request: LatencyRequest, data_dir: Path) -> LatencyResult:
     else:
         run = make_runner(model, inputs)
 
-    warmed, warmup_s, samples, measure_s, stopped_by = _time_runs(run, request)
+    warmed, warmup_s, samples, measure_s, stopped_by = _time_runs(run, request, deadline_ns)
     gpu_peak = (
         torch.cuda.max_memory_allocated() / 2**20
         if request.device == "cuda" and model.runtime is Runtime.TORCH

@@ -186,3 +186,23 @@ def test_a_model_of_seconds_a_call_stops_once_its_runs_agree() -> None:
     durations = iter([0.05, 0.15, 0.05, 0.15] * 10)
     _, _, noisy, _, noisy_stop = _time_runs(lambda: time.sleep(next(durations)), request)
     assert noisy_stop == "time_cap" and len(noisy) == 10  # no agreement: min_iterations still holds
+
+
+def test_a_slow_model_on_a_loaded_machine_reports_fewer_runs_instead_of_being_killed() -> None:
+    """Found on a default-size DDPM policy (32 s a call with the cores shared): runs that never agree within 5%
+    kept timing toward min_iterations until the child's 300 s limit killed it with no figure at all."""
+    import time
+
+    from tools.latency import LatencyRequest, _time_runs
+
+    request = LatencyRequest(
+        source=Path("slow"), warmup=2, iterations=50, min_iterations=20, max_measure_s=0.1, threads=1
+    )
+    durations = iter([0.05, 0.1, 0.05, 0.1] * 20)
+    started = time.perf_counter_ns()
+    deadline = started + int(0.9e9)
+    warmed, _, samples, _, stopped_by = _time_runs(lambda: time.sleep(next(durations)), request, deadline)
+    finished = time.perf_counter_ns()
+    assert stopped_by == "time_cap" and 1 <= len(samples) < 20, (stopped_by, len(samples))
+    assert finished <= deadline + 20_000_000, "no run may start that would end past the deadline"
+    assert warmed >= 1
