@@ -48,6 +48,7 @@ Calibration = Literal["synthetic", "data", "reference"]
 # A small VLA measured here: 90 ms p50, 300 MiB, output cosine 1.0 to itself.
 BASELINE = measurement("v0", p50_ms=90.0, size_mib=300.0, accuracy=1.0)
 INT8 = {"type": "ort_int8_dynamic", "per_channel": True}
+INT8_TENSOR = {"type": "ort_int8_dynamic", "per_channel": False}
 KEEP_ACCURACY = {"max_accuracy_drop": 1.0, "accuracy_drop_unit": "relative_pct"}
 
 
@@ -72,7 +73,10 @@ def _ten_x_speed(calibration: Calibration = "data", **changes: object) -> Planni
 def _int8_rejected_for_accuracy() -> PlanningInput:
     """3x faster needed from a user's ONNX export; plain INT8 on it was already rejected for accuracy."""
     return planning_input(
-        goal(max_latency_ms=30.0, **KEEP_ACCURACY), BASELINE, fmt="onnx", attempts=[attempt(1, "v0", [INT8])]
+        goal(max_latency_ms=30.0, **KEEP_ACCURACY),
+        BASELINE,
+        fmt="onnx",
+        attempts=[attempt(1, "v0", [INT8_TENSOR]), attempt(2, "v0", [INT8])],
     )
 
 
@@ -116,8 +120,9 @@ def test_int8_first_when_it_alone_meets_the_vla_goal() -> None:
     assert residual_needs(payload) == pytest.approx((3.0, 3.0))
     plan = PLANNING.run_rules(payload)
     assert plan.action == "apply"
-    assert [step.config_json() for step in plan.steps] == [INT8]
+    assert [step.config_json() for step in plan.steps] == [INT8_TENSOR], "per tensor: ORT's default, fastest"
     assert f"{INT8_SPEEDUP:.1f}x faster" in plan.rationale
+    assert plan.then[0] == "ort_int8_dynamic", "per channel next, in case per tensor loses accuracy"
     assert not any("structured_prune" in later for later in plan.then)
 
 
@@ -148,6 +153,35 @@ def test_no_structural_step_without_real_data_budget_or_a_fresh_torch_model(chan
     assert all(steps[0].technique != "structured_prune" for steps, _ in candidate_attempts(payload))
 
 
+def test_a_hugging_face_transformer_is_fused_first_and_plainly_exported_as_the_fallback() -> None:
+    base = _vla_int8_suffices()
+    analysis = base.analysis.model_copy(update={"architecture": "transformer"})
+    payload = planning_input(
+        goal(max_latency_ms=30.0, **KEEP_ACCURACY), BASELINE, fmt="hf_directory", analysis=analysis
+    )
+    plan = PLANNING.run_rules(payload)
+    assert _techniques(plan) == ["ort_transformer_fusion"] and "lossless" in plan.rationale
+    fused = payload.model_copy(
+        update={"attempts": [attempt(1, "v0", [{"type": "ort_transformer_fusion"}], status="failed")]}
+    )
+    assert "onnx_export" in {step.technique for steps, _ in candidate_attempts(fused) for step in steps}
+    other = planning_input(goal(max_latency_ms=30.0, **KEEP_ACCURACY), BASELINE, fmt="hf_directory")
+    assert "ort_transformer_fusion" not in {
+        s.technique for steps, _ in candidate_attempts(other) for s in steps
+    }
+
+
+def test_per_tensor_int8_rejected_for_accuracy_tries_per_channel_next() -> None:
+    payload = planning_input(
+        goal(max_latency_ms=30.0, **KEEP_ACCURACY),
+        BASELINE,
+        fmt="onnx",
+        attempts=[attempt(1, "v0", [INT8_TENSOR])],
+    )
+    plan = PLANNING.run_rules(payload)
+    assert [step.config_json() for step in plan.steps] == [INT8]
+
+
 def test_int8_rejected_for_accuracy_plans_mixed_precision_with_the_sensitive_layers() -> None:
     payload = _int8_rejected_for_accuracy()
     assert payload.analysis.sensitive_layers == OUTLIERS
@@ -168,7 +202,7 @@ def test_mixed_precision_widens_to_four_layers_after_two_were_not_enough() -> No
         BASELINE,
         fmt="onnx",
         analysis=analysis,
-        attempts=[attempt(1, "v0", [INT8]), attempt(2, "v0", [two])],
+        attempts=[attempt(1, "v0", [INT8_TENSOR]), attempt(2, "v0", [INT8]), attempt(3, "v0", [two])],
     )
     plan = PLANNING.run_rules(payload)
     assert plan.steps[0].params["nodes_to_exclude"] == ["head0", "head1", "head2", "head3"]
