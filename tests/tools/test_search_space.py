@@ -104,3 +104,38 @@ def test_tried_chains_are_excluded_with_same_steps_semantics() -> None:
     assert canonical_chain(tried[0]) not in keys
     assert canonical_chain([{"type": "structured_prune"}, {"type": "distill"}]) not in keys
     assert canonical_chain([{"type": "ort_int8_static", "calibration_method": "minmax"}]) in keys
+
+
+class _RecordingBench:
+    """Stands in for the evals' bench: records the chains the oracle asks for."""
+
+    def __init__(self, source_format: str) -> None:
+        self.original = type("Original", (), {"format": source_format})()
+        self.asked: list[tuple[list[dict], list[dict] | None]] = []
+
+    def candidate(self, name: str, kind: str, steps: list[dict], prefix: list[dict] | None = None) -> object:
+        from evals.bench import Measured
+
+        self.asked.append((steps, prefix))
+        return Measured(name=name, kind=kind, steps=steps)
+
+
+@pytest.mark.parametrize("grid", ["quick", "small", "standard"])
+def test_the_oracle_measures_exactly_the_space_chains_of_its_grid(grid: str) -> None:
+    from evals.oracle import BASE_CONFIGS, GRIDS, run_oracle
+
+    selection = GRIDS[grid]  # type: ignore[index]
+    bench = _RecordingBench("torch_pickled_module")
+    run_oracle(bench, grid, [])  # type: ignore[arg-type]
+    expected = candidate_chains(
+        "torch_pickled_module",
+        max_steps=selection.max_steps,
+        variants_per_step=selection.variants_per_step,
+        only=selection.techniques,
+        base_configs=BASE_CONFIGS,
+    ).chains
+    assert [steps for steps, _ in bench.asked] == expected
+    assert all(prefix == (steps[:-1] or None) for steps, prefix in bench.asked)
+    assert 0 < len(expected) <= selection.max_chains
+    if grid == "quick":
+        assert selection.max_chains <= 8  # the performance suite measures every quick chain
