@@ -1,9 +1,9 @@
-"""The exhaustive oracle: every available single technique and every two-step combination on a small grid,
-each applied and measured on the bench; the best it finds for a goal is what a blind search could give.
+"""The exhaustive oracle: every chain of a grid, each applied and measured on the bench; the best it finds for
+a goal is what a blind search could give.
 
-The grid's two axes are a structural first step (pruning, factorization, clustering) and a precision or
-runtime second step (INT8/INT4/FP16 in ONNX Runtime or torch). A pair reuses its first step's stored version,
-so the oracle's cost counts each piece of work once.
+A grid is a selection over the one search space the planner searches too (`tools.techniques.search_space`):
+which techniques, how many steps, how many configs per step. A chain reuses its prefix's stored version, so the
+oracle's cost counts each piece of work once.
 """
 
 from __future__ import annotations
@@ -12,52 +12,80 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from evals.bench import Bench, Measured, chain_name
+from evals.bench import Bench, Measured
 from evals.judge import judge
 from evals.scenarios import GridName, Scenario
 from evals.technique_benchmark import BENCHMARK_CONFIGS
-from tools.techniques import techniques, unavailable_reason
+from tools.techniques.search_space import candidate_chains
 
-FIRST_STEPS: dict[GridName, list[dict[str, Any]]] = {
-    "standard": [
-        {"type": "structured_prune", "ratio": 0.3},
-        {"type": "structured_prune", "ratio": 0.5},
-        {"type": "magnitude_prune"},
-        {"type": "low_rank", "rank_selection": "budget", "budget": 0.5},
-        {"type": "weight_clustering"},
-        {"type": "depth_prune"},
-    ],
-    "small": [
-        {"type": "structured_prune", "ratio": 0.3},
-        {"type": "low_rank", "rank_selection": "budget", "budget": 0.5},
-        {"type": "depth_prune"},
-    ],
-    "quick": [{"type": "structured_prune", "ratio": 0.3}],
+
+@dataclass(frozen=True)
+class GridSelection:
+    """A grid as a selection over the one search space (`tools.techniques.search_space`)."""
+
+    techniques: tuple[str, ...] | None
+    """The techniques it draws on (None: every available one)."""
+    max_steps: int
+    variants_per_step: int
+    """Configs per step: the defaults (the benchmark's settings), then one declared range value at a time."""
+    max_chains: int
+    """The most chains it may hold from a torch source (a unit test holds it to this)."""
+
+
+GRIDS: dict[GridName, GridSelection] = {
+    "standard": GridSelection(None, max_steps=2, variants_per_step=1, max_chains=120),
+    "small": GridSelection(
+        (
+            "structured_prune",
+            "low_rank",
+            "depth_prune",
+            "distill",
+            "ort_int8_dynamic",
+            "ort_int8_static",
+            "ort_matmul_4bits",
+            "onnx_fp16",
+            "torchao_int8_weight_only",
+        ),
+        max_steps=2,
+        variants_per_step=1,
+        max_chains=30,
+    ),
+    # the performance suite runs this one: structured pruning, each ONNX Runtime quantization alone and after it
+    "quick": GridSelection(
+        ("structured_prune", "ort_int8_dynamic", "ort_int8_static", "ort_matmul_4bits"),
+        max_steps=2,
+        variants_per_step=1,
+        max_chains=8,
+    ),
 }
-SECOND_STEPS: dict[GridName, list[dict[str, Any]]] = {
-    "standard": [
-        {"type": "ort_int8_dynamic"},
-        {"type": "ort_int8_static"},
-        {"type": "ort_matmul_4bits"},
-        {"type": "onnx_fp16"},
-        {"type": "torchao_int8_weight_only"},
-        {"type": "torch_bf16_cast"},
-    ],
-    "small": [
-        {"type": "ort_int8_dynamic"},
-        {"type": "ort_matmul_4bits"},
-        {"type": "torchao_int8_weight_only"},
-    ],
-    "quick": [{"type": "ort_int8_dynamic"}, {"type": "ort_matmul_4bits"}],
+BASE_CONFIGS: dict[str, dict[str, Any]] = {
+    name: {key: value for key, value in settings.items() if key != "_after"}
+    for name, settings in BENCHMARK_CONFIGS.items()
 }
-QUICK_SINGLES = (
-    "structured_prune",
-    "magnitude_prune",
-    "weight_clustering",
-    "ort_int8_static",
-    "ort_matmul_4bits",
-)
-"""The quick grid's singles beyond the baselines (which are singles too, measured once)."""
+"""The technique benchmark's settings as each step's base config (distillation follows a structural step in the
+space itself, so its `_after` is not needed)."""
+
+
+def grid_chains(grid: GridName, source_format: str) -> list[list[dict[str, Any]]]:
+    """The grid's chains from `source_format`, as the search space builds them."""
+    selection = GRIDS[grid]
+    return candidate_chains(
+        source_format,
+        max_steps=selection.max_steps,
+        variants_per_step=selection.variants_per_step,
+        only=selection.techniques,
+        base_configs=BASE_CONFIGS,
+    ).chains
+
+
+def chain_label(chain: list[dict[str, Any]]) -> str:
+    """The chain's name with each step's settings beyond the base config ('ort_matmul_4bits(block_size=16)')."""
+    parts = []
+    for step in chain:
+        base = BASE_CONFIGS.get(str(step["type"]), {})
+        extra = ",".join(f"{k}={v}" for k, v in step.items() if k != "type" and base.get(k) != v)
+        parts.append(f"{step['type']}({extra})" if extra else str(step["type"]))
+    return "+".join(parts)
 
 
 @dataclass
@@ -87,34 +115,17 @@ class OracleRun:
             rows.append(row)
         return {
             "grid": self.grid,
-            "first_steps": FIRST_STEPS[self.grid],
-            "second_steps": SECOND_STEPS[self.grid],
+            "selection": {
+                "techniques": GRIDS[self.grid].techniques or "every available",
+                "max_steps": GRIDS[self.grid].max_steps,
+                "variants_per_step": GRIDS[self.grid].variants_per_step,
+            },
             "candidates": len(self.candidates),
             "measured": len(self.measured),
             "wall_s": round(self.wall_s, 1),
             "work_s": round(self.work_s, 1),
             "rows": rows,
         }
-
-
-def single_chains(grid: GridName) -> list[tuple[list[dict[str, Any]], list[dict[str, Any]] | None]]:
-    """Every available technique once, with the benchmark's settings ((chain, reusable prefix) pairs)."""
-    chains = []
-    for name, entry in techniques().items():
-        if grid == "quick" and name not in QUICK_SINGLES:
-            continue
-        if unavailable_reason(entry) is not None:
-            continue
-        settings = dict(BENCHMARK_CONFIGS.get(name, {}))
-        prior = settings.pop("_after", None)
-        step = {"type": name, **settings}
-        chains.append(([prior, step], [prior]) if prior else ([step], None))
-    return chains
-
-
-def pair_chains(grid: GridName) -> list[tuple[list[dict[str, Any]], list[dict[str, Any]]]]:
-    """Every first step followed by every second step ((chain, first step) pairs)."""
-    return [([first, second], [first]) for first in FIRST_STEPS[grid] for second in SECOND_STEPS[grid]]
 
 
 def run_oracle(bench: Bench, grid: GridName, shared: list[Measured]) -> OracleRun:
@@ -131,12 +142,9 @@ def run_oracle(bench: Bench, grid: GridName, shared: list[Measured]) -> OracleRu
 
     for candidate in shared:
         add(candidate)
-    for first in FIRST_STEPS[grid]:
-        add(bench.candidate(chain_name([first]), "oracle", [first]))
-    for chain, prefix in single_chains(grid):
-        add(bench.candidate(chain_name(chain), "oracle", chain, prefix))
-    for chain, prefix in pair_chains(grid):
-        add(bench.candidate(chain_name(chain), "oracle", chain, prefix))
+    # shortest first, so every longer chain continues from its cached prefix
+    for chain in grid_chains(grid, bench.original.format):
+        add(bench.candidate(chain_label(chain), "oracle", chain, chain[:-1] or None))
     run.wall_s = time.perf_counter() - started + sum(c.work_s for c in shared)
     return run
 
