@@ -1,4 +1,4 @@
-"""The HTTP service: `uvicorn server.main:app` or `robopt serve`. Routes live under /api/v1.
+"""The HTTP service: `uvicorn server.main:app` or `robopt serve`: /api/v1, and Socket.io at /socket.io.
 
 `create_app(settings)` builds an app whose services (history DB, checkpointer, job queue, model registry) are
 created by its lifespan, one instance per app, never at import. Start-up warms the fork server that runs
@@ -25,6 +25,7 @@ from tools.log import configure_logging, get_logger
 
 _log = get_logger("server")
 API_PREFIX = "/api/v1"
+SOCKETIO_PATH = "/socket.io"
 
 
 def build_services(settings: Settings) -> AppServices:
@@ -131,6 +132,7 @@ async def _unexpected(request: Request, error: Exception) -> JSONResponse:
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the FastAPI app (services are created when it starts, from `settings` or the environment)."""
     from server.routes import chat, datasets, events, jobs, models, system
+    from server.socket_events import socket_app
 
     app = FastAPI(
         title="robopt",
@@ -146,6 +148,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (models, datasets, jobs, events, chat, system):
         app.include_router(module.router, prefix=API_PREFIX, dependencies=protected)
     app.include_router(events.ws_router, prefix=API_PREFIX)  # checks the key itself (browsers: ?token=)
+    app.mount(SOCKETIO_PATH, socket_app(app))  # checks the key on connect (auth={"token": KEY})
     app.add_exception_handler(RoboptError, _robopt_error)
     app.add_exception_handler(RequestValidationError, _request_invalid)
     app.add_exception_handler(StarletteHTTPException, _http_error)
