@@ -50,6 +50,63 @@ def _tar_with(path: Path, members: list[tuple[tarfile.TarInfo, bytes | None]]) -
     return path
 
 
+def _write_safetensors_header(path: Path, header: dict, data_bytes: int) -> None:
+    encoded = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(encoded)) + encoded + b"\0" * data_bytes)
+
+
+def _huge_onnx_model(inputs: list, initializers: list) -> object:
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", [inputs[0].name], ["y"])],
+        "huge",
+        inputs,
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        initializers,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _write_huge_input_onnx(path: Path) -> None:
+    """A valid, tiny graph whose input declares 10^15 float32 elements (4x10^15 bytes) for the sample inputs."""
+    from onnx import TensorProto, helper
+
+    model = _huge_onnx_model([helper.make_tensor_value_info("x", TensorProto.FLOAT, [10**15])], [])
+    path.write_bytes(model.SerializeToString())
+
+
+def _write_huge_external_onnx(directory: Path) -> None:
+    """A model whose initializer claims 4x10^15 bytes of external data in a 64-byte file beside it."""
+    from onnx import TensorProto, helper
+
+    directory.mkdir()
+    weight = TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[10**15])
+    weight.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", "w.bin"), ("offset", "0"), ("length", str(4 * 10**15))):
+        entry = weight.external_data.add()
+        entry.key, entry.value = key, value
+    (directory / "w.bin").write_bytes(b"\0" * 64)
+    model = _huge_onnx_model([helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])], [weight])
+    (directory / "model.onnx").write_bytes(model.SerializeToString())
+
+
+def _write_hf_directory(path: Path, architecture: str) -> None:
+    """A Hugging Face directory whose `architectures` names something in transformers that is not a model."""
+    path.mkdir()
+    config = {
+        "model_type": "bert",
+        "architectures": [architecture],
+        "hidden_size": 8,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "intermediate_size": 16,
+        "vocab_size": 32,
+    }
+    (path / "config.json").write_text(json.dumps(config))
+    save_file({"w": torch.zeros(2)}, str(path / "model.safetensors"))
+
+
 def build_bad_corpus(directory: Path, marker: Path) -> list[BadCase]:
     """Write every bad file into `directory`; loading any of them must never create `marker`."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -74,6 +131,26 @@ def build_bad_corpus(directory: Path, marker: Path) -> list[BadCase]:
     )
     add("huge_header.safetensors", errors.CorruptFileError, "claims").write_bytes(
         struct.pack("<Q", 2**42) + b'{"w": {}}' + b"\0" * 64
+    )
+
+    for name, shape in (
+        ("negative", [-2, -8]),
+        ("string", ["4", 4]),
+        ("null", [None, 16]),
+        ("overflowing", [2**62, 2**62, 4]),
+    ):
+        _write_safetensors_header(
+            add(f"shape_{name}.safetensors", errors.CorruptFileError, "shape"),
+            {"w": {"dtype": "F32", "shape": shape, "data_offsets": [0, 64]}},
+            64,
+        )
+    _write_huge_input_onnx(add("huge_input.onnx", errors.CorruptFileError, "memory budget"))
+    _write_huge_external_onnx(add("huge_external_data", errors.CorruptFileError, "declares initializer 'w'"))
+    _write_hf_directory(
+        add("hf_function_arch", errors.UnsupportedFormatError, "not a model class"), "pipeline"
+    )
+    _write_hf_directory(
+        add("hf_config_arch", errors.UnsupportedFormatError, "not a model class"), "AutoConfig"
     )
 
     add("random.onnx", errors.CorruptFileError, "not an ONNX").write_bytes(

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tools.errors import CorruptFileError, UnsupportedFormatError
+from tools.intake.budget import check_within_budget
 from tools.intake.pickle_scan import classify_torch_pickle
 from tools.intake.types import ModelFormat
 
@@ -237,15 +238,22 @@ def validate_safetensors_header(path: Path) -> dict[str, dict]:
     data_len = size - 8 - header_len
     end = 0
     tensors = {k: v for k, v in header.items() if k != "__metadata__"}
+    for name, info in tensors.items():
+        if not isinstance(info, dict):
+            raise CorruptFileError(f"{path.name}: tensor {name!r} is described by a {type(info).__name__}")
     for name, info in sorted(tensors.items(), key=lambda item: _offsets(path, item)[0]):
         begin, stop = _offsets(path, (name, info))
         dtype = info.get("dtype")
         if dtype not in _SAFETENSORS_DTYPES:
             raise CorruptFileError(f"{path.name}: tensor {name!r} has unknown dtype {dtype!r}")
-        count = 1
-        for dim in info.get("shape", []):
-            count *= int(dim)
-        if begin != end or stop - begin != count * _SAFETENSORS_DTYPES[dtype]:
+        declared = _element_count(path, name, info.get("shape")) * _SAFETENSORS_DTYPES[dtype]
+        if declared > data_len:
+            raise CorruptFileError(
+                f"{path.name}: the header describes tensor {name!r} of shape {info['shape']} as {declared:,} "
+                f"bytes but the file holds {data_len:,} bytes of data",
+                hint="the header is forged or the file truncated; re-export it",
+            )
+        if begin != end or stop - begin != declared:
             raise CorruptFileError(f"{path.name}: tensor {name!r} offsets [{begin}, {stop}) are inconsistent")
         end = stop
     if end != data_len:
@@ -253,16 +261,34 @@ def validate_safetensors_header(path: Path) -> dict[str, dict]:
             f"{path.name}: SafeTensors data holds {data_len} bytes but the header describes {end}",
             hint="the file is truncated; re-export or re-download it",
         )
+    check_within_budget(path.name, "SafeTensors weights", data_len)
     return tensors
+
+
+def _element_count(path: Path, name: str, shape: object) -> int:
+    """Elements of a SafeTensors shape: a list of non-negative integers, each a valid 64-bit size."""
+    if not isinstance(shape, list):
+        raise CorruptFileError(f"{path.name}: tensor {name!r} has shape {shape!r}, not a list of sizes")
+    count = 1
+    for dim in shape:
+        if type(dim) is not int or not 0 <= dim < 2**63:
+            raise CorruptFileError(
+                f"{path.name}: tensor {name!r} has shape {shape!r}; dimension {dim!r} is not a size "
+                "(a non-negative 64-bit integer)"
+            )
+        count *= dim
+    return count
 
 
 def _offsets(path: Path, item: tuple[str, object]) -> tuple[int, int]:
     name, info = item
     try:
         begin, stop = info["data_offsets"]  # type: ignore[index]
-        return int(begin), int(stop)
     except (TypeError, KeyError, ValueError):
-        raise CorruptFileError(f"{path.name}: tensor {name!r} has no valid data_offsets") from None
+        begin = stop = None
+    if type(begin) is int and type(stop) is int and 0 <= begin <= stop:
+        return begin, stop
+    raise CorruptFileError(f"{path.name}: tensor {name!r} has no valid data_offsets")
 
 
 def _looks_like_onnx(head: bytes) -> bool:

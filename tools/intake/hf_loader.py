@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from tools.errors import UnsafeFileError, ValidationError, first_line
+from tools.errors import UnsafeFileError, UnsupportedFormatError, ValidationError, first_line
 from tools.intake.detect import validate_safetensors_header
 from tools.intake.hf_inputs import infer_hf_input_specs, with_encoder_inputs
 from tools.intake.pickle_scan import classify_torch_pickle
@@ -25,8 +25,11 @@ def _offline() -> None:
     hf_logging.disable_progress_bar()
 
 
-def model_class_for(config: dict[str, Any], options: LoadOptions) -> Any:
-    """Pick the transformers class for a config: `architectures[0]` when transformers has it, else AutoModel."""
+def model_class_for(config: dict[str, Any], options: LoadOptions, source: str = "config.json") -> Any:
+    """Pick the transformers class for a config: `architectures[0]` when transformers has it, else AutoModel.
+
+    A name transformers has that is not a model class (a function, a config) is refused: `source` names the file.
+    """
     import transformers
 
     if config.get("auto_map") and not options.trust_remote_code:
@@ -34,11 +37,32 @@ def model_class_for(config: dict[str, Any], options: LoadOptions) -> Any:
             "this Hugging Face model ships its own Python code (auto_map in config.json); it is not run by default",
             hint="pass --trust-remote-code only if you trust its source",
         )
-    for name in config.get("architectures") or []:
+    architectures = config.get("architectures") or []
+    if not isinstance(architectures, list):
+        raise UnsupportedFormatError(
+            f"{source}: architectures is {architectures!r}, not a list of model class names"
+        )
+    for name in architectures:
         cls = getattr(transformers, str(name), None)
-        if cls is not None:
-            return cls
+        if cls is None:
+            continue
+        if not _is_model_class(cls):
+            raise UnsupportedFormatError(
+                f"{source}: architectures names {name!r}, which in transformers is "
+                f"{'the class ' + cls.__name__ if isinstance(cls, type) else 'a ' + type(cls).__name__}, "
+                "not a model class",
+                hint="architectures must name a transformers model class such as 'BertModel'",
+            )
+        return cls
     return transformers.AutoModel
+
+
+def _is_model_class(candidate: object) -> bool:
+    """A transformers model class (PreTrainedModel subclass) or an AutoModel* factory, never a function or config."""
+    from transformers import PreTrainedModel
+    from transformers.models.auto.auto_factory import _BaseAutoModelClass
+
+    return isinstance(candidate, type) and issubclass(candidate, (PreTrainedModel, _BaseAutoModelClass))
 
 
 def model_from_config(config: dict[str, Any], options: LoadOptions) -> torch.nn.Module:
@@ -66,7 +90,7 @@ def load_hf_directory(path: Path, options: LoadOptions) -> LoadedModel:
         raise ValidationError(f"{path.name}/config.json is not valid JSON: {exc}") from None
     if not isinstance(config, dict) or "model_type" not in config:
         raise ValidationError(f"{path.name}/config.json has no model_type; it is not a transformers config")
-    cls = model_class_for(config, options)
+    cls = model_class_for(config, options, source=f"{path.name}/config.json")
     use_safetensors = _check_weight_files(path)
     try:
         module = cls.from_pretrained(

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import importlib.util
+import math
 from pathlib import Path
 
 from tools.errors import CorruptFileError, MissingDependencyError, ValidationError, first_line
 from tools.inputs import InputSpec
+from tools.intake.budget import check_within_budget
 from tools.intake.types import LoadedModel, LoadOptions, ModelFormat
 
 DEFAULT_DYNAMIC_DIM = 16  # sequence length used for a symbolic non-batch dimension
@@ -23,6 +25,27 @@ _ONNX_DTYPES = {
 }
 
 
+_ITEM_BYTES = {"float64": 8, "int64": 8, "float32": 4, "int32": 4, "float16": 2, "bfloat16": 2}
+# TensorProto.DataType -> bytes per element (numeric types only; strings have no fixed size)
+_TENSOR_ITEM_BYTES = {
+    1: 4,
+    2: 1,
+    3: 1,
+    4: 2,
+    5: 2,
+    6: 4,
+    7: 8,
+    9: 1,
+    10: 2,
+    11: 8,
+    12: 4,
+    13: 8,
+    14: 8,
+    15: 16,
+    16: 2,
+}
+
+
 def load_onnx(path: Path, options: LoadOptions) -> LoadedModel:
     """Check the ONNX graph, open a CPU ONNX Runtime session, and derive input specs from the graph."""
     import onnx
@@ -31,14 +54,25 @@ def load_onnx(path: Path, options: LoadOptions) -> LoadedModel:
 
     try:
         model = onnx.load(str(path), load_external_data=False)
+    except (DecodeError, ValueError, RuntimeError) as exc:
+        raise CorruptFileError(f"{path.name} is not a valid ONNX model: {first_line(exc)}") from None
+    check_declared_sizes(path, model)
+    specs = list(options.input_specs) or onnx_input_specs(model)
+    for spec in specs:
+        check_within_budget(
+            path.name,
+            f"input {spec.name!r} of shape {list(spec.shape)}",
+            math.prod(spec.shape) * _ITEM_BYTES.get(spec.dtype, 8),
+            hint="the graph's input shape is forged or wrong; give the real one with --input-spec",
+        )
+    try:
         onnx.checker.check_model(str(path))
-    except (DecodeError, onnx.checker.ValidationError, ValueError, RuntimeError) as exc:
+    except (onnx.checker.ValidationError, ValueError, RuntimeError) as exc:
         raise CorruptFileError(f"{path.name} is not a valid ONNX model: {first_line(exc)}") from None
     try:
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own Fail/InvalidGraph types
         raise ValidationError(f"{path.name}: ONNX Runtime cannot open it: {first_line(exc)}") from None
-    specs = list(options.input_specs) or onnx_input_specs(model)
     return LoadedModel(
         source=path,
         path=path,
@@ -49,6 +83,54 @@ def load_onnx(path: Path, options: LoadOptions) -> LoadedModel:
         output_names=[o.name for o in session.get_outputs()],
         metadata={"opsets": {o.domain or "ai.onnx": o.version for o in model.opset_import}},
     )
+
+
+def check_declared_sizes(path: Path, model: object) -> None:
+    """Refuse initializers whose declared size the file cannot hold or memory cannot take, before any load.
+
+    Embedded data must fit in the file; external data must name a file beside the model whose bytes cover the
+    declared offset and length; the total must fit the memory budget. Checked before onnx.checker and ONNX
+    Runtime, which allocate what the header declares.
+    """
+    file_bytes = path.stat().st_size
+    total = 0
+    for tensor in model.graph.initializer:  # type: ignore[attr-defined]
+        what = f"initializer {tensor.name!r} of shape {list(tensor.dims)}"
+        if any(dim < 0 for dim in tensor.dims):
+            raise CorruptFileError(f"{path.name}: {what} has a negative dimension")
+        declared = math.prod(tensor.dims) * _TENSOR_ITEM_BYTES.get(tensor.data_type, 1)
+        if tensor.data_location == tensor.EXTERNAL:
+            _check_external_data(path, tensor, what, declared)
+        elif declared > file_bytes and tensor.data_type in _TENSOR_ITEM_BYTES:
+            raise CorruptFileError(
+                f"{path.name} declares {what} of {declared:,} bytes but the file has {file_bytes:,}",
+                hint="the initializer's dims are forged or its data is missing; re-export the model",
+            )
+        total += declared
+    check_within_budget(path.name, "initializers", total)
+
+
+def _check_external_data(path: Path, tensor: object, what: str, declared: int) -> None:
+    entries = {entry.key: entry.value for entry in tensor.external_data}  # type: ignore[attr-defined]
+    location = entries.get("location", "")
+    target = (path.parent / location).resolve()
+    if not location or path.parent.resolve() not in target.parents or not target.is_file():
+        raise CorruptFileError(
+            f"{path.name}: {what} keeps its data in {location!r}, which is not a file beside the model"
+        )
+    try:
+        offset, length = int(entries.get("offset", 0)), int(entries.get("length", declared))
+    except ValueError:
+        raise CorruptFileError(
+            f"{path.name}: {what} has a non-numeric external data offset or length"
+        ) from None
+    available = target.stat().st_size
+    if offset < 0 or length != declared or offset + length > available:
+        raise CorruptFileError(
+            f"{path.name} declares {what} of {declared:,} bytes at offset {offset:,} (length {length:,}) in "
+            f"{location}, which has {available:,} bytes",
+            hint="the external data file is truncated or the initializer forged; re-export the model",
+        )
 
 
 def onnx_input_specs(model: object) -> list[InputSpec]:
