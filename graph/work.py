@@ -250,7 +250,9 @@ SENSITIVITY_MIN_LAYERS = 8
 
 def sensitivity_layer_budget(module: Any, batches: list[dict[str, Any]], notes: list[str]) -> int | None:
     """How many layers a sensitivity ranking may perturb within `SENSITIVITY_BUDGET_S` (one forward pass over
-    `batches` each, timed here); None when every layer fits. A sample ranks the largest layers and is noted.
+    `batches` each, timed here); None when every layer fits. A sample ranks the largest layers and is noted; 0
+    (no ranking, noted) when not even `SENSITIVITY_MIN_LAYERS` fit: a default-size DDPM policy (32 s a pass)
+    spent minutes here ranking its minimum of layers and its job never reached a result.
     """
     import time
 
@@ -267,7 +269,15 @@ def sensitivity_layer_budget(module: Any, batches: list[dict[str, Any]], notes: 
             seconds = time.perf_counter() - started
     except (RoboptError, RuntimeError, TypeError, ValueError, AttributeError):
         return None  # the ranking itself reports what fails, as an optional step
-    limit = max(SENSITIVITY_MIN_LAYERS, int(SENSITIVITY_BUDGET_S / max(seconds, 1e-6)))
+    fit = int(SENSITIVITY_BUDGET_S / max(seconds, 1e-6))
+    if fit < SENSITIVITY_MIN_LAYERS:
+        notes.append(
+            f"analysis: sensitivity not ranked: a pass takes {seconds:.1f} s, so {SENSITIVITY_MIN_LAYERS} layers "
+            f"would not fit the {SENSITIVITY_BUDGET_S:.0f} s budget; lossy steps are judged by their measured "
+            "accuracy alone"
+        )
+        return 0
+    limit = fit
     if limit >= total:
         return None
     notes.append(
@@ -313,16 +323,17 @@ def profile_original(
         calibration, _ = split_data(dataset)
         batches = (calibration.batches if calibration else [model.example_inputs()])[:2]
         limit = sensitivity_layer_budget(model.module, batches, notes)
-        quantization = optional_step(
-            "quantization sensitivity",
-            lambda: quantization_sensitivity(model.module, batches, max_layers=limit),
-            notes,
-        )
-        pruning = optional_step(
-            "pruning sensitivity",
-            lambda: pruning_sensitivity(model.module, batches, max_layers=limit),
-            notes,
-        )
+        if limit != 0:
+            quantization = optional_step(
+                "quantization sensitivity",
+                lambda: quantization_sensitivity(model.module, batches, max_layers=limit),
+                notes,
+            )
+            pruning = optional_step(
+                "pruning sensitivity",
+                lambda: pruning_sensitivity(model.module, batches, max_layers=limit),
+                notes,
+            )
     progress(100, "analysis figures ready")
     return {
         "baseline": baseline,

@@ -237,3 +237,28 @@ def test_the_analysis_samples_the_ranking_of_a_slow_model_and_says_so() -> None:
         sensitivity_layer_budget(nn.Sequential(nn.Linear(4, 4)), [{"input": torch.randn(2, 4)}], fast) is None
     )
     assert not fast
+
+
+class _SlowPass(nn.Module):
+    """Twelve layers and a forward pass of 3 s: not even the minimum of eight layers fits the budget."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(nn.Linear(4, 4) for _ in range(12))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        import time
+
+        time.sleep(3.0)
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
+def test_a_model_too_slow_for_the_minimum_ranking_is_not_ranked_and_says_so() -> None:
+    from graph.work import SENSITIVITY_BUDGET_S, SENSITIVITY_MIN_LAYERS, sensitivity_layer_budget
+
+    assert 3.0 * SENSITIVITY_MIN_LAYERS > SENSITIVITY_BUDGET_S, "the model must be too slow for this test"
+    notes: list[str] = []
+    assert sensitivity_layer_budget(_SlowPass(), [{"x": torch.randn(2, 4)}], notes) == 0
+    assert notes and "not ranked" in notes[0] and "a pass takes 3.0 s" in notes[0]
