@@ -172,37 +172,51 @@ def test_a_stable_estimate_needs_three_runs_that_agree() -> None:
     assert not stable_estimate([1_000_000, 1_010_000, 1_200_000])  # one run 20% off: keep timing
 
 
+class _SimulatedClock:
+    """A nanosecond clock that only moves when a simulated run takes its duration: the stop rules of
+    `_time_runs` are checked on exact durations, not on how late a loaded machine wakes a sleeping thread."""
+
+    def __init__(self, durations_s: list[float]) -> None:
+        self.now_ns = 1_000_000_000
+        self._durations = iter(durations_s)
+        self.runs = 0
+
+    def __call__(self) -> int:
+        return self.now_ns
+
+    def run(self) -> None:
+        self.now_ns += int(next(self._durations) * 1e9)
+        self.runs += 1
+
+
 def test_a_model_of_seconds_a_call_stops_once_its_runs_agree() -> None:
     """Past the time cap, runs that agree end timing before min_iterations; runs that disagree do not."""
-    import time
-
     from tools.latency import LatencyRequest, _time_runs
 
     request = LatencyRequest(
         source=Path("slow"), warmup=1, iterations=50, min_iterations=10, max_measure_s=0.2, threads=1
     )
-    warmed, _, samples, _, stopped_by = _time_runs(lambda: time.sleep(0.15), request)
+    steady = _SimulatedClock([0.15] * 50)
+    warmed, _, samples, _, stopped_by = _time_runs(steady.run, request, clock=steady)
     assert (warmed, stopped_by) == (1, "stable") and 3 <= len(samples) < 10
-    durations = iter([0.05, 0.15, 0.05, 0.15] * 10)
-    _, _, noisy, _, noisy_stop = _time_runs(lambda: time.sleep(next(durations)), request)
+    noisy_clock = _SimulatedClock([0.05, 0.15] * 20)
+    _, _, noisy, _, noisy_stop = _time_runs(noisy_clock.run, request, clock=noisy_clock)
     assert noisy_stop == "time_cap" and len(noisy) == 10  # no agreement: min_iterations still holds
 
 
 def test_a_slow_model_on_a_loaded_machine_reports_fewer_runs_instead_of_being_killed() -> None:
     """Found on a default-size DDPM policy (32 s a call with the cores shared): runs that never agree within 5%
     kept timing toward min_iterations until the child's 300 s limit killed it with no figure at all."""
-    import time
-
     from tools.latency import LatencyRequest, _time_runs
 
     request = LatencyRequest(
         source=Path("slow"), warmup=2, iterations=50, min_iterations=20, max_measure_s=0.1, threads=1
     )
-    durations = iter([0.05, 0.1, 0.05, 0.1] * 20)
-    started = time.perf_counter_ns()
-    deadline = started + int(0.9e9)
-    warmed, _, samples, _, stopped_by = _time_runs(lambda: time.sleep(next(durations)), request, deadline)
-    finished = time.perf_counter_ns()
+    clock = _SimulatedClock([0.05, 0.1] * 40)
+    deadline = clock.now_ns + int(0.87e9)
+    warmed, _, samples, _, stopped_by = _time_runs(clock.run, request, deadline, clock=clock)
     assert stopped_by == "time_cap" and 1 <= len(samples) < 20, (stopped_by, len(samples))
-    assert finished <= deadline + 20_000_000, "no run may start that would end past the deadline"
+    assert clock.now_ns <= deadline, "no run may start that would end past the deadline"
     assert warmed >= 1
+    # the stop is not early either: one more run of the slowest length seen would have crossed the deadline
+    assert clock.now_ns + max(samples) >= deadline

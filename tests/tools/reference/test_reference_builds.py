@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import time
 import zipfile
 from pathlib import Path
 
@@ -60,9 +59,16 @@ def test_trained_conv_policy_beats_chance(built_conv_policy: Path) -> None:
 
 
 def test_second_build_hits_the_cache(reference_cache: Path, built_vla: Path) -> None:
-    started = time.perf_counter()
+    def files() -> dict[str, tuple[int, int]]:
+        return {
+            str(p.relative_to(reference_cache)): (p.stat().st_ino, p.stat().st_mtime_ns)
+            for p in reference_cache.rglob("*")
+            if p.is_file()
+        }
+
+    before = files()
     assert build_reference("vla", reference_cache) == built_vla
-    assert time.perf_counter() - started < 1.0
+    assert files() == before  # a hit rebuilds, rewrites and adds nothing
     metadata = read_reference_metadata(built_vla)
     assert metadata["seed"] == 0 and len(metadata["fingerprint"]) == 16
     assert 5_000_000 <= metadata["parameters"] <= 20_000_000
