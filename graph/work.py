@@ -127,7 +127,18 @@ def measure(
     original_model = load_version(store, original.job_id, original.version_id, root)
     dataset = load_data(data, original_model)
     return _measure_version(
-        root, store, ref, original_model, dataset, plan, data, targets, threads, iterations, progress
+        root,
+        store,
+        ref,
+        original,
+        original_model,
+        dataset,
+        plan,
+        data,
+        targets,
+        threads,
+        iterations,
+        progress,
     )
 
 
@@ -135,6 +146,7 @@ def _measure_version(
     root: Path,
     store: VersionStore,
     ref: ArtifactRef,
+    original: ArtifactRef,
     original_model: LoadedModel,
     dataset: CalibrationData | None,
     plan: AccuracyPlan,
@@ -143,8 +155,13 @@ def _measure_version(
     threads: int,
     iterations: int,
     progress: Progress,
+    known_flops: int | None = None,
 ) -> Measurement:
-    """Measure `ref` with the original and the job's data already loaded (accuracy on the held-out part)."""
+    """Measure `ref` with the original and the job's data already loaded (accuracy on the held-out part).
+
+    The original's fidelity outputs are kept under `<data>/work/fidelity/<its sha256>/`, one file per data,
+    so a model of seconds a call runs them once per job, not once per version; the baseline is `ref` itself.
+    """
     _, held_out = split_data(dataset)
     if plan.level == "fidelity" and data.kind == "synthetic":
         held_out = None
@@ -160,6 +177,9 @@ def _measure_version(
         threads=threads,
         iterations=iterations,
         progress=progress,
+        reference_cache=root / "work" / "fidelity" / original.sha256,
+        reference_is_self=(ref.job_id, ref.version_id) == (original.job_id, original.version_id),
+        known_flops=known_flops,
     )
 
 
@@ -305,16 +325,17 @@ def profile_original(
 
     root = Path(data_dir)
     store = VersionStore(root / "versions")
-    progress(0, "measuring the original model")
+    progress(0, "profiling the original's components and FLOPs")
     model = load_version(store, ref.job_id, ref.version_id, root)
     dataset = load_data(data, model)
-    baseline = _measure_version(
-        root, store, ref, model, dataset, plan, data, targets, threads, iterations, _quiet
-    )
-    progress(25, "baseline measured; profiling components and FLOPs")
     profile, skipped = profile_model_or_sizes(model)
+    progress(25, "profiled; measuring the original model (the baseline)")
+    # the profile's count is the baseline's FLOPs: a model of seconds a call is not run under the counter twice
+    baseline = _measure_version(
+        root, store, ref, ref, model, dataset, plan, data, targets, threads, iterations, _quiet, profile.flops
+    )
     machine = machine_profile(root)
-    progress(50, "profiled; measuring this machine's roofline")
+    progress(50, "baseline measured; measuring this machine's roofline")
     floor = roofline_floor_ms(profile.parameter_bytes, profile.flops, machine, threads=threads)
     progress(75, "ranking layer sensitivity")
     quantization, pruning = [], []

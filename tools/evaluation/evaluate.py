@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tools.errors import ValidationError
 from tools.evaluation.closed_loop import evaluate_closed_loop
-from tools.evaluation.fidelity import cosine_figure, measure_fidelity
+from tools.evaluation.fidelity import batches_digest, cosine_figure, measure_fidelity
 from tools.evaluation.machine import MachineProfile
 from tools.evaluation.measurement import Measurement
 from tools.evaluation.runners import RuntimeName, measure_runtime
@@ -58,16 +58,18 @@ def measure_accuracy(
     *,
     reference: LoadedModel | None = None,
     data: CalibrationData | None = None,
+    reference_cache: Path | None = None,
 ) -> AccuracyResult:
     """Measure `model`'s accuracy as the plan says; fidelity and closed-loop agreement need the original as
-    `reference`."""
+    `reference`. `reference_cache` (a directory) keeps the reference's fidelity outputs, one file per data."""
     if plan.level == "fidelity":
         if reference is None:
             raise ValidationError("fidelity needs the original model as the reference")
         batches = (
             data.batches if data is not None else [reference.example_inputs(seed=1000 + i) for i in range(4)]
         )
-        return measure_fidelity(reference, model, batches, actions=plan.judge_actions)
+        cache = reference_cache / f"{batches_digest(batches)}.pt" if reference_cache is not None else None
+        return measure_fidelity(reference, model, batches, actions=plan.judge_actions, reference_cache=cache)
     if plan.level == "task":
         if data is None or data.labels is None:
             raise ValidationError(
@@ -95,15 +97,24 @@ def evaluate_version(
     threads: int = 1,
     iterations: int = 50,
     progress: Callable[[float, str], None] | None = None,
+    reference_cache: Path | None = None,
+    reference_is_self: bool = False,
+    known_flops: int | None = None,
 ) -> Measurement:
     """Measure a stored version: accuracy, batch-1 latency and memory here (child process), size, FLOPs and
     the latency projected to each named target (estimated; this machine's figure is measured).
+
+    `reference_cache` keeps the original's fidelity outputs between versions; `reference_is_self` says the
+    version is the original (the baseline), judged against itself without running it twice. `known_flops`
+    is a count already made of this very model (the analysis profile), not counted again.
 
     `progress(percent, message)` hears of each stage: 25 loaded, 50 accuracy, 75 latency, 100 done."""
     report = progress or (lambda percent, message: None)
     model = load_manifest(store, manifest, data_dir)
     report(25, f"version {manifest.id} loaded; measuring {plan.level} accuracy")
-    accuracy = measure_accuracy(plan, model, reference=reference, data=data)
+    if reference_is_self:
+        reference = model
+    accuracy = measure_accuracy(plan, model, reference=reference, data=data, reference_cache=reference_cache)
     other_accuracy = companion_figures(accuracy)
     report(50, f"{accuracy.label} {accuracy.value:.4g}; measuring latency")
     path = store.artifact_path(manifest.job_id, manifest.id)
@@ -118,7 +129,7 @@ def evaluate_version(
     )
     report(75, f"p50 {runtime.p50_ms:.3f} ms; measuring size and FLOPs")
     size = size_of_loaded(model)
-    flops = _flops(model)
+    flops = known_flops if known_flops is not None else _flops(model)
     projections = []
     for name in dict.fromkeys(canonical_target_name(target) for target in targets):
         if name == THIS_MACHINE:

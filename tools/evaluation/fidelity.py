@@ -8,6 +8,9 @@ The headline is the lowest cosine over the outputs. A fidelity figure is never c
 
 from __future__ import annotations
 
+import hashlib
+import os
+from pathlib import Path
 from typing import Literal, Mapping, Sequence
 
 import torch
@@ -16,6 +19,7 @@ from tools.errors import MeasurementError, ValidationError
 from tools.evaluation.policy import ACTION_ERROR_METRIC, action_agreement, action_indices
 from tools.evaluation.types import AccuracyResult
 from tools.intake import LoadedModel
+from tools.log import get_logger
 from tools.techniques.artifacts import OutputAgreement, output_agreement, run_outputs
 
 AUTO_LOGITS_MIN_CLASSES = 16
@@ -24,6 +28,8 @@ class scores (vocabulary logits, action-token bins); action chunks (last axis 2-
 
 Batches = Sequence[Mapping[str, torch.Tensor]]
 LogitsSelection = Sequence[int] | Literal["auto"]
+
+_log = get_logger("evaluation.fidelity")
 
 
 def as_batches(inputs: Batches | Mapping[str, torch.Tensor]) -> list[Mapping[str, torch.Tensor]]:
@@ -39,6 +45,47 @@ def collect_outputs(
 ) -> list[list[torch.Tensor]]:
     """Run `model` on every batch; return per-batch lists of float32 CPU outputs."""
     return [run_outputs(model, batch) for batch in as_batches(inputs)]
+
+
+def batches_digest(inputs: Batches | Mapping[str, torch.Tensor]) -> str:
+    """sha256 over every batch's input names, dtypes, shapes and bytes: the key of a reference's outputs."""
+    digest = hashlib.sha256()
+    for batch in as_batches(inputs):
+        for name in sorted(batch):
+            tensor = batch[name].detach().to("cpu").contiguous()
+            digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+            digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def cached_outputs(
+    model: LoadedModel, inputs: Batches | Mapping[str, torch.Tensor], cache_path: Path | None
+) -> list[list[torch.Tensor]]:
+    """`collect_outputs`, kept in `cache_path` when given: the original's outputs on the job's data do not
+    change between versions, and a model of seconds a call must not be run again for every candidate.
+
+    The file is written whole (temporary file, then rename); a torn or foreign file is recomputed."""
+    batches = as_batches(inputs)
+    if cache_path is None:
+        return collect_outputs(model, batches)
+    if cache_path.is_file():
+        try:
+            stored = torch.load(cache_path, weights_only=True)
+            if (
+                isinstance(stored, list)
+                and len(stored) == len(batches)
+                and all(isinstance(b, list) and all(isinstance(t, torch.Tensor) for t in b) for b in stored)
+            ):
+                _log.info("reference outputs from cache", extra={"cache_path": str(cache_path)})
+                return stored
+        except Exception:  # noqa: BLE001 - a torn or foreign cache file is recomputed, never trusted
+            _log.warning("unreadable reference cache recomputed", extra={"cache_path": str(cache_path)})
+    outputs = collect_outputs(model, batches)
+    cache_path.parent.mkdir(parents=True, exist_ok=True)
+    partial = cache_path.with_name(f".{cache_path.name}.{os.getpid()}.tmp")
+    torch.save(outputs, partial)
+    os.replace(partial, cache_path)
+    return outputs
 
 
 def aggregate_agreement(
@@ -101,16 +148,20 @@ def measure_fidelity(
     logits_outputs: LogitsSelection = "auto",
     min_classes: int = AUTO_LOGITS_MIN_CLASSES,
     actions: bool = False,
+    reference_cache: Path | None = None,
 ) -> AccuracyResult:
     """Measure how faithfully `candidate` reproduces `reference` on `inputs` (torch or ONNX Runtime, any mix).
+
+    `reference_cache` (a file) keeps the reference's outputs for the next candidate (see `cached_outputs`);
+    a candidate that is the reference itself (the baseline) is run once, not twice.
 
     The headline metric is `min_cosine` (higher is better); with `actions` (a policy) it is the action error
     over whole chunks, `action_rel_error` (lower is better), and the cosine stays in the details.
     `details["outputs"]` holds the figures per output.
     """
     batches = as_batches(inputs)
-    ref_outputs = collect_outputs(reference, batches)
-    cand_outputs = collect_outputs(candidate, batches)
+    ref_outputs = cached_outputs(reference, batches, reference_cache)
+    cand_outputs = ref_outputs if candidate is reference else collect_outputs(candidate, batches)
     agreements = aggregate_agreement(ref_outputs, cand_outputs)
     per_output = [agreement.as_dict() for agreement in agreements]
     logits = logits_indices(ref_outputs[0], logits_outputs, min_classes)

@@ -10,6 +10,7 @@ from tests.technique_support import load, store_reference
 from tools.errors import ValidationError
 from tools.evaluation.criteria import Criteria, check_criteria
 from tools.evaluation.evaluate import AccuracyPlan, evaluate_version, measure_accuracy
+from tools.evaluation.fidelity import batches_digest
 from tools.evaluation.machine import machine_profile
 from tools.evaluation.report import build_report, write_report
 from tools.reference.calibration import reaching_calibration
@@ -30,9 +31,21 @@ def test_original_and_int8_measured_judged_and_reported(
     held_out = reaching_calibration(num_batches=2, batch_size=16, seed=4242)
     machine = machine_profile(data_dir)
     plan = AccuracyPlan(level="fidelity")
-    common = dict(data_dir=data_dir, reference=reference, data=held_out, machine=machine, iterations=20)
-    before = evaluate_version(version_store, original, plan, targets=["orin nano"], **common)
+    cache = tmp_path / "fidelity"
+    common = dict(
+        data_dir=data_dir,
+        reference=reference,
+        data=held_out,
+        machine=machine,
+        iterations=20,
+        reference_cache=cache,
+    )
+    before = evaluate_version(
+        version_store, original, plan, targets=["orin nano"], reference_is_self=True, **common
+    )
     after = evaluate_version(version_store, int8, plan, targets=["orin nano"], **common)
+    # the original's outputs on this data were kept once, under the data's digest, for every later version
+    assert [p.name for p in cache.iterdir()] == [f"{batches_digest(held_out.batches)}.pt"]
 
     assert before.accuracy.level == "fidelity" and before.accuracy.value == pytest.approx(1.0, abs=1e-9)
     assert 0.999 < after.accuracy.value < 1.0

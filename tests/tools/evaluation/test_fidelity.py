@@ -13,10 +13,11 @@ import torch
 from torch import nn
 
 from tools.errors import MeasurementError, ValidationError
-from tools.evaluation.fidelity import measure_fidelity
+from tools.evaluation.fidelity import batches_digest, measure_fidelity
 from tools.evaluation.types import AccuracyResult
 from tools.inputs import InputSpec
 from tools.intake import LoadedModel, LoadOptions, load_model
+from tools.intake.types import ModelFormat
 from tools.reference import reference_model_file
 from tools.reference.build import read_reference_metadata
 from tools.reference.calibration import reaching_calibration
@@ -87,7 +88,8 @@ def token_models(tmp_path_factory: pytest.TempPathFactory) -> tuple[LoadedModel,
 
 def test_unchanged_model_is_exactly_faithful(vla_torch: LoadedModel) -> None:
     inputs = reaching_calibration(2, 16, seed=11).batches
-    result = measure_fidelity(vla_torch, vla_torch, inputs)
+    twin = dataclasses.replace(vla_torch, module=copy.deepcopy(vla_torch.module))  # run, not short-cut
+    result = measure_fidelity(vla_torch, twin, inputs)
     assert isinstance(result, AccuracyResult) and result.level == "fidelity" and result.higher_is_better
     assert result.metric == "min_cosine" and result.value == pytest.approx(1.0, abs=1e-12)
     assert result.samples == 32 and result.details["batches"] == 2
@@ -143,3 +145,57 @@ def test_refuses_unusable_requests(
     narrower = load_model(path, options, tmp_path / "data")
     with pytest.raises(MeasurementError, match="shape"):
         measure_fidelity(token_models[0], narrower, _token_batches())
+
+
+class _Counting(nn.Module):
+    """Counts its forward passes: how often a fidelity measurement ran the model."""
+
+    def __init__(self, scale: float = 1.0) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.layer = nn.Linear(4, 3)
+        self.scale = scale
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return self.layer(x) * self.scale
+
+
+def _counting_model(scale: float = 1.0) -> LoadedModel:
+    spec = InputSpec(name="x", shape=(1, 4), dtype="float32")
+    return LoadedModel(
+        source=Path("counting.pt"),
+        path=Path("counting.pt"),
+        format=ModelFormat.TORCH_PICKLED_MODULE,
+        options=LoadOptions(),
+        input_specs=[spec],
+        module=_Counting(scale),
+    )
+
+
+def test_the_reference_runs_once_per_data_and_a_torn_cache_is_recomputed(tmp_path: Path) -> None:
+    """A default-size DDPM policy takes 30 s a call: its outputs on the job's data are kept, not rerun."""
+    reference, candidate = _counting_model(), _counting_model(scale=0.5)
+    batches = [{"x": torch.randn(2, 4, generator=torch.Generator().manual_seed(i))} for i in range(3)]
+    cache = tmp_path / "fidelity" / f"{batches_digest(batches)}.pt"
+
+    baseline = measure_fidelity(reference, reference, batches, reference_cache=cache)
+    assert reference.module.calls == 3, "the baseline against itself runs the model once, not twice"
+    assert baseline.value == pytest.approx(1.0) and baseline.details["max_abs_error"] == 0.0
+    assert cache.is_file() and not list(cache.parent.glob(".*.tmp"))
+
+    first = measure_fidelity(reference, candidate, batches, reference_cache=cache)
+    second = measure_fidelity(reference, candidate, batches, reference_cache=cache)
+    assert reference.module.calls == 3 and candidate.module.calls == 6  # the reference comes from the cache
+    assert first.details == second.details and first.details["max_relative_l2"] == pytest.approx(
+        0.5, abs=1e-6
+    )
+
+    cache.write_bytes(cache.read_bytes()[:40])  # a crash mid-write elsewhere, or a disk full
+    torn = measure_fidelity(reference, candidate, batches, reference_cache=cache)
+    assert reference.module.calls == 6 and torn.details == first.details
+
+    other = [{"x": batch["x"] + 1} for batch in batches]
+    assert batches_digest(other) != batches_digest(batches) != batches_digest(batches[:2])
+    assert batches_digest([{"x": batch["x"].clone()} for batch in batches]) == batches_digest(batches)
