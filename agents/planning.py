@@ -101,6 +101,11 @@ class VersionSummary(BaseModel):
         description="The noise scheduler ('DDPM', 'DDIM') when the version is a LeRobot Diffusion Policy directory: "
         "DDPM draws noise at every step, so it exports as a sampler (lerobot_sampler_export), not one graph.",
     )
+    sampler_steps: int | None = Field(
+        default=None,
+        description="The denoising steps that Diffusion Policy directory samples with, when its config says; "
+        "fewer-steps plans only offer counts below it.",
+    )
     measurement: Measurement
 
 

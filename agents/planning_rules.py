@@ -177,7 +177,28 @@ def candidate_attempts(payload: PlanningInput) -> list[tuple[list[PlannedTechniq
             plans.insert(structural, export)
         else:
             plans.append(export)
+    if current.format == "lerobot_policy" and current.sampler == "DDIM":
+        plans = _ddim_plans(payload, options, plans, speed)
     return plans
+
+
+def _ddim_plans(
+    payload: PlanningInput,
+    options: dict[str, TechniqueOption],
+    plans: list[tuple[list[PlannedTechnique], str]],
+    speed: float,
+) -> list[tuple[list[PlannedTechnique], str]]:
+    """A DDIM Diffusion Policy exports whole (its noise is a fixed buffer, so the graph is deterministic), but
+    fewer denoising steps can only start from the policy itself. Lossless first, unless the whole-graph export
+    cannot close the speed gap (registry's measured effect): then fewer steps lead and the export stays a
+    fallback."""
+    fewer = _fewer_steps_plans(payload, options)
+    export = options.get("onnx_export")
+    export_speed = _ratio(export.expected(payload.analysis.architecture)[0] if export else None, 1.5)
+    if fewer and speed > export_speed:
+        why = f"; the whole-graph export gives about {export_speed:.1f}x (measured), the goal needs {speed:.1f}x"
+        return [(steps, reason + why) for steps, reason in fewer] + plans
+    return plans + fewer
 
 
 def _sampler_plans(
@@ -226,8 +247,14 @@ def _fewer_steps_plans(
         return []
     field = option.parameters.get("num_inference_steps", {})
     counts = sorted({int(n) for n in field.get("search") or [field.get("default") or 10]}, reverse=True)
-    closing = [n for n in counts if counts[0] / n >= speed] or counts[-1:]
-    ordered = [n for n in counts if n <= closing[0]] + [n for n in counts if n > closing[0]]
+    running = payload.current.sampler_steps
+    if running is not None:  # only fewer steps than the policy samples with now are fewer
+        counts = [n for n in counts if n < running]
+        if not counts:
+            return []
+    closing = [n for n in counts if (running or counts[0]) / n >= speed] or counts[-1:]
+    # then the larger counts, nearest first: each gives back less speed than the next for the accuracy it keeps
+    ordered = [n for n in counts if n <= closing[0]] + sorted(n for n in counts if n > closing[0])
     return [
         (
             [_step("lerobot_fewer_steps", num_inference_steps=steps)],

@@ -25,7 +25,7 @@ from graph.state import JobState, VersionPoint
 from tools.evaluation.criteria import check_criteria
 from tools.evaluation.measurement import Measurement
 from tools.evaluation.report import SearchStop, SearchStopRule
-from tools.intake.detect import diffusion_scheduler
+from tools.intake.detect import diffusion_inference_steps, diffusion_scheduler
 from tools.techniques import list_techniques
 
 
@@ -190,6 +190,9 @@ def _summary(point: VersionPoint) -> VersionSummary:
         lineage=point.lineage,
         measurement=point.measurement,
         sampler=diffusion_scheduler(point.ref.path) if point.ref.format == "lerobot_policy" else None,
+        sampler_steps=(
+            diffusion_inference_steps(point.ref.path) if point.ref.format == "lerobot_policy" else None
+        ),
     )
 
 

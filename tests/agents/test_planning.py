@@ -555,6 +555,36 @@ def test_a_ddim_diffusion_policy_keeps_the_whole_graph_export() -> None:
     assert "onnx_export" in names and "lerobot_sampler_export" not in names
 
 
+def _ddim_policy(steps: int | None, latency_ms: float = 45.0) -> PlanningInput:
+    payload = planning_input(goal(max_latency_ms=latency_ms, **KEEP_ACCURACY), BASELINE, fmt="lerobot_policy")
+    current = payload.current.model_copy(update={"sampler": "DDIM", "sampler_steps": steps})
+    return payload.model_copy(update={"current": current})
+
+
+def test_a_ddim_policy_is_offered_fewer_steps_than_it_samples_with() -> None:
+    """Found: a DDIM policy went to the whole-graph export and was never offered fewer steps. Only counts below
+    its own are offered; lossless first while the export can close the gap, fewer steps first when it cannot.
+    """
+
+    def chains(payload: PlanningInput) -> list[tuple[str, int | None]]:
+        return [
+            (steps[0].technique, steps[0].params.get("num_inference_steps"))
+            for steps, _ in candidate_attempts(payload)
+        ]
+
+    mild = chains(_ddim_policy(100))  # 2x short: the export is measured to give more
+    assert mild[0] == ("onnx_export", None)
+    assert [n for name, n in mild if name == "lerobot_fewer_steps"] == [50, 20, 10]
+    steep = chains(_ddim_policy(100, latency_ms=4.5))  # 20x short: fewer steps lead, the export falls back
+    assert [n for name, n in steep[:3]] == [10, 20, 50] and ("onnx_export", None) in steep[3:]
+    assert [n for name, n in chains(_ddim_policy(20)) if name == "lerobot_fewer_steps"] == [10]
+    assert "lerobot_fewer_steps" not in [name for name, _ in chains(_ddim_policy(10))]  # nothing fewer
+    plan = PLANNING.run_rules(_ddim_policy(100, latency_ms=4.5))
+    assert plan.steps[0].config_json() == {"type": "lerobot_fewer_steps", "num_inference_steps": 10}
+    assert "whole-graph export gives" in plan.rationale
+    check_plan(_ddim_policy(100, latency_ms=4.5), plan)
+
+
 # --- meet, then improve ---------------------------------------------------------------------------------------
 
 

@@ -147,6 +147,20 @@ def diffusion_scheduler(directory: Path) -> str | None:
     return str(kind) if kind else None
 
 
+def diffusion_inference_steps(directory: Path) -> int | None:
+    """The denoising steps a LeRobot Diffusion Policy directory samples with (`num_inference_steps`, else its
+    `num_train_timesteps`, as LeRobot does), or None when it is not one or does not say."""
+    config_path = Path(directory) / "config.json"
+    if not config_path.is_file() or lerobot_policy_type(config_path) != "diffusion":
+        return None
+    try:
+        config = json.loads(config_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    steps = config.get("num_inference_steps") or config.get("num_train_timesteps")
+    return steps if isinstance(steps, int) and steps > 0 else None
+
+
 def lerobot_policy_type(config_path: Path) -> str | None:
     """The policy `type` of a LeRobot config.json (it carries `type` and input/output features), else None."""
     try:

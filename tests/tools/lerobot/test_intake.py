@@ -96,3 +96,25 @@ def test_robopt_torch_version_of_a_policy_reloads_as_a_policy(
     inputs = original.example_inputs(seed=4)
     with torch.no_grad():
         torch.testing.assert_close(reloaded.module(**inputs), original.module(**inputs), rtol=0, atol=0)
+
+
+def test_a_diffusion_policys_scheduler_and_steps_are_read_from_its_config(
+    lerobot_diffusion_dir: Path, lerobot_diffusion_ddim_dir: Path, lerobot_act_dir: Path, tmp_path: Path
+) -> None:
+    """What the planner needs to offer fewer denoising steps: the scheduler, and the steps it samples with now
+    (LeRobot's `num_inference_steps`, else its training timesteps)."""
+    from tools.intake.detect import diffusion_inference_steps, diffusion_scheduler
+
+    assert (diffusion_scheduler(lerobot_diffusion_dir), diffusion_inference_steps(lerobot_diffusion_dir)) == (
+        "DDPM",
+        10,
+    )
+    assert diffusion_scheduler(lerobot_diffusion_ddim_dir) == "DDIM"
+    assert diffusion_inference_steps(lerobot_diffusion_ddim_dir) == 3
+    assert diffusion_inference_steps(lerobot_act_dir) is None
+    unset = tmp_path / "unset"
+    shutil.copytree(lerobot_diffusion_dir, unset)
+    config = json.loads((unset / "config.json").read_text())
+    config.update(num_inference_steps=None, num_train_timesteps=100)
+    (unset / "config.json").write_text(json.dumps(config))
+    assert diffusion_inference_steps(unset) == 100
