@@ -338,6 +338,12 @@ def describe_export(ctx: TechniqueContext, technique: str, **extra: Any) -> dict
         "input_flags": [spec.to_flag() for spec in ctx.source.input_specs],
         "source_version": ctx.source_version,
         "technique": technique,
+        # a policy's facts (feature keys, observation history) travel with the graph: see the ONNX loader
+        **(
+            {"policy": ctx.source.metadata["policy"]}
+            if isinstance(ctx.source.metadata.get("policy"), dict)
+            else {}
+        ),
         **extra,
     }
 

@@ -81,8 +81,27 @@ def load_onnx(path: Path, options: LoadOptions) -> LoadedModel:
         input_specs=specs,
         session=session,
         output_names=[o.name for o in session.get_outputs()],
-        metadata={"opsets": {o.domain or "ai.onnx": o.version for o in model.opset_import}},
+        metadata={
+            "opsets": {o.domain or "ai.onnx": o.version for o in model.opset_import},
+            **_recorded_policy(model),
+        },
     )
+
+
+def _recorded_policy(model: object) -> dict[str, object]:
+    """{"policy": facts} when robopt exported this graph from a policy (its `robopt.json` metadata says so):
+    an exported LeRobot policy keeps its feature keys and observation history for the data given to it."""
+    import json
+
+    for prop in getattr(model, "metadata_props", []):
+        if prop.key != "robopt.json":
+            continue
+        try:
+            policy = json.loads(prop.value).get("policy")
+        except (ValueError, AttributeError):
+            return {}
+        return {"policy": policy} if isinstance(policy, dict) and policy else {}
+    return {}
 
 
 def check_declared_sizes(path: Path, model: object) -> None:
