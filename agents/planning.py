@@ -20,6 +20,7 @@ from tools.evaluation.criteria import CriteriaCheck
 from tools.evaluation.measurement import Measurement
 from tools.evaluation.report import SearchStop
 from tools.evaluation.sensitivity import LayerSensitivity
+from tools.techniques.search_space import WALL_TIME_PARAMETERS
 
 QUANTIZED_BY = {
     "ort_int8_dynamic",
@@ -196,11 +197,6 @@ class PlanStep(BaseModel):
         description="With 'finish': the rule that stopped the search, and the chains left untried with their "
         "predicted gains.",
     )
-
-
-WALL_TIME_PARAMETERS = ("time_budget_s",)
-"""Parameters the planner derives from the time left: a chain that differs only in them is the same attempt (a
-rejected prune + distill was otherwise retried with a new distillation budget until the attempts ran out)."""
 
 
 def same_steps(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> bool:

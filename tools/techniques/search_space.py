@@ -30,7 +30,9 @@ STAGE_OF_FAMILY: dict[Family, Stage] = {
     Family.QUANTIZATION: "precision",
 }
 WALL_TIME_PARAMETERS = ("time_budget_s",)
-"""Fields derived from the time left: chains differing only in them are the same chain (as `same_steps`)."""
+"""Fields derived from the time left: chains differing only in them are the same chain, here and in the planner's
+`same_steps` (a rejected prune + distill was otherwise retried with a new distillation budget until the attempts
+ran out)."""
 
 Step = dict[str, Any]
 Chain = list[Step]
