@@ -19,6 +19,9 @@ from tools.log import get_logger
 _log = get_logger("events")
 QUEUE_SIZE = 1000
 KEEPALIVE_S = 15.0
+TRAILING_WAIT_S = 10.0
+"""After its terminal event a job still stores its closing checkpoint: a stream waits this long at most for the
+job to stop running here, then sends what it stored after the terminal event and ends."""
 
 
 def is_terminal(event: dict[str, Any]) -> bool:
@@ -76,8 +79,10 @@ class EventBus:
     ) -> AsyncIterator[dict[str, Any] | Keepalive]:
         """Yield the job's events with seq above `after`, in order, then live ones until the job ends.
 
-        The stream ends after a terminal event, or once the job is neither running here (`is_active`) nor
-        unfinished in the history and every stored event was sent. Leaving the loop never touches the job.
+        The stream ends after the job's last event: past a terminal event it sends what the job stores after it
+        (the closing checkpoint), once the job stopped running here (`is_active`; waited for at most
+        `TRAILING_WAIT_S`). It also ends once the job is neither running here nor unfinished in the history and
+        every stored event was sent. Leaving the loop never touches the job.
         """
         queue = self._subscribe(job_id)
         last = after
@@ -87,6 +92,8 @@ class EventBus:
                 yield event
                 last = event["seq"]
                 if is_terminal(event):
+                    for trailing in await self._trailing(history, job_id, last, is_active):
+                        yield trailing
                     return
             while True:
                 try:
@@ -98,6 +105,8 @@ class EventBus:
                         yield stored
                         last = stored["seq"]
                         if is_terminal(stored):
+                            for trailing in await self._trailing(history, job_id, last, is_active):
+                                yield trailing
                             return
                     if not missed:
                         if await self._finished(history, job_id, is_active):
@@ -114,13 +123,29 @@ class EventBus:
                         yield stored
                         last = stored["seq"]
                         if is_terminal(stored):
+                            for trailing in await self._trailing(history, job_id, last, is_active):
+                                yield trailing
                             return
                 yield event
                 last = event["seq"]
                 if is_terminal(event):
+                    for trailing in await self._trailing(history, job_id, last, is_active):
+                        yield trailing
                     return
         finally:
             self._unsubscribe(job_id, queue)
+
+    @staticmethod
+    async def _trailing(
+        history: HistoryDB, job_id: str, last: int, is_active: Callable[[str], bool]
+    ) -> list[dict[str, Any]]:
+        """The events the job stored after its terminal one (seq above `last`), read once it stopped running here
+        or `TRAILING_WAIT_S` passed."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + TRAILING_WAIT_S
+        while is_active(job_id) and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        return [row.as_event() for row in await asyncio.to_thread(history.events, job_id, last)]
 
     @staticmethod
     async def _finished(history: HistoryDB, job_id: str, is_active: Callable[[str], bool]) -> bool:

@@ -5,7 +5,8 @@ emits `subscribe` `{job_id, after_seq}`; the ack answers `{job_id, after_seq}` o
 hint}}`. The socket then joins the job's room `job:<id>` and receives the job's events after `after_seq` as
 `optimization:<type>` (progress, status, attempt, checkpoint, error, complete), each carrying the same JSON and
 `seq` as the SSE and WebSocket streams: the same `EventBus.follow` feeds all three, history first, then live,
-without duplicates or gaps, until the job's last event. Each subscription is its own stream addressed to its
+without duplicates or gaps, until the job's last event (the closing checkpoint comes after `complete`); then
+`stream:end` `{job_id, last_seq}` says nothing more follows on this subscription. Each subscription is its own stream addressed to its
 socket, because every client resumes from its own seq; a shared room broadcast could not honour that.
 `unsubscribe` `{job_id}` or a disconnect stops only that client's streams, never the job.
 """
@@ -28,6 +29,7 @@ from tools.log import get_logger
 
 _log = get_logger("socket")
 EVENT_PREFIX = "optimization:"
+STREAM_END = "stream:end"
 
 
 def room(job_id: str) -> str:
@@ -122,10 +124,13 @@ class JobEventsNamespace(socketio.AsyncNamespace):
         stream = services.bus.follow(
             services.jobs.history, job_id, after, is_active=services.scheduler.is_active
         )
+        last = after
         try:
             async for event in stream:
                 if not isinstance(event, Keepalive):  # Socket.io pings on its own
                     await self.emit(EVENT_PREFIX + event["type"], event, to=sid)
+                    last = event["seq"]
+            await self.emit(STREAM_END, {"job_id": job_id, "last_seq": last}, to=sid)
         except RoboptError as error:
             _log.warning(
                 "socket stream failed", extra={"component": "socket", "job_id": job_id, "code": error.code}

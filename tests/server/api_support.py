@@ -156,6 +156,15 @@ def follow_job(
         return list(read_sse(response))
 
 
+def complete_event(events: list[dict[str, Any]]) -> dict[str, Any]:
+    """The stream's one `complete` event; only the job's closing checkpoint may follow it (the stream ends after
+    the job's last event, not at `complete`)."""
+    indices = [i for i, event in enumerate(events) if event["type"] == "complete"]
+    assert len(indices) == 1, [event["type"] for event in events]
+    assert all(event["type"] == "checkpoint" for event in events[indices[0] + 1 :]), events[indices[0] :]
+    return events[indices[0]]
+
+
 def wait_for_status(
     client: httpx.Client, job_id: str, statuses: set[str], timeout: float = 300
 ) -> dict[str, Any]:

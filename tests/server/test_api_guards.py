@@ -22,6 +22,7 @@ from tests.server.api_support import (
     API,
     REPO,
     Server,
+    complete_event,
     follow_job,
     read_sse,
     server_env,
@@ -113,8 +114,7 @@ def test_a_chat_turn_answers_criteria_then_starts_the_job(server: Server, model_
         assert started.status_code == 202, started.text
         job = started.json()["job"]
         assert job["status"] == "queued" and "Started job" in started.json()["reply"]
-        events = follow_job(server, job["id"])
-        assert events[-1]["type"] == "complete"
+        complete_event(follow_job(server, job["id"]))
 
 
 @pytest.mark.parametrize(
@@ -253,5 +253,5 @@ def test_a_restart_mid_job_resumes_it_and_loses_nothing(root: Path, policy_file:
     assert len(seqs) > seen
     assert any(e["data"].get("state") == "resumed" for e in events[seen:] if e["type"] == "status")
     assert job["attempts_count"] == len({a["index"] for a in job["attempts"]}) >= 1
-    assert events[-1]["type"] == "complete"
+    complete_event(events)
     assert not [p for p in psutil.process_iter(["cmdline"]) if job_id in " ".join(p.info["cmdline"] or [])]

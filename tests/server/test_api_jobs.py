@@ -20,6 +20,7 @@ from websockets.sync.client import connect
 from tests.server.api_support import (
     API,
     Server,
+    complete_event,
     follow_job,
     read_sse,
     server_env,
@@ -88,7 +89,8 @@ def test_a_job_runs_from_upload_to_report_with_every_event_in_order(
         events = follow_job(server, job_id)
         _assert_in_order(events)
         types = [e["type"] for e in events]
-        assert types[-1] == "complete" and types.count("complete") == 1
+        assert types[-2:] == ["complete", "checkpoint"]  # the closing checkpoint stored after complete, too
+        assert complete_event(events)["seq"] == events[-2]["seq"]
         assert {"status", "progress", "attempt", "checkpoint"} <= set(types)
         progress = [e["data"]["percent"] for e in events if e["type"] == "progress"]
         assert 100 in progress
@@ -140,7 +142,7 @@ def test_reconnecting_with_last_event_id_loses_no_event(server: Server, policy: 
         rest = follow_job(server, job_id, after=first[-1]["seq"])
         assert rest[0]["seq"] == 4
         _assert_in_order(first + rest)
-        assert rest[-1]["type"] == "complete"
+        complete_event(rest)
         everything = follow_job(server, job_id)
     assert [e["seq"] for e in everything] == [e["seq"] for e in first + rest]
     assert everything == first + rest
@@ -160,7 +162,7 @@ def test_two_jobs_run_at_once_and_both_finish(server: Server, policy: dict[str, 
         for thread in threads:
             thread.join(300)
         jobs = [client.get(f"/jobs/{job_id}").json() for job_id in ids]
-    assert all(results[job_id][-1]["type"] == "complete" for job_id in ids)
+    assert all(complete_event(results[job_id]) for job_id in ids)
     assert all(job["status"] in ("succeeded", "best_effort") for job in jobs)
     first_starts = [next(e["time"] for e in results[job_id] if e["type"] == "status") for job_id in ids]
     first_ends = [results[job_id][-1]["time"] for job_id in ids]
@@ -177,7 +179,7 @@ def test_cancel_stops_a_running_job_and_its_child_process(server: Server, policy
         answer = client.post(f"/jobs/{job_id}/cancel")
         assert answer.status_code == 200 and answer.json()["status"] == "cancelled"
         events = follow_job(server, job_id)
-        assert events[-1]["type"] == "complete" and events[-1]["data"]["status"] == "cancelled"
+        assert complete_event(events)["data"]["status"] == "cancelled"
         job = wait_for_status(client, job_id, {"cancelled"})
         assert job["finished"] is not None
         again = client.post(f"/jobs/{job_id}/cancel")
@@ -217,7 +219,7 @@ def test_replay_from_a_checkpoint_with_a_changed_goal_is_a_new_linked_job(
         )
         assert answer.json()["goal"]["criteria"]["min_compression"] == 3.0
         events = follow_job(server, child["id"])
-        assert events[-1]["type"] == "complete"
+        complete_event(events)
         assert any(e["data"].get("state") == "forked" for e in events if e["type"] == "status")
         finished = wait_for_status(client, child["id"], {"succeeded", "best_effort"})
         assert finished["goal"] == "3x smaller"
@@ -280,7 +282,7 @@ def test_labelled_data_makes_the_job_judge_by_a_task_metric(
         dataset = uploaded.json()
         assert dataset["has_labels"] and dataset["arrays"] == {"state": [64, 64], "actions": [64, 8]}
         job_id = _start(client, policy["id"], dataset_id=dataset["id"])["job"]["id"]
-        assert follow_job(server, job_id)[-1]["type"] == "complete"
+        complete_event(follow_job(server, job_id))
         report = client.get(f"/jobs/{job_id}/report").json()
         bad = client.post("/datasets", files={"file": ("demos.npz", b"not an npz at all")})
     assert report["criteria"]["accuracy_level"] == "task"

@@ -37,29 +37,48 @@ def history(data_dir: Path) -> HistoryDB:
 
 def test_stored_events_then_live_ones_without_duplicates(history: HistoryDB) -> None:
     async def scenario() -> list[int]:
-        bus = EventBus()
+        bus, running = EventBus(), {"job-a"}
         for seq in (1, 2):
             _store(history, "job-a", seq)
-        stream = bus.follow(history, "job-a", 0, is_active=lambda _: True, keepalive_s=5)
+        stream = bus.follow(history, "job-a", 0, is_active=lambda job: job in running, keepalive_s=5)
         first = await _collect(stream, 2)
         for seq in (2, 3):  # 2 again: a live copy of a stored event
             bus.publish(_store(history, "job-a", seq))
         bus.publish(_store(history, "job-a", 4, type="complete", status="goal_met"))
-        rest = await _collect(stream)
-        return [e["seq"] for e in first + rest]
+        rest = asyncio.ensure_future(_collect(stream))
+        await asyncio.sleep(0.2)
+        bus.publish(_store(history, "job-a", 5, type="checkpoint", node="finalize"))  # stored after complete
+        running.clear()
+        return [e["seq"] for e in first + await asyncio.wait_for(rest, 5)]
 
-    assert asyncio.run(scenario()) == [1, 2, 3, 4]
+    assert asyncio.run(scenario()) == [1, 2, 3, 4, 5]  # the closing checkpoint too: the job's last event
+
+
+def test_a_job_that_never_stops_running_ends_its_stream_after_the_trailing_wait(
+    history: HistoryDB, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import server.event_stream as event_stream
+
+    monkeypatch.setattr(event_stream, "TRAILING_WAIT_S", 0.3)
+    _store(history, "job-a", 1, type="complete", status="goal_met")
+
+    async def scenario() -> list[int]:
+        stream = EventBus().follow(history, "job-a", 0, is_active=lambda _: True, keepalive_s=5)
+        return [e["seq"] for e in await asyncio.wait_for(_collect(stream), 5)]
+
+    assert asyncio.run(scenario()) == [1]
 
 
 def test_a_gap_in_the_live_events_is_filled_from_the_history(history: HistoryDB) -> None:
     async def scenario() -> list[int]:
-        bus = EventBus()
-        stream = bus.follow(history, "job-a", 0, is_active=lambda _: True, keepalive_s=5)
+        bus, running = EventBus(), {"job-a"}
+        stream = bus.follow(history, "job-a", 0, is_active=lambda job: job in running, keepalive_s=5)
         task = asyncio.ensure_future(_collect(stream))
         await asyncio.sleep(0.2)
         for seq in (1, 2, 3):
             _store(history, "job-a", seq)  # stored but never reached this listener (a full queue)
         bus.publish(_store(history, "job-a", 4, type="error", terminal=True, message="boom"))
+        running.clear()
         return [e["seq"] for e in await asyncio.wait_for(task, 10)]
 
     assert asyncio.run(scenario()) == [1, 2, 3, 4]

@@ -62,13 +62,14 @@ class Listener:
         self.sio = socketio.AsyncClient(reconnection=False, **client)
         self.got: list[tuple[str, dict[str, Any]]] = []
         self.ended: dict[str, asyncio.Event] = {}
+        self.last_seq: dict[str, int] = {}
 
         async def record(name: str, payload: dict[str, Any]) -> None:
-            self.got.append((name, payload))
-            if name == "optimization:complete" or (
-                name == "optimization:error" and payload["data"].get("terminal")
-            ):
+            if name == "stream:end":  # nothing more follows on this subscription
+                self.last_seq[payload["job_id"]] = payload["last_seq"]
                 self.ended.setdefault(payload["job_id"], asyncio.Event()).set()
+                return
+            self.got.append((name, payload))
 
         self.sio.on("*", record)
         self.refusal: Any = None
@@ -105,7 +106,9 @@ def test_a_jobs_events_arrive_in_order_with_their_names_as_sse_sends_them(
         await listener.connect(server)
         try:
             assert await listener.subscribe(job_id) == {"job_id": job_id, "after_seq": 0}
-            return await listener.until_end(job_id)
+            got = await listener.until_end(job_id)
+            assert listener.last_seq[job_id] == got[-1][1]["seq"]  # stream:end names the last event sent
+            return got
         finally:
             await listener.sio.disconnect()
 
@@ -114,7 +117,11 @@ def test_a_jobs_events_arrive_in_order_with_their_names_as_sse_sends_them(
     assert all(name == f"optimization:{payload['type']}" for name, payload in got)
     assert {name for name, _ in got} <= NAMES
     assert {"optimization:status", "optimization:progress", "optimization:attempt"} <= {n for n, _ in got}
-    assert got[-1][0] == "optimization:complete" and [n for n, _ in got].count("optimization:complete") == 1
+    names = [n for n, _ in got]
+    assert names.count("optimization:complete") == 1 and names[-2:] == [
+        "optimization:complete",
+        "optimization:checkpoint",
+    ]
     assert [payload for _, payload in got] == follow_job(server, job_id), "the same JSON as the SSE stream"
 
 
