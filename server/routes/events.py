@@ -1,7 +1,8 @@
 """A job's events: Server-Sent Events (`Last-Event-ID` resumes) and the same stream over a WebSocket.
 
 Both replay the job's events from the history DB, then follow it live until the job's last event (the closing
-checkpoint stored after `complete` or a terminal `error`). A client that leaves stops only its own stream, never the job.
+checkpoint stored after `complete` or a terminal `error`). A client that leaves stops only its own stream,
+never the job.
 """
 
 from __future__ import annotations
