@@ -226,3 +226,22 @@ def test_check_goal_refuses_stop_at_first_the_text_never_asked() -> None:
 )
 def test_the_search_priority_follows_what_the_goal_limits(text: str, priority: str) -> None:
     assert parse_goal_rules(IntakeInput(text=text)).priority == priority
+
+
+@pytest.mark.parametrize(
+    ("goal", "needs"),
+    [
+        ("at least 2x faster, lose at most 2 points of success rate", "simulator"),
+        ("under 10 MB, keep action MSE within 5%", "labelled data"),
+    ],
+)
+def test_a_bound_this_job_cannot_measure_is_asked_about_before_anything_runs(goal: str, needs: str) -> None:
+    """Found over HTTP: the demo goal on the reference VLA without a simulator ran for 28 s and ended best effort
+    with no accuracy figure on either version. Now the goal comes back as a question at intake."""
+    fidelity = AccuracyKind(level="fidelity", metric="action_rel_error", higher_is_better=False)
+    spec = _decide(IntakeInput(text=goal, accuracy=fidelity)).output
+    assert spec.question is not None and needs in spec.question, spec.question
+    assert "keep actions within 2%" in spec.question  # what it can measure, said as a goal
+    closed_loop = AccuracyKind(level="closed_loop", metric="success_rate", higher_is_better=True)
+    if needs == "simulator":  # with the simulator given, the same words read to a criterion, no question
+        assert _decide(IntakeInput(text=goal, accuracy=closed_loop)).output.question is None
