@@ -244,17 +244,18 @@ def _read_accuracy(reading: _Reading, statements: list[gt.Statement], text: str,
         reading.notes.append(
             "'no accuracy loss' read as a tolerated drop of 0: any measured drop rejects a step"
         )
+    needs = {"closed_loop": "a simulator (--sim reaching, or 'simulator' over HTTP)", "task": "labelled data"}
     if level != job.level and (level, job.level) != ("closed_loop", "closed_loop_agreement"):
-        # asked before anything runs: a job that cannot measure its accuracy bound would end with no figure
-        need = (
-            "a simulator (--sim reaching, or 'simulator' over HTTP)"
-            if level == "closed_loop"
-            else "labelled data"
-        )
-        reading.issues.append(
-            f"The goal bounds {metric}, a {level} figure, but this job can only measure {job.level} {job.metric}. "
-            f"Give it {need}, or bound what it measures, e.g. 'keep actions within 2%'."
-        )
+        if level in needs:  # asked before anything runs: without it the job would end with no figure to judge
+            reading.issues.append(
+                f"The goal bounds {metric}, a {level} figure, but this job can only measure {job.level} "
+                f"{job.metric}. Give it {needs[level]}, or bound what it measures, e.g. 'keep actions within 2%'."
+            )
+        else:
+            reading.notes.append(
+                f"{metric} is a {level} figure, but this job measures {job.level} {job.metric}; it can be "
+                "checked only once that level can be measured"
+            )
     reading.accuracy = acc
 
 
