@@ -77,6 +77,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.data_dir is not None:
             settings = settings.model_copy(update={"data_dir": args.data_dir})
         configure_logging(settings.log_level)
+        if args.command in ("analyze", "serve", "optimize", "demo", "resume"):
+            from tools.isolation import use_scratch_dir
+
+            use_scratch_dir(settings.data_dir)  # no temporary file outside the data directory
         if args.command == "analyze":
             return _analyze(args, settings)
         if args.command == "techniques":

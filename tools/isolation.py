@@ -30,6 +30,7 @@ import multiprocessing.process
 import os
 import pickle
 import re
+import shutil
 import signal
 import sys
 import tempfile
@@ -97,6 +98,38 @@ def configure_start_method(
     if method not in ("forkserver", "spawn", "fork"):
         raise ConfigurationError(f"unknown start method {method!r}", hint="use forkserver, spawn or fork")
     _start.update(method=method, preload=tuple(preload))
+
+
+UNIX_SOCKET_PATH_MAX = 107
+"""The longest AF_UNIX socket path Linux takes (sun_path is 108 bytes with its NUL)."""
+_MP_SOCKET_SUFFIX = len("/pymp-xxxxxxxx/listener-xxxxxxxx")
+"""What multiprocessing adds to the temp folder for the fork server's socket (`pymp-*/listener-*`)."""
+
+
+def use_scratch_dir(data_dir: Path) -> Path:
+    """Send this process's temporary files, and its children's, to `<data_dir>/work/tmp`; return that folder.
+
+    `tempfile` follows TMPDIR, and with it ONNX Runtime's `ort.quant.*` scratch, robopt's `robopt-latency-*`
+    and multiprocessing's `pymp-*` folder: set before any child or fork server starts, it holds for the whole
+    process tree (children get the caller's environment), so nothing lands outside the data directory. One
+    exception: when the folder is too deep for the fork server's socket path, multiprocessing alone keeps the
+    system temp folder (and removes its folder at exit), said in the log.
+    """
+    system_tmp = tempfile.gettempdir()
+    scratch = Path(data_dir).resolve() / "work" / "tmp"
+    scratch.mkdir(parents=True, exist_ok=True)
+    os.environ["TMPDIR"] = str(scratch)
+    tempfile.tempdir = None  # re-read TMPDIR on next use
+    if len(str(scratch)) + _MP_SOCKET_SUFFIX > UNIX_SOCKET_PATH_MAX:
+        import multiprocessing.util
+
+        config = multiprocessing.process.current_process()._config  # noqa: SLF001 - see the docstring
+        if config.get("tempdir") is None:
+            folder = tempfile.mkdtemp(prefix="pymp-", dir=system_tmp)
+            multiprocessing.util.Finalize(None, shutil.rmtree, args=[folder, True], exitpriority=-100)
+            config["tempdir"] = folder
+        log.info("fork server socket kept in the system temp folder", extra={"scratch": str(scratch)})
+    return scratch
 
 
 def prestart() -> float:

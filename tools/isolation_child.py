@@ -13,6 +13,7 @@ import os
 import pickle
 import signal
 import sys
+import tempfile
 import threading
 import traceback
 from multiprocessing.connection import Connection, wait
@@ -49,6 +50,7 @@ def child_main(
     faulthandler.register(signal.SIGUSR1, fault_file, all_threads=True)
     os.environ.clear()
     os.environ.update(environ)  # the caller's environment now, not the fork server's at its start
+    tempfile.tempdir = None  # the caller's TMPDIR (its data directory's scratch), not the fork server's
     configure_logging("WARNING")
     send_lock = threading.Lock()
 

@@ -267,3 +267,44 @@ def test_a_child_kills_itself_and_its_group_when_its_parent_dies() -> None:
         time.sleep(0.05)
     assert _gone(child), "the child outlived its killed parent"
     assert _gone(grandchild), "the child's subprocess outlived the killed parent"
+
+
+_SCRATCH_SCRIPT = """
+import json, multiprocessing.util, sys, tempfile
+from pathlib import Path
+from tools.isolation import Limits, run_isolated, use_scratch_dir
+scratch = use_scratch_dir(Path(sys.argv[1]))
+child = run_isolated("tempfile:gettempdir", {}, limits=Limits(time_s=120))
+print(json.dumps({"scratch": str(scratch), "here": tempfile.gettempdir(), "child": child,
+                  "multiprocessing": multiprocessing.util.get_temp_dir()}))
+"""
+
+
+@pytest.mark.parametrize("depth", ["short", "deep"])
+def test_temporary_files_of_the_process_and_its_children_go_to_the_data_directory(
+    tmp_path: Path, depth: str
+) -> None:
+    """Issue 16: `ort.quant.*`, `pymp-*` and `robopt-latency-*` landed in the system temp folder. With the scratch
+    folder set, this process and its isolated children take `<data>/work/tmp`; a data directory too deep for the
+    fork server's socket path still starts children (multiprocessing alone keeps the system folder)."""
+    short = Path(f"/tmp/rb-{os.getpid()}-{depth}")
+    data_dir = short / "data" if depth == "short" else tmp_path / ("d" * 60) / "data"
+    try:
+        run = subprocess.run(
+            [sys.executable, "-c", _SCRATCH_SCRIPT, str(data_dir)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            cwd=Path(__file__).resolve().parents[2],
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+        )
+        assert run.returncode == 0, run.stderr[-3000:]
+        seen = __import__("json").loads(run.stdout.strip().splitlines()[-1])
+        scratch = str(data_dir.resolve() / "work" / "tmp")
+        assert seen["scratch"] == seen["here"] == seen["child"] == scratch
+        inside = seen["multiprocessing"].startswith(scratch + "/pymp-")
+        assert inside == (depth == "short"), seen["multiprocessing"]
+    finally:
+        import shutil
+
+        shutil.rmtree(short, ignore_errors=True)
