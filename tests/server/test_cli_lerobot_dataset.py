@@ -5,6 +5,7 @@ policy on action error against the recorded actions of held-out episodes; the sa
 from __future__ import annotations
 
 import json
+import shutil
 import tarfile
 from pathlib import Path
 
@@ -93,5 +94,12 @@ def test_a_lerobot_dataset_uploaded_as_an_archive_feeds_a_job_over_http(
             )
             assert refused.status_code == 422, refused.text
             assert "not a LeRobotDataset" in refused.json()["message"]
+            zipped = Path(shutil.make_archive(str(tmp_path / "pick_cube"), "zip", lerobot_dataset_dir.parent,
+                                              lerobot_dataset_dir.name))  # fmt: skip
+            as_zip = client.post("/datasets", files={"file": (zipped.name, zipped.read_bytes())})
+            assert as_zip.status_code == 201, as_zip.text
+            same = as_zip.json()
+            assert (same["kind"], same["episodes"], same["has_labels"]) == ("lerobot", 4, True)
+            assert same["arrays"] == dataset["arrays"] and same["id"] != dataset["id"]
     finally:
         server.stop()
