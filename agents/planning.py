@@ -104,8 +104,8 @@ class VersionSummary(BaseModel):
     )
     sampler_steps: int | None = Field(
         default=None,
-        description="The denoising steps that Diffusion Policy directory samples with, when its config says; "
-        "fewer-steps plans only offer counts below it.",
+        description="The denoising steps the Diffusion Policy directory (its config) or its exported sampler "
+        "(its sampler.json) takes now; fewer-steps plans only offer counts below it.",
     )
     measurement: Measurement
 

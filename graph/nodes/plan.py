@@ -191,7 +191,9 @@ def _summary(point: VersionPoint) -> VersionSummary:
         measurement=point.measurement,
         sampler=diffusion_scheduler(point.ref.path) if point.ref.format == "lerobot_policy" else None,
         sampler_steps=(
-            diffusion_inference_steps(point.ref.path) if point.ref.format == "lerobot_policy" else None
+            diffusion_inference_steps(point.ref.path)
+            if point.ref.format in ("lerobot_policy", "lerobot_sampler")
+            else None
         ),
     )
 

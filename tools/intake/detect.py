@@ -149,7 +149,15 @@ def diffusion_scheduler(directory: Path) -> str | None:
 
 def diffusion_inference_steps(directory: Path) -> int | None:
     """The denoising steps a LeRobot Diffusion Policy directory samples with (`num_inference_steps`, else its
-    `num_train_timesteps`, as LeRobot does), or None when it is not one or does not say."""
+    `num_train_timesteps`, as LeRobot does), or the steps an exported sampler runner takes now (its
+    `sampler.json`); None when it is neither or does not say."""
+    runner = Path(directory) / "sampler.json"
+    if runner.is_file():
+        try:
+            value = json.loads(runner.read_text()).get("num_inference_steps")
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+            return None
+        return value if isinstance(value, int) and value > 0 else None
     config_path = Path(directory) / "config.json"
     if not config_path.is_file() or lerobot_policy_type(config_path) != "diffusion":
         return None

@@ -118,3 +118,9 @@ def test_a_diffusion_policys_scheduler_and_steps_are_read_from_its_config(
     config.update(num_inference_steps=None, num_train_timesteps=100)
     (unset / "config.json").write_text(json.dumps(config))
     assert diffusion_inference_steps(unset) == 100
+    runner = tmp_path / "runner"  # an exported sampler: the steps it runs now, from its sampler.json
+    runner.mkdir()
+    (runner / "sampler.json").write_text(json.dumps({"kind": "DDIM", "num_inference_steps": 20}))
+    assert diffusion_inference_steps(runner) == 20
+    (runner / "sampler.json").write_text("{torn")
+    assert diffusion_inference_steps(runner) is None
