@@ -78,26 +78,32 @@ def main(argv: Sequence[str] | None = None) -> int:
             settings = settings.model_copy(update={"data_dir": args.data_dir})
         configure_logging(settings.log_level)
         if args.command in ("analyze", "serve", "optimize", "demo", "resume"):
-            from tools.isolation import use_scratch_dir
+            from tools.isolation import scratch_dir
 
-            use_scratch_dir(settings.data_dir)  # no temporary file outside the data directory
-        if args.command == "analyze":
-            return _analyze(args, settings)
-        if args.command == "techniques":
-            return _techniques(args)
-        if args.command == "serve":
-            return _serve(args, settings)
-        if args.command in ("optimize", "demo", "jobs", "history", "checkpoints", "replay", "resume"):
-            from server.cli_jobs import run_job_command
-
-            return run_job_command(args, settings)
-        return _reference(args, settings)
+            with scratch_dir(settings.data_dir):  # no temporary file outside the data directory
+                return _run_command(args, settings)
+        return _run_command(args, settings)
     except RoboptError as error:
         print(f"robopt: {error.one_line()}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt:
         print("robopt: interrupted", file=sys.stderr)
         return 130
+
+
+def _run_command(args: argparse.Namespace, settings: Settings) -> int:
+    """Dispatch the parsed command."""
+    if args.command == "analyze":
+        return _analyze(args, settings)
+    if args.command == "techniques":
+        return _techniques(args)
+    if args.command == "serve":
+        return _serve(args, settings)
+    if args.command in ("optimize", "demo", "jobs", "history", "checkpoints", "replay", "resume"):
+        from server.cli_jobs import run_job_command
+
+        return run_job_command(args, settings)
+    return _reference(args, settings)
 
 
 def _analyze(args: argparse.Namespace, settings: Settings) -> int:

@@ -106,30 +106,45 @@ _MP_SOCKET_SUFFIX = len("/pymp-xxxxxxxx/listener-xxxxxxxx")
 """What multiprocessing adds to the temp folder for the fork server's socket (`pymp-*/listener-*`)."""
 
 
-def use_scratch_dir(data_dir: Path) -> Path:
-    """Send this process's temporary files, and its children's, to `<data_dir>/work/tmp`; return that folder.
+_SHORT_SYSTEM_TEMP = ("/tmp", "/var/tmp")
+"""Where multiprocessing's folder goes when the data directory is too deep for a socket path: fixed short paths,
+never TMPDIR (which may already point into some data directory)."""
+
+
+@contextlib.contextmanager
+def scratch_dir(data_dir: Path) -> Iterator[Path]:
+    """Send this process's temporary files, and its children's, to `<data_dir>/work/tmp` for the block.
 
     `tempfile` follows TMPDIR, and with it ONNX Runtime's `ort.quant.*` scratch, robopt's `robopt-latency-*`
     and multiprocessing's `pymp-*` folder: set before any child or fork server starts, it holds for the whole
     process tree (children get the caller's environment), so nothing lands outside the data directory. One
-    exception: when the folder is too deep for the fork server's socket path, multiprocessing alone keeps the
-    system temp folder (and removes its folder at exit), said in the log.
+    exception: when the folder is too deep for the fork server's socket path, multiprocessing alone keeps a
+    short system folder (removed at exit), said in the log. TMPDIR and `tempfile.tempdir` are restored after
+    the block, so a caller in the same process (a test calling the CLI's `main`) is left as it was.
     """
-    system_tmp = tempfile.gettempdir()
     scratch = Path(data_dir).resolve() / "work" / "tmp"
     scratch.mkdir(parents=True, exist_ok=True)
-    os.environ["TMPDIR"] = str(scratch)
-    tempfile.tempdir = None  # re-read TMPDIR on next use
+    previous_env, previous_tempdir = os.environ.get("TMPDIR"), tempfile.tempdir
     if len(str(scratch)) + _MP_SOCKET_SUFFIX > UNIX_SOCKET_PATH_MAX:
         import multiprocessing.util
 
         config = multiprocessing.process.current_process()._config  # noqa: SLF001 - see the docstring
-        if config.get("tempdir") is None:
-            folder = tempfile.mkdtemp(prefix="pymp-", dir=system_tmp)
+        short = next((d for d in _SHORT_SYSTEM_TEMP if os.path.isdir(d) and os.access(d, os.W_OK)), None)
+        if config.get("tempdir") is None and short is not None:
+            folder = tempfile.mkdtemp(prefix="pymp-", dir=short)
             multiprocessing.util.Finalize(None, shutil.rmtree, args=[folder, True], exitpriority=-100)
             config["tempdir"] = folder
-        log.info("fork server socket kept in the system temp folder", extra={"scratch": str(scratch)})
-    return scratch
+        log.info("fork server socket kept in a system temp folder", extra={"scratch": str(scratch)})
+    os.environ["TMPDIR"] = str(scratch)
+    tempfile.tempdir = None  # re-read TMPDIR on next use
+    try:
+        yield scratch
+    finally:
+        if previous_env is None:
+            os.environ.pop("TMPDIR", None)
+        else:
+            os.environ["TMPDIR"] = previous_env
+        tempfile.tempdir = previous_tempdir
 
 
 def prestart() -> float:

@@ -272,11 +272,13 @@ def test_a_child_kills_itself_and_its_group_when_its_parent_dies() -> None:
 _SCRATCH_SCRIPT = """
 import json, multiprocessing.util, sys, tempfile
 from pathlib import Path
-from tools.isolation import Limits, run_isolated, use_scratch_dir
-scratch = use_scratch_dir(Path(sys.argv[1]))
-child = run_isolated("tempfile:gettempdir", {}, limits=Limits(time_s=120))
-print(json.dumps({"scratch": str(scratch), "here": tempfile.gettempdir(), "child": child,
-                  "multiprocessing": multiprocessing.util.get_temp_dir()}))
+from tools.isolation import Limits, run_isolated, scratch_dir
+before = tempfile.gettempdir()
+with scratch_dir(Path(sys.argv[1])) as scratch:
+    child = run_isolated("tempfile:gettempdir", {}, limits=Limits(time_s=120))
+    seen = {"scratch": str(scratch), "here": tempfile.gettempdir(), "child": child,
+            "multiprocessing": multiprocessing.util.get_temp_dir()}
+print(json.dumps({**seen, "restored": tempfile.gettempdir() == before}))
 """
 
 
@@ -287,8 +289,10 @@ def test_temporary_files_of_the_process_and_its_children_go_to_the_data_director
     """Issue 16: `ort.quant.*`, `pymp-*` and `robopt-latency-*` landed in the system temp folder. With the scratch
     folder set, this process and its isolated children take `<data>/work/tmp`; a data directory too deep for the
     fork server's socket path still starts children (multiprocessing alone keeps the system folder)."""
-    short = Path(f"/tmp/rb-{os.getpid()}-{depth}")
+    short = Path(f"/tmp/rb-{os.getpid()}-{depth}")  # the caller's TMPDIR may point into a deep folder too
     data_dir = short / "data" if depth == "short" else tmp_path / ("d" * 60) / "data"
+    deep_tmp = tmp_path / ("t" * 60) / "work" / "tmp"
+    deep_tmp.mkdir(parents=True)
     try:
         run = subprocess.run(
             [sys.executable, "-c", _SCRATCH_SCRIPT, str(data_dir)],
@@ -296,7 +300,12 @@ def test_temporary_files_of_the_process_and_its_children_go_to_the_data_director
             text=True,
             timeout=300,
             cwd=Path(__file__).resolve().parents[2],
-            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+            # a TMPDIR already deep (another data directory's scratch): the fallback must not follow it
+            env={
+                **os.environ,
+                "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
+                "TMPDIR": str(deep_tmp),
+            },
         )
         assert run.returncode == 0, run.stderr[-3000:]
         seen = __import__("json").loads(run.stdout.strip().splitlines()[-1])
@@ -304,6 +313,7 @@ def test_temporary_files_of_the_process_and_its_children_go_to_the_data_director
         assert seen["scratch"] == seen["here"] == seen["child"] == scratch
         inside = seen["multiprocessing"].startswith(scratch + "/pymp-")
         assert inside == (depth == "short"), seen["multiprocessing"]
+        assert seen["restored"], "the caller's temp folder is back after the block"
     finally:
         import shutil
 
