@@ -77,6 +77,34 @@ def test_slower_beyond_the_noise_is_rejected_however_much_smaller() -> None:
     assert not _guard(payload, "not_slower") and not verdict.accept
 
 
+SIZE_GOAL = goal(max_size_mb=100.0, max_accuracy_drop=1.0, accuracy_drop_unit="relative_pct")
+
+
+def test_a_size_goal_accepts_a_slower_step_that_newly_meets_its_size_and_names_the_slowdown() -> None:
+    payload, verdict = _judge(_candidate(p50_ms=127.0, size_mib=90.0), spec=SIZE_GOAL)
+    assert _guard(payload, "not_slower") and payload.check.passed and verdict.accept
+    detail = next(g.detail for g in payload.guards if g.name == "not_slower")
+    assert "100.000 -> 127.000 ms (1.27x slower" in detail and "['max_size_mb']" in detail
+
+
+def test_a_size_goal_still_refuses_a_slower_step_that_meets_nothing_new() -> None:
+    payload, verdict = _judge(_candidate(p50_ms=127.0, size_mib=200.0), spec=SIZE_GOAL)
+    assert not _guard(payload, "not_slower") and _guard(payload, "improves") and not verdict.accept
+
+
+def test_a_goal_bounding_latency_refuses_a_slower_step_that_breaks_the_bound_even_when_it_meets_the_size() -> None:
+    spec = goal(max_size_mb=100.0, min_speedup=1.0)
+    payload, verdict = _judge(_candidate(p50_ms=127.0, size_mib=90.0), spec=spec)
+    assert not _guard(payload, "not_slower") and not verdict.accept
+
+
+def test_at_most_2x_slower_accepts_a_slower_step_within_it_that_meets_the_size() -> None:
+    spec = goal(max_size_mb=100.0, min_speedup=0.5)
+    payload, verdict = _judge(_candidate(p50_ms=127.0, size_mib=90.0), spec=spec)
+    assert _guard(payload, "not_slower") and verdict.accept
+    assert "allowed: the goal's latency bounds hold" in next(g.detail for g in payload.guards if g.name == "not_slower")
+
+
 def test_a_candidate_meeting_every_criterion_says_so() -> None:
     payload, verdict = _judge(_candidate(p50_ms=40.0, size_mib=90.0))
     assert payload.check.passed and verdict.accept
