@@ -2,21 +2,91 @@
 
 Deserialization is strict: only the state's own types (`graph.state.STATE_TYPES`) are revived from a
 checkpoint; anything else in the database is refused.
+
+Writes to SQLite retry a locked database. Several jobs share `checkpoints.db`, each on its own connection; a
+job whose event loop is busy between its INSERT and its COMMIT holds the write lock, and another job's write
+can wait past the busy timeout ("database is locked", seen twice with two jobs on a loaded 2-core machine), which
+failed that job. `RetryingSqliteSaver` rolls the failed write's transaction back and retries it with backoff,
+for up to `WRITE_RETRY_S`.
 """
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
+import time
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import AsyncIterator
+from typing import Any, AsyncIterator, Awaitable, Callable, Sequence, TypeVar
 
-from langgraph.checkpoint.base import BaseCheckpointSaver
+from langchain_core.runnables import RunnableConfig
+from langgraph.checkpoint.base import BaseCheckpointSaver, ChannelVersions, Checkpoint, CheckpointMetadata
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
+from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
 from graph.state import STATE_TYPES
 from tools.errors import MissingDependencyError
+from tools.log import get_logger
 
 CHECKPOINT_FILE = "checkpoints.db"
+BUSY_TIMEOUT_S = 30.0
+WRITE_RETRY_S = 120.0
+log = get_logger("checkpoint")
+T = TypeVar("T")
+
+
+def _locked(error: sqlite3.OperationalError) -> bool:
+    """Whether SQLite refused because another connection holds the lock (worth retrying)."""
+    text = str(error).lower()
+    return "locked" in text or "busy" in text
+
+
+class RetryingSqliteSaver(AsyncSqliteSaver):
+    """LangGraph's SQLite saver whose writes roll back and retry while the database is locked."""
+
+    retry_s: float = WRITE_RETRY_S
+
+    async def _retrying(self, what: str, write: Callable[[], Awaitable[T]]) -> T:
+        """Run `write`; on a locked database roll the connection back and retry with backoff until `retry_s`."""
+        deadline, delay, tries = time.monotonic() + self.retry_s, 0.05, 1
+        while True:
+            try:
+                return await write()
+            except sqlite3.OperationalError as error:
+                if not _locked(error) or time.monotonic() + delay > deadline:
+                    raise
+                async with self.lock:
+                    await self.conn.rollback()  # drop the failed write's transaction and its stale snapshot
+                log.warning(
+                    "checkpoint write retried", extra={"write": what, "try": tries, "error": str(error)}
+                )
+                await asyncio.sleep(delay)
+                delay, tries = min(delay * 2, 2.0), tries + 1
+
+    async def aput(
+        self,
+        config: RunnableConfig,
+        checkpoint: Checkpoint,
+        metadata: CheckpointMetadata,
+        new_versions: ChannelVersions,
+    ) -> RunnableConfig:
+        """Save a checkpoint, retrying while the database is locked."""
+        parent = super()
+        return await self._retrying(
+            "checkpoint", lambda: parent.aput(config, checkpoint, metadata, new_versions)
+        )
+
+    async def aput_writes(
+        self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str, task_path: str = ""
+    ) -> None:
+        """Store a task's pending writes, retrying while the database is locked."""
+        parent = super()
+        await self._retrying("writes", lambda: parent.aput_writes(config, writes, task_id, task_path))
+
+    async def adelete_thread(self, thread_id: str) -> None:
+        """Delete a thread's checkpoints and writes, retrying while the database is locked."""
+        parent = super()
+        await self._retrying("delete", lambda: parent.adelete_thread(thread_id))
 
 
 def state_serializer() -> JsonPlusSerializer:
@@ -26,8 +96,11 @@ def state_serializer() -> JsonPlusSerializer:
 
 
 @asynccontextmanager
-async def open_checkpointer(data_dir: Path, url: str | None = None) -> AsyncIterator[BaseCheckpointSaver]:
-    """Open the job checkpointer for the duration of the block."""
+async def open_checkpointer(
+    data_dir: Path, url: str | None = None, busy_timeout_s: float = BUSY_TIMEOUT_S
+) -> AsyncIterator[BaseCheckpointSaver]:
+    """Open the job checkpointer for the duration of the block (SQLite waits `busy_timeout_s` for a lock, then
+    its writes retry; see `RetryingSqliteSaver`)."""
     if url and url.startswith(("postgres://", "postgresql://")):
         try:
             from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver  # type: ignore[import-not-found]
@@ -41,13 +114,12 @@ async def open_checkpointer(data_dir: Path, url: str | None = None) -> AsyncIter
             yield saver
         return
     import aiosqlite
-    from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
     path = Path(data_dir) / CHECKPOINT_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     async with aiosqlite.connect(str(path)) as conn:
         await conn.execute("PRAGMA journal_mode=WAL")
-        await conn.execute("PRAGMA busy_timeout=30000")
-        saver = AsyncSqliteSaver(conn, serde=state_serializer())
+        await conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
+        saver = RetryingSqliteSaver(conn, serde=state_serializer())
         await saver.setup()
         yield saver

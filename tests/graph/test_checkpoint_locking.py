@@ -1,0 +1,86 @@
+"""Checkpoint writes survive a locked database: another connection holding SQLite's write lock past the busy
+timeout used to fail the job's write (and the job); the saver now rolls back and retries until the lock is
+released, and gives up past its limit with the database unchanged and the connection still usable."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+from langgraph.checkpoint.base import empty_checkpoint
+
+from graph.checkpoint import CHECKPOINT_FILE, RetryingSqliteSaver, open_checkpointer
+
+CONFIG = {"configurable": {"thread_id": "job-1", "checkpoint_ns": ""}}
+
+
+def _hold_write_lock(path: Path, seconds: float, taken: threading.Event) -> threading.Thread:
+    """Another connection takes the write lock (BEGIN IMMEDIATE) and commits after `seconds`."""
+
+    def hold() -> None:
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        other.execute(
+            "INSERT INTO writes (thread_id, checkpoint_id, task_id, idx, channel) VALUES ('x','x','x',0,'x')"
+        )
+        taken.set()
+        threading.Event().wait(seconds)
+        other.execute("COMMIT")
+        other.close()
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    return thread
+
+
+async def _put(saver: RetryingSqliteSaver) -> str:
+    """Store an empty checkpoint; return its id."""
+    checkpoint = empty_checkpoint()
+    await saver.aput(CONFIG, checkpoint, {"source": "input", "step": -1}, {})
+    return checkpoint["id"]
+
+
+def test_a_write_waits_out_a_lock_held_past_the_busy_timeout_and_later_writes_still_work(
+    tmp_path: Path,
+) -> None:
+    async def scenario() -> tuple[str, str | None, str]:
+        async with open_checkpointer(tmp_path, busy_timeout_s=0.1) as saver:
+            assert isinstance(saver, RetryingSqliteSaver)
+            taken = threading.Event()
+            holder = _hold_write_lock(tmp_path / CHECKPOINT_FILE, 1.0, taken)
+            await asyncio.to_thread(taken.wait)
+            first = await _put(
+                saver
+            )  # the busy timeout (0.1 s) runs out several times before the lock is freed
+            holder.join()
+            stored = await saver.aget_tuple(CONFIG)
+            second = await _put(saver)
+            return first, stored.checkpoint["id"] if stored else None, second
+
+    first, stored, second = asyncio.run(scenario())
+    assert stored == first and second != first
+    with sqlite3.connect(tmp_path / CHECKPOINT_FILE) as check:
+        assert check.execute("SELECT count(*) FROM checkpoints").fetchone()[0] == 2
+
+
+def test_a_lock_held_past_the_retry_limit_fails_the_write_and_stores_nothing(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with open_checkpointer(tmp_path, busy_timeout_s=0.05) as saver:
+            assert isinstance(saver, RetryingSqliteSaver)
+            saver.retry_s = 0.3
+            taken = threading.Event()
+            holder = _hold_write_lock(tmp_path / CHECKPOINT_FILE, 2.0, taken)
+            await asyncio.to_thread(taken.wait)
+            try:
+                with pytest.raises(sqlite3.OperationalError, match="locked"):
+                    await _put(saver)
+            finally:
+                await asyncio.to_thread(holder.join)
+            assert await saver.aget_tuple(CONFIG) is None
+            await _put(saver)  # once the lock is gone the same connection writes again
+            assert await saver.aget_tuple(CONFIG) is not None
+
+    asyncio.run(scenario())
