@@ -8,6 +8,7 @@ import tarfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tools.errors import CorruptFileError, UnsupportedFormatError
 from tools.intake.budget import check_within_budget
@@ -136,14 +137,8 @@ def _detect_directory(path: Path) -> Detection:
 
 def diffusion_scheduler(directory: Path) -> str | None:
     """The noise scheduler ("DDPM", "DDIM") of a LeRobot Diffusion Policy directory, else None."""
-    config_path = Path(directory) / "config.json"
-    if not config_path.is_file() or lerobot_policy_type(config_path) != "diffusion":
-        return None
-    try:
-        config = json.loads(config_path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return None
-    kind = config.get("noise_scheduler_type", "DDPM") if isinstance(config, dict) else None
+    config = _diffusion_config(directory)
+    kind = config.get("noise_scheduler_type", "DDPM") if config is not None else None
     return str(kind) if kind else None
 
 
@@ -158,21 +153,32 @@ def diffusion_inference_steps(directory: Path) -> int | None:
         except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
             return None
         return value if isinstance(value, int) and value > 0 else None
-    config_path = Path(directory) / "config.json"
-    if not config_path.is_file() or lerobot_policy_type(config_path) != "diffusion":
-        return None
-    try:
-        config = json.loads(config_path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return None
-    steps = config.get("num_inference_steps") or config.get("num_train_timesteps")
+    config = _diffusion_config(directory)
+    steps = (
+        (config.get("num_inference_steps") or config.get("num_train_timesteps"))
+        if config is not None
+        else None
+    )
     return steps if isinstance(steps, int) and steps > 0 else None
+
+
+def _diffusion_config(directory: Path) -> dict[str, Any] | None:
+    """The config.json of a LeRobot Diffusion Policy directory, read once; None for anything else."""
+    config = _lerobot_config(Path(directory) / "config.json")
+    return config if config is not None and config.get("type") == "diffusion" else None
 
 
 def lerobot_policy_type(config_path: Path) -> str | None:
     """The policy `type` of a LeRobot config.json (it carries `type` and input/output features), else None."""
+    config = _lerobot_config(config_path)
+    return str(config["type"]) if config is not None else None
+
+
+def _lerobot_config(config_path: Path) -> dict[str, Any] | None:
+    """A LeRobot policy config.json (a non-empty string `type` and input/output features, no Hugging Face
+    `model_type`), parsed; None when the file is missing, too large, unreadable or something else."""
     try:
-        if config_path.stat().st_size > _CONFIG_READ_LIMIT:
+        if not config_path.is_file() or config_path.stat().st_size > _CONFIG_READ_LIMIT:
             return None
         config = json.loads(config_path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
@@ -183,9 +189,7 @@ def lerobot_policy_type(config_path: Path) -> str | None:
     has_features = isinstance(config.get("input_features"), dict) or isinstance(
         config.get("output_features"), dict
     )
-    if isinstance(policy_type, str) and policy_type and has_features:
-        return policy_type
-    return None
+    return config if isinstance(policy_type, str) and policy_type and has_features else None
 
 
 def _detect_zip(path: Path) -> Detection:
