@@ -178,27 +178,10 @@ def candidate_attempts(payload: PlanningInput) -> list[tuple[list[PlannedTechniq
         else:
             plans.append(export)
     if current.format == "lerobot_policy" and current.sampler == "DDIM":
-        plans = _ddim_plans(payload, options, plans, speed)
+        # a DDIM policy of up to WHOLE_GRAPH_MAX_STEPS steps exports whole (its noise is a fixed buffer);
+        # fewer steps, offered only below the ones it takes now, stay after the lossless export
+        plans += _fewer_steps_plans(payload, options)
     return plans
-
-
-def _ddim_plans(
-    payload: PlanningInput,
-    options: dict[str, TechniqueOption],
-    plans: list[tuple[list[PlannedTechnique], str]],
-    speed: float,
-) -> list[tuple[list[PlannedTechnique], str]]:
-    """A DDIM Diffusion Policy exports whole (its noise is a fixed buffer, so the graph is deterministic), but
-    fewer denoising steps can only start from the policy itself. Lossless first, unless the whole-graph export
-    cannot close the speed gap (registry's measured effect): then fewer steps lead and the export stays a
-    fallback."""
-    fewer = _fewer_steps_plans(payload, options)
-    export = options.get("onnx_export")
-    export_speed = _ratio(export.expected(payload.analysis.architecture)[0] if export else None, 1.5)
-    if fewer and speed > export_speed:
-        why = f"; the whole-graph export gives about {export_speed:.1f}x (measured), the goal needs {speed:.1f}x"
-        return [(steps, reason + why) for steps, reason in fewer] + plans
-    return plans + fewer
 
 
 def _sampler_plans(
