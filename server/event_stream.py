@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Callable
 
@@ -85,55 +86,61 @@ class EventBus:
         every stored event was sent. Leaving the loop never touches the job.
         """
         queue = self._subscribe(job_id)
-        last = after
         try:
-            for row in await asyncio.to_thread(history.events, job_id, last):
-                event = row.as_event()
-                yield event
-                last = event["seq"]
-                if is_terminal(event):
-                    for trailing in await self._trailing(history, job_id, last, is_active):
-                        yield trailing
-                    return
-            while True:
-                try:
-                    event = await asyncio.wait_for(queue.get(), timeout=keepalive_s)
-                except TimeoutError:
-                    missed = await asyncio.to_thread(history.events, job_id, last)
-                    for row in missed:
-                        stored = row.as_event()
-                        yield stored
-                        last = stored["seq"]
-                        if is_terminal(stored):
-                            for trailing in await self._trailing(history, job_id, last, is_active):
-                                yield trailing
-                            return
-                    if not missed:
-                        if await self._finished(history, job_id, is_active):
-                            return
-                        yield Keepalive()
-                    continue
-                if event["seq"] <= last:
-                    continue
-                if event["seq"] > last + 1:
-                    for row in await asyncio.to_thread(history.events, job_id, last):
-                        if row.seq >= event["seq"]:
-                            break
-                        stored = row.as_event()
-                        yield stored
-                        last = stored["seq"]
-                        if is_terminal(stored):
-                            for trailing in await self._trailing(history, job_id, last, is_active):
-                                yield trailing
-                            return
-                yield event
-                last = event["seq"]
-                if is_terminal(event):
-                    for trailing in await self._trailing(history, job_id, last, is_active):
-                        yield trailing
-                    return
+            async with aclosing(
+                self._ordered(queue, history, job_id, after, is_active, keepalive_s)
+            ) as events:
+                async for item in events:
+                    yield item
+                    if isinstance(item, dict) and is_terminal(item):
+                        for trailing in await self._trailing(history, job_id, item["seq"], is_active):
+                            yield trailing
+                        return
         finally:
             self._unsubscribe(job_id, queue)
+
+    async def _ordered(
+        self,
+        queue: asyncio.Queue[dict[str, Any]],
+        history: HistoryDB,
+        job_id: str,
+        after: int,
+        is_active: Callable[[str], bool],
+        keepalive_s: float,
+    ) -> AsyncIterator[dict[str, Any] | Keepalive]:
+        """The job's events with seq above `after`, in order and each once: the history's, then the queue's live
+        ones, a gap filled from the history; a keepalive after `keepalive_s` of silence; ends once the job is
+        over and every stored event was sent (the caller stops at a terminal event)."""
+        last = after
+        for row in await asyncio.to_thread(history.events, job_id, last):
+            event = row.as_event()
+            yield event
+            last = event["seq"]
+        while True:
+            try:
+                event = await asyncio.wait_for(queue.get(), timeout=keepalive_s)
+            except TimeoutError:
+                missed = await asyncio.to_thread(history.events, job_id, last)
+                for row in missed:
+                    stored = row.as_event()
+                    yield stored
+                    last = stored["seq"]
+                if not missed:
+                    if await self._finished(history, job_id, is_active):
+                        return
+                    yield Keepalive()
+                continue
+            if event["seq"] <= last:
+                continue
+            if event["seq"] > last + 1:
+                for row in await asyncio.to_thread(history.events, job_id, last):
+                    if row.seq >= event["seq"]:
+                        break
+                    stored = row.as_event()
+                    yield stored
+                    last = stored["seq"]
+            yield event
+            last = event["seq"]
 
     @staticmethod
     async def _trailing(
