@@ -10,6 +10,8 @@ import argparse
 import os
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 from _bootstrap import ROOT, ensure_venv
 
@@ -37,6 +39,39 @@ SUITES = {
     "all": ["tests", "-m", "not slow"],
 }
 NO_TESTS_COLLECTED = 5
+TEST_TEMP_PREFIXES = ("pytest-of-",)
+"""The system temp folder's entries that belong to the tests themselves (pytest's tmp_path roots)."""
+
+
+def outside_entries() -> set[str]:
+    """What lies where robopt must not write: the system temp folder's top-level entries (tests' own temp roots
+    left out) and the repository's untracked and ignored paths (`git status --ignored`)."""
+    temp = Path(tempfile.gettempdir())
+    found = {
+        f"{temp}/{entry.name}" for entry in temp.iterdir() if not entry.name.startswith(TEST_TEMP_PREFIXES)
+    }
+    status = subprocess.run(
+        ["git", "status", "--porcelain", "--ignored", "--untracked-files=normal"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    if status.returncode == 0:
+        found |= {f"{ROOT}/{line[3:]}" for line in status.stdout.splitlines() if line[:2] in ("??", "!!")}
+    return found
+
+
+def report_stray_files(before: set[str]) -> list[str]:
+    """Print the paths that appeared outside the data and test folders while the suite ran; return them.
+
+    A report, not a gate yet (issue 16): it names what a run leaves, so each source can be sent into the data
+    directory before the scan fails the suite.
+    """
+    stray = sorted(outside_entries() - before)
+    print(f"[robopt] files left outside the data and test folders by this run: {len(stray)}", flush=True)
+    for path in stray[:50]:
+        print(f"[robopt]   {path}", flush=True)
+    return stray
 
 
 def check_style(python: str) -> int:
@@ -61,7 +96,9 @@ def main() -> int:
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
     command = [python, "-m", "pytest", *SUITES[args.suite], "--durations=10", *args.pytest_args]
     print(f"[robopt] {' '.join(command[1:])}", flush=True)
+    before = outside_entries()
     code = subprocess.run(command, cwd=ROOT, env=env).returncode
+    report_stray_files(before)
     if code == NO_TESTS_COLLECTED:
         print(f"[robopt] suite {args.suite!r} has no tests yet", flush=True)
         code = 0

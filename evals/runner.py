@@ -124,7 +124,28 @@ def run_suite(
     note: str | None = None,
     say: Say = _print,
 ) -> dict[str, Any]:
-    """Run every scenario and write the outputs into `out_dir`; return the JSON document."""
+    """Run every scenario and write the outputs into `out_dir`; return the JSON document.
+
+    Temporary files of the jobs, baselines and oracle (ONNX Runtime's quantization scratch, latency children)
+    go to `<data_dir>/work/tmp`, as the CLI's do.
+    """
+    from tools.isolation import scratch_dir
+
+    with scratch_dir(Path(data_dir)):
+        return _run_suite(scenarios, data_dir, reference_dir, out_dir, mode=mode, note=note, say=say)
+
+
+def _run_suite(
+    scenarios: list[Scenario],
+    data_dir: Path,
+    reference_dir: Path,
+    out_dir: Path,
+    *,
+    mode: str,
+    note: str | None,
+    say: Say,
+) -> dict[str, Any]:
+    """`run_suite`'s body, inside the data directory's scratch folder."""
     from agents.llm import build_reasoner
     from server.jobs import JobService
     from server.settings import load_settings
