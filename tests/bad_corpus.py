@@ -1,6 +1,8 @@
 """The corpus of bad model files: each is built on the fly and paired with the error robopt must raise.
 
-Shared by the intake tests, the CLI tests (exit 2 with the message) and, later, the HTTP service's tests.
+Shared by the intake tests, the CLI tests (exit 2 with the message) and the HTTP service's tests (422 with the
+code), each with and without the trust flags. Pickles that run code are in `tests/bad_pickles.py`, more malformed
+files of each format in `tests/bad_formats.py`.
 """
 
 from __future__ import annotations
@@ -18,17 +20,29 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from tests.bad_formats import write_bad_formats
+from tests.bad_pickles import write_bad_pickles
 from tools import errors
 
 
 @dataclass(frozen=True)
 class BadCase:
-    """A bad file, the exception class robopt must raise for it, and a fragment of the one-line message."""
+    """A bad file, the exception class robopt must raise for it, and a fragment of the one-line message; with the
+    trust flags set (`--trust-pickle`, `--trust-remote-code`) the refusal may differ, and then says so here.
+    """
 
     name: str
     path: Path
     error: type[errors.RoboptError]
     fragment: str
+    trusted_error: type[errors.RoboptError] | None = None
+    trusted_fragment: str | None = None
+
+    def expected(self, trusted: bool) -> tuple[type[errors.RoboptError], str]:
+        """The error class and message fragment of the refusal, with or without the trust flags."""
+        if trusted and self.trusted_error is not None:
+            return self.trusted_error, self.trusted_fragment or self.fragment
+        return self.error, self.fragment
 
 
 class _RunsCommand:
@@ -112,9 +126,15 @@ def build_bad_corpus(directory: Path, marker: Path) -> list[BadCase]:
     directory.mkdir(parents=True, exist_ok=True)
     cases: list[BadCase] = []
 
-    def add(name: str, error: type[errors.RoboptError], fragment: str) -> Path:
+    def add(
+        name: str,
+        error: type[errors.RoboptError],
+        fragment: str,
+        trusted_error: type[errors.RoboptError] | None = None,
+        trusted_fragment: str | None = None,
+    ) -> Path:
         path = directory / name
-        cases.append(BadCase(name, path, error, fragment))
+        cases.append(BadCase(name, path, error, fragment, trusted_error, trusted_fragment))
         return path
 
     add("empty.pt", errors.CorruptFileError, "empty").write_bytes(b"")
@@ -195,4 +215,6 @@ def build_bad_corpus(directory: Path, marker: Path) -> list[BadCase]:
     )
     with zipfile.ZipFile(add("data.npz", errors.UnsupportedFormatError, "not a model"), "w") as archive:
         archive.writestr("x.npy", b"\x93NUMPY")
+    write_bad_pickles(marker, add)
+    write_bad_formats(add)
     return cases

@@ -66,14 +66,18 @@ def test_analyze_human_table_names_the_numbers(run_cli, zoo: dict[str, Path]) ->
     assert "212" in out.replace(",", "") and "onnx" in out.lower()
 
 
-def test_every_bad_file_exits_2_with_one_line(run_cli, tmp_path: Path) -> None:  # noqa: ANN001
+@pytest.mark.parametrize("trusted", [False, True], ids=["untrusted", "trusted"])
+def test_every_bad_file_exits_2_with_one_line(run_cli, tmp_path: Path, trusted: bool) -> None:  # noqa: ANN001
     marker = tmp_path / "code-ran.marker"
+    flags = ["--trust-pickle", "--trust-remote-code"] if trusted else []
     for case in build_bad_corpus(tmp_path / "bad", marker):
-        code, out, err = run_cli("analyze", str(case.path), "--json")
+        error, fragment = case.expected(trusted)
+        code, out, err = run_cli("analyze", str(case.path), "--json", *flags)
         assert code == 2, (case.name, err)
         assert out == ""
-        assert len(err.strip().splitlines()) == 1 and case.fragment in err, (case.name, err)
-    assert not marker.exists()
+        assert len(err.strip().splitlines()) == 1, (case.name, err)
+        assert f"[{error.code}]" in err and fragment in err, (case.name, err)
+        assert not marker.exists(), f"{case.name}: the payload ran"
 
 
 def test_bad_flags_exit_2(run_cli, zoo: dict[str, Path]) -> None:  # noqa: ANN001

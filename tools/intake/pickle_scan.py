@@ -8,7 +8,8 @@ Trusted loading is an allowlist, never a denylist: `split_trusted_globals` admit
 are made of (torch, transformers, LeRobot, torchao, ...) and of the packages the user names, plus the tensor
 functions of `torch.nn.functional`; every other global is refused by name before anything is imported. The load
 itself is `torch.load(weights_only=True)` with exactly those objects as safe globals, so a global the scan did
-not see (a `STACK_GLOBAL` built on the stack, a desynchronised memo) is refused by torch's own unpickler.
+not see is refused by torch's own unpickler; the scan follows the stack and the memo as the unpickler does, so
+the global it names in a refusal is the one the file would import.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import pickletools
 import types
 import zipfile
 from pathlib import Path
+from typing import Any
 
 from tools.errors import CorruptFileError, UnsafeFileError
 
@@ -145,33 +147,79 @@ def pickle_globals(data: bytes, max_streams: int = 1) -> list[str]:
     return found
 
 
+_MARK = object()
+"""A MARK on the simulated stack."""
+_PUTS = {"BINPUT", "LONG_BINPUT", "PUT"}
+_GETS = {"BINGET", "LONG_BINGET", "GET"}
+
+
 def _scan_stream(stream: io.BytesIO, found: list[str]) -> None:
-    strings: list[str] = []
-    memo: dict[int, str] = {}
+    """Add every global the pickle stream would import to `found`, following a symbolic stack.
+
+    The stack holds the strings pushed (None for any other object), by each opcode's own stack effect in
+    `pickletools`, and every MEMOIZE/PUT stores whatever is on top: a `STACK_GLOBAL` names the module and
+    attribute it would really import, however its strings were shuffled through the memo (a MEMOIZE of a
+    non-string before any string used to shift the scan's memo by one, and it named the wrong global). Operands
+    that are not known strings make it `<unresolved STACK_GLOBAL>`, which is never loaded.
+    """
+    stack: list[object] = []
+    memo: dict[int, object] = {}
     try:
         for opcode, arg, _pos in pickletools.genops(stream):
             name = opcode.name
-            if name in _STRING_OPS and isinstance(arg, (str, bytes)):
-                strings.append(arg if isinstance(arg, str) else arg.decode("latin-1"))
-            elif name == "MEMOIZE" and strings:
-                memo[len(memo)] = strings[-1]
-            elif name in {"BINPUT", "LONG_BINPUT", "PUT"} and strings:
-                memo[int(arg)] = strings[-1]
-            elif name in {"BINGET", "LONG_BINGET", "GET"} and int(arg) in memo:
-                strings.append(memo[int(arg)])
-            elif name in {"GLOBAL", "INST"}:
+            if name == "MEMOIZE":
+                memo[len(memo)] = stack[-1] if stack else None
+                continue
+            if name in _PUTS:
+                memo[int(arg)] = stack[-1] if stack else None
+                continue
+            if name in _GETS:
+                stack.append(memo.get(int(arg)))
+                continue
+            if name == "DUP":
+                stack.append(stack[-1] if stack else None)
+                continue
+            if name in {"GLOBAL", "INST"}:
                 module, _, attr = str(arg).partition(" ")
                 _add(found, f"{module}.{attr}")
-            elif name == "STACK_GLOBAL":
-                if len(strings) >= 2:
-                    _add(found, f"{strings[-2]}.{strings[-1]}")
+            popped = _pop(stack, opcode.stack_before)
+            if name == "STACK_GLOBAL":
+                module, attr = (popped[-2], popped[-1]) if len(popped) >= 2 else (None, None)
+                if isinstance(module, str) and isinstance(attr, str):
+                    _add(found, f"{module}.{attr}")
                 else:
                     _add(found, "<unresolved STACK_GLOBAL>")
+            for produced in opcode.stack_after:
+                if produced is pickletools.markobject:
+                    stack.append(_MARK)
+                elif name in _STRING_OPS and isinstance(arg, (str, bytes)):
+                    stack.append(arg if isinstance(arg, str) else arg.decode("latin-1"))
+                else:
+                    stack.append(None)
             if name == "STOP":
                 return
     except Exception as exc:  # noqa: BLE001 - pickletools raises ValueError/EOFError/... on garbage
         raise CorruptFileError(f"the pickle stream is corrupt or truncated: {exc}") from None
     raise CorruptFileError("the pickle stream is truncated: it ends before its STOP opcode")
+
+
+def _pop(stack: list[object], before: list[Any]) -> list[object]:
+    """Pop what an opcode consumes (`stack_before`): down to the last MARK when it takes a mark, plus the items
+    below the mark it names; else one item per entry. Returns the popped items, bottom first."""
+    if pickletools.markobject in before:
+        popped: list[object] = []
+        while stack and stack[-1] is not _MARK:
+            popped.append(stack.pop())
+        if stack:
+            stack.pop()
+        for _ in before[: before.index(pickletools.markobject)]:
+            if stack:
+                stack.pop()
+        return popped[::-1]
+    count = min(len(before), len(stack))
+    popped = stack[len(stack) - count :]
+    del stack[len(stack) - count :]
+    return popped
 
 
 def _add(found: list[str], item: str) -> None:
