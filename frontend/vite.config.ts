@@ -18,5 +18,6 @@ export default defineConfig({
     setupFiles: ['./src/tests/setup.ts'],
     include: ['src/tests/**/*.test.{ts,tsx}'],
     css: false,
+    testTimeout: 20000,
   },
 });
