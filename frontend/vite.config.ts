@@ -1,8 +1,11 @@
 import react from '@vitejs/plugin-react';
 import { defineConfig } from 'vitest/config';
 
+declare const process: { env: Record<string, string | undefined> };
+
 // The robopt service (`robopt serve`); the page only talks to /api and /socket.io.
-const SERVICE = 'http://127.0.0.1:8000';
+// ROBOPT_SERVICE_URL points the dev server and `vite preview` at another address.
+const SERVICE = process.env.ROBOPT_SERVICE_URL ?? 'http://127.0.0.1:8000';
 const proxy = {
   '/api': { target: SERVICE, changeOrigin: true },
   '/socket.io': { target: SERVICE, changeOrigin: true, ws: true },

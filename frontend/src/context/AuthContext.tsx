@@ -65,7 +65,6 @@ export function AuthProvider({ children }: { children: ReactNode }) {
         onOk={() => finish(draft.trim() || null)}
         onCancel={() => finish(null)}
         okButtonProps={{ disabled: !draft.trim(), 'aria-label': 'Use this API key' }}
-        destroyOnClose
       >
         <p>This robopt service needs its API key (ROBOPT_API_KEY). It is kept for this browser tab only.</p>
         <Form layout="vertical" onFinish={() => finish(draft.trim() || null)}>
