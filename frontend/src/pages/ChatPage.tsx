@@ -1,0 +1,99 @@
+// Chat: type a goal, see the criteria intake read (or its question), keep the conversation, start the job.
+import { Button, Card, Input, Space, Typography } from 'antd';
+import { useState } from 'react';
+import { ConversationList } from '../components/ConversationList';
+import type { Turn } from '../components/ConversationList';
+import { ErrorAlert } from '../components/ErrorAlert';
+import { ModelSelect } from '../components/ModelSelect';
+import { chat, toApiError } from '../services/api';
+import type { ApiError } from '../services/api';
+import type { ChatMessage } from '../services/types';
+import { jobHref, navigate } from '../routing';
+
+function wire(turns: Turn[]): ChatMessage[] {
+  return turns.map((t) => ({ role: t.role, content: t.content.slice(0, 4000) }));
+}
+
+export function ChatPage() {
+  const [turns, setTurns] = useState<Turn[]>([]);
+  const [draft, setDraft] = useState('');
+  const [modelId, setModelId] = useState<string | null>(null);
+  const [busy, setBusy] = useState(false);
+  const [error, setError] = useState<ApiError | null>(null);
+
+  const last = turns[turns.length - 1];
+  const goalClear = Boolean(last && last.role === 'assistant' && last.goal && !last.goal.question);
+
+  async function send() {
+    const text = draft.trim();
+    if (!text) return;
+    const next: Turn[] = [...turns, { role: 'user', content: text }];
+    setTurns(next);
+    setDraft('');
+    setError(null);
+    setBusy(true);
+    try {
+      const answer = await chat({ messages: wire(next), model_id: modelId, start: false });
+      setTurns([...next, { role: 'assistant', content: answer.reply, goal: answer.goal }]);
+    } catch (raw) {
+      const err = toApiError(raw);
+      if (err.code === 'goal_unclear') {
+        setTurns([...next, { role: 'assistant', content: err.message, question: true, hint: err.hint }]);
+      } else {
+        setError(err);
+      }
+    } finally {
+      setBusy(false);
+    }
+  }
+
+  async function start() {
+    if (!modelId) return;
+    setError(null);
+    setBusy(true);
+    try {
+      const answer = await chat({ messages: wire(turns), model_id: modelId, start: true });
+      if (answer.job) navigate(jobHref(answer.job.id));
+      else setTurns([...turns, { role: 'assistant', content: answer.reply, goal: answer.goal }]);
+    } catch (raw) {
+      setError(toApiError(raw));
+    } finally {
+      setBusy(false);
+    }
+  }
+
+  return (
+    <Card title="Describe your goal">
+      <Space direction="vertical" style={{ width: '100%' }}>
+        <ModelSelect value={modelId} onChange={setModelId} />
+        <ConversationList turns={turns} />
+        <ErrorAlert error={error} onClose={() => setError(null)} />
+        <Input.TextArea
+          aria-label="Goal"
+          placeholder='e.g. "under 8 MB and 2 ms on a Jetson Orin Nano, lose at most 2 points"'
+          autoSize={{ minRows: 2, maxRows: 6 }}
+          value={draft}
+          maxLength={2000}
+          onChange={(e) => setDraft(e.target.value)}
+          onPressEnter={(e) => {
+            if (!e.shiftKey) {
+              e.preventDefault();
+              void send();
+            }
+          }}
+        />
+        <Space>
+          <Button type="primary" aria-label="Send goal" onClick={() => void send()} loading={busy} disabled={!draft.trim()}>
+            Send
+          </Button>
+          <Button aria-label="Start optimization job" onClick={() => void start()} disabled={!goalClear || !modelId || busy}>
+            Start
+          </Button>
+          {goalClear && !modelId ? (
+            <Typography.Text type="secondary">Pick an uploaded model to start a job.</Typography.Text>
+          ) : null}
+        </Space>
+      </Space>
+    </Card>
+  );
+}

@@ -1,0 +1,85 @@
+// Models: upload a file (its measured profile comes back), list the uploads; refusals show message and hint.
+import { Button, Card, Input, Space, Table, Upload } from 'antd';
+import type { UploadProps } from 'antd';
+import { useCallback, useEffect, useState } from 'react';
+import { ErrorAlert } from '../components/ErrorAlert';
+import { ModelProfile } from '../components/ModelProfile';
+import { listModels, toApiError, uploadModel } from '../services/api';
+import type { ApiError } from '../services/api';
+import type { ModelPublic } from '../services/types';
+
+export function ModelsPage() {
+  const [models, setModels] = useState<ModelPublic[]>([]);
+  const [uploaded, setUploaded] = useState<ModelPublic | null>(null);
+  const [name, setName] = useState('');
+  const [error, setError] = useState<ApiError | null>(null);
+  const [uploading, setUploading] = useState(false);
+
+  const refresh = useCallback(() => {
+    listModels()
+      .then((answer) => setModels(answer.data))
+      .catch((raw) => setError(toApiError(raw)));
+  }, []);
+  useEffect(refresh, [refresh]);
+
+  const customRequest: UploadProps['customRequest'] = ({ file, onSuccess, onError }) => {
+    setError(null);
+    setUploading(true);
+    uploadModel({ file: file as File, name: name.trim() || undefined })
+      .then((model) => {
+        setUploaded(model);
+        onSuccess?.(model);
+        refresh();
+      })
+      .catch((raw) => {
+        const err = toApiError(raw);
+        setError(err);
+        onError?.(err);
+      })
+      .finally(() => setUploading(false));
+  };
+
+  return (
+    <Space direction="vertical" style={{ width: '100%' }} size="large">
+      <Card title="Upload a model">
+        <Space direction="vertical" style={{ width: '100%' }}>
+          <Input
+            aria-label="Model name (optional)"
+            placeholder="Name (optional)"
+            value={name}
+            onChange={(e) => setName(e.target.value)}
+            style={{ maxWidth: 320 }}
+          />
+          <Upload.Dragger
+            aria-label="Model file"
+            name="file"
+            multiple={false}
+            showUploadList={false}
+            disabled={uploading}
+            customRequest={customRequest}
+          >
+            <p>{uploading ? 'Uploading and profiling…' : 'Click or drop a model file (.onnx, .pt, .safetensors, .zip, .tar.gz)'}</p>
+          </Upload.Dragger>
+          <ErrorAlert error={error} onClose={() => setError(null)} />
+          {uploaded ? <ModelProfile model={uploaded} /> : null}
+        </Space>
+      </Card>
+      <Card title="Uploaded models" extra={<Button aria-label="Refresh models" onClick={refresh}>Refresh</Button>}>
+        <Table<ModelPublic>
+          aria-label="Uploaded models"
+          size="small"
+          rowKey="id"
+          dataSource={models}
+          onRow={(m) => ({ onClick: () => setUploaded(m) })}
+          columns={[
+            { title: 'Name', dataIndex: 'name' },
+            { title: 'Id', dataIndex: 'id' },
+            { title: 'Format', dataIndex: 'format' },
+            { title: 'Params', dataIndex: 'params', render: (p: number) => p.toLocaleString() },
+            { title: 'Size (MiB)', dataIndex: 'size_bytes', render: (b: number) => (b / 1048576).toFixed(2) },
+          ]}
+        />
+      </Card>
+    </Space>
+  );
+}
