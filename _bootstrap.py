@@ -1,7 +1,8 @@
 """Create `.venv` and install robopt into it, using nothing but the standard library.
 
 Shared by `run_robopt.py` and `run_tests.py`, the README's two commands: each works on a bare machine with
-Python 3.11 by installing what it needs first. Re-installs only when pyproject.toml (or the extras) changed.
+Python 3.11 by installing what it needs first. Re-installs only when pyproject.toml (or the extras) changed. With
+npm on the machine they also install and build the web page (frontend/), again only when its sources changed.
 """
 
 from __future__ import annotations
@@ -95,3 +96,75 @@ def _stamp_covers(installed: str, extras: tuple[str, ...]) -> bool:
     if not set(extras) <= set(recorded_extras):
         return False
     return lines[0] == _install_digest(recorded_extras)
+
+
+FRONTEND = ROOT / "frontend"
+FRONTEND_SOURCES = (
+    "package.json",
+    "package-lock.json",
+    "index.html",
+    "vite.config.ts",
+    "tsconfig.json",
+    "src",
+)
+
+
+def npm() -> str | None:
+    """The npm executable, or None when Node.js is not installed."""
+    import shutil
+
+    return shutil.which("npm")
+
+
+def ensure_frontend_packages() -> bool:
+    """Install the web page's packages (`npm ci`) when node_modules is missing or older than the lock file;
+    return False when npm is missing or the install fails (said on stdout)."""
+    tool = npm()
+    if tool is None:
+        print(
+            "[robopt] npm not found: the web page is not built (the API, CLI and demo work without it)",
+            flush=True,
+        )
+        return False
+    lock = _digest([FRONTEND / "package-lock.json"])
+    stamp = FRONTEND / "node_modules" / ".robopt-lock-stamp"
+    if stamp.is_file() and stamp.read_text().strip() == lock:
+        return True
+    print("[robopt] installing the web page's packages (npm ci) ...", flush=True)
+    result = subprocess.run([tool, "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=FRONTEND)
+    if result.returncode != 0:
+        print(f"[robopt] npm ci failed (exit {result.returncode}); the web page is not built", flush=True)
+        return False
+    stamp.write_text(lock + "\n")
+    return True
+
+
+def ensure_frontend() -> bool:
+    """Build the web page into frontend/dist when it is missing or older than its sources; return whether a
+    current build is there. Never fatal: robopt works without the page."""
+    if not (FRONTEND / "package.json").is_file():
+        return False
+    sources = _digest([FRONTEND / name for name in FRONTEND_SOURCES])
+    stamp = FRONTEND / "dist" / ".robopt-build-stamp"
+    if stamp.is_file() and stamp.read_text().strip() == sources:
+        return True
+    if not ensure_frontend_packages():
+        return False
+    print("[robopt] building the web page (npm run build) ...", flush=True)
+    result = subprocess.run([str(npm()), "run", "build", "--silent"], cwd=FRONTEND)
+    if result.returncode != 0:
+        print(f"[robopt] building the web page failed (exit {result.returncode})", flush=True)
+        return False
+    stamp.write_text(sources + "\n")
+    return True
+
+
+def _digest(paths: list[Path]) -> str:
+    """sha256 over the files (folders walked in sorted order), their names included."""
+    digest = hashlib.sha256()
+    for path in paths:
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        for file in files:
+            if file.is_file():
+                digest.update(str(file.relative_to(ROOT)).encode() + b"\0" + file.read_bytes())
+    return digest.hexdigest()

@@ -13,7 +13,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _bootstrap import ROOT, ensure_venv
+from _bootstrap import FRONTEND, ROOT, ensure_frontend, ensure_frontend_packages, ensure_venv, npm
 
 CODE_DIRS = [
     "graph",
@@ -85,6 +85,21 @@ def check_style(python: str) -> int:
     return status
 
 
+def test_frontend() -> int:
+    """Type-check and unit-test the web page (Vitest), and build it for the server's tests; non-zero on a
+    failure. Without npm the page's tests cannot run: that is said, and it fails the suite only in CI."""
+    if npm() is None:
+        print("[robopt] npm not found: the web page's tests did not run", flush=True)
+        return 1 if os.environ.get("CI") else 0
+    if not ensure_frontend_packages() or not ensure_frontend():
+        return 1
+    status = 0
+    for script in ("typecheck", "test"):
+        print(f"[robopt] frontend: npm run {script}", flush=True)
+        status |= subprocess.run([str(npm()), "run", script], cwd=FRONTEND).returncode
+    return status
+
+
 def main() -> int:
     """Parse the suite, install if needed, check style (suite all), and run pytest."""
     parser = argparse.ArgumentParser(description=__doc__)
@@ -93,6 +108,7 @@ def main() -> int:
     args = parser.parse_args()
     python = str(ensure_venv(extras=("dev", "lerobot", "sim")))
     style = check_style(python) if args.suite == "all" else 0
+    page = test_frontend() if args.suite == "all" else 0
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
     command = [python, "-m", "pytest", *SUITES[args.suite], "--durations=10", *args.pytest_args]
     print(f"[robopt] {' '.join(command[1:])}", flush=True)
@@ -102,7 +118,7 @@ def main() -> int:
     if code == NO_TESTS_COLLECTED:
         print(f"[robopt] suite {args.suite!r} has no tests yet", flush=True)
         code = 0
-    return code or style
+    return code or style or page
 
 
 if __name__ == "__main__":

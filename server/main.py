@@ -131,7 +131,7 @@ async def _unexpected(request: Request, error: Exception) -> JSONResponse:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the FastAPI app (services are created when it starts, from `settings` or the environment)."""
-    from server.routes import chat, datasets, events, jobs, models, system
+    from server.routes import chat, datasets, events, jobs, models, page, system
     from server.socket_events import socket_app
 
     app = FastAPI(
@@ -149,6 +149,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(module.router, prefix=API_PREFIX, dependencies=protected)
     app.include_router(events.ws_router, prefix=API_PREFIX)  # checks the key itself (browsers: ?token=)
     app.mount(SOCKETIO_PATH, socket_app(app))  # checks the key on connect (auth={"token": KEY})
+    app.include_router(page.router)  # the web page at / (its API calls carry the key)
     app.add_exception_handler(RoboptError, _robopt_error)
     app.add_exception_handler(RequestValidationError, _request_invalid)
     app.add_exception_handler(StarletteHTTPException, _http_error)

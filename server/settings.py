@@ -93,6 +93,10 @@ class Settings(BaseSettings):
         default=False,
         description="Let API clients set trust_pickle / trust_remote_code (code from an upload runs here).",
     )
+    frontend_dir: Path = Field(
+        default=Path(__file__).resolve().parents[1] / "frontend" / "dist",
+        description="The built web page (`npm run build` in frontend/) that `robopt serve` shows at `/`.",
+    )
     min_free_memory_mb: int = Field(
         default=512,
         ge=0,

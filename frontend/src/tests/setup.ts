@@ -1,7 +1,9 @@
 import '@testing-library/jest-dom/vitest';
-import { cleanup } from '@testing-library/react';
+import { cleanup, configure } from '@testing-library/react';
 import { afterEach, vi } from 'vitest';
 
+// findBy*/waitFor give up after 1 s by default: a loaded 2-core CI machine renders antd slower than that.
+configure({ asyncUtilTimeout: 10000 });
 afterEach(() => cleanup());
 
 // jsdom lacks what antd's responsive helpers and recharts use.
