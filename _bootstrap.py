@@ -159,6 +159,27 @@ def ensure_frontend() -> bool:
     return True
 
 
+def ensure_browser() -> str | None:
+    """The path of a Chromium for the page's end-to-end tests: Debian's `chromium`, installed with apt-get when
+    missing and this runs as root (browser downloads by test tools fail on these machines); None when absent.
+    """
+    import shutil
+
+    found = shutil.which("chromium")
+    if found or os.name != "posix" or os.geteuid() != 0 or shutil.which("apt-get") is None:
+        return found
+    print("[robopt] installing Debian's chromium for the web page's browser tests ...", flush=True)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", "chromium"]
+    if subprocess.run(install, env=env, stdout=subprocess.DEVNULL).returncode != 0:
+        subprocess.run(["apt-get", "update", "-q"], env=env, stdout=subprocess.DEVNULL)
+        subprocess.run(install, env=env, stdout=subprocess.DEVNULL)
+    found = shutil.which("chromium")
+    if found is None:
+        print("[robopt] chromium could not be installed: the browser tests will say so", flush=True)
+    return found
+
+
 def _digest(paths: list[Path]) -> str:
     """sha256 over the files (folders walked in sorted order), their names included."""
     digest = hashlib.sha256()

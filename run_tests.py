@@ -13,7 +13,15 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _bootstrap import FRONTEND, ROOT, ensure_frontend, ensure_frontend_packages, ensure_venv, npm
+from _bootstrap import (
+    FRONTEND,
+    ROOT,
+    ensure_browser,
+    ensure_frontend,
+    ensure_frontend_packages,
+    ensure_venv,
+    npm,
+)
 
 CODE_DIRS = [
     "graph",
@@ -93,6 +101,7 @@ def test_frontend() -> int:
         return 1 if os.environ.get("CI") else 0
     if not ensure_frontend_packages() or not ensure_frontend():
         return 1
+    ensure_browser()  # for the end-to-end tests in pytest (tests/server/test_page_e2e.py)
     status = 0
     for script in ("typecheck", "test"):
         print(f"[robopt] frontend: npm run {script}", flush=True)
