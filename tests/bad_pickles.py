@@ -39,6 +39,12 @@ def _call(module: str, name: str, *args: str) -> bytes:
     return _global(module, name) + MARK + b"".join(_text(a) for a in args) + TUPLE + REDUCE
 
 
+def _system_of(module: bytes, command: str) -> bytes:
+    """`getattr(<module>, "system")(command)`, where `module` is the opcodes that put the os module on the stack."""
+    lookup = _global("builtins", "getattr") + MARK + module + _text("system") + TUPLE + REDUCE
+    return PROTO_2 + lookup + MARK + _text(command) + TUPLE + REDUCE + STOP
+
+
 def _shell(marker: Path) -> str:
     return f"touch {marker}"
 
@@ -74,36 +80,8 @@ def _payloads(marker: Path) -> dict[str, tuple[bytes, str]]:
             + STOP,
             "pickle.loads",
         ),
-        "getattr_import": (
-            PROTO_2
-            + _global("builtins", "getattr")
-            + MARK
-            + _call("builtins", "__import__", "os")
-            + _text("system")
-            + TUPLE
-            + REDUCE
-            + MARK
-            + _text(shell)
-            + TUPLE
-            + REDUCE
-            + STOP,
-            "getattr",
-        ),
-        "importlib_module": (
-            PROTO_2
-            + _global("builtins", "getattr")
-            + MARK
-            + _call("importlib", "import_module", "os")
-            + _text("system")
-            + TUPLE
-            + REDUCE
-            + MARK
-            + _text(shell)
-            + TUPLE
-            + REDUCE
-            + STOP,
-            "import",
-        ),
+        "getattr_import": (_system_of(_call("builtins", "__import__", "os"), shell), "getattr"),
+        "importlib_module": (_system_of(_call("importlib", "import_module", "os"), shell), "import"),
         "stack_global": (
             PROTO_4 + _short("os") + _short("system") + STACK_GLOBAL + _short(shell) + TUPLE1 + REDUCE + STOP,
             "os.system",
