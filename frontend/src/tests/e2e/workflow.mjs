@@ -133,6 +133,7 @@ try {
     if (await start.isDisabled()) {
       await page.getByRole('combobox', { name: 'Model to optimize' }).click();
       await page.locator('.ant-select-item-option').filter({ hasText: result.model_id }).first().click();
+      await page.locator('.ant-select-dropdown:not(.ant-select-dropdown-hidden)').waitFor({ state: 'hidden' });
     }
     await shoot(page, 'chat.png');
     expect(await start.isEnabled(), 'Start stays disabled after picking the uploaded model');
