@@ -1,7 +1,8 @@
 """The web page end to end in a real headless Chromium: `frontend/src/tests/e2e/workflow.mjs` (playwright-core, the
 system /usr/bin/chromium) uploads a user-exported ONNX policy on Models, types a goal on Chat and starts the job,
 follows it to 100% on the job view and opens its report and download, saving a screenshot after each step; the API
-then confirms that the job the page started succeeded and met its goal."""
+then confirms that the job the page started succeeded and met its goal. The screenshots go to the test's tmp
+folder (printed with `-s`), or to ROBOPT_E2E_SCREENSHOTS when set."""
 
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ def _missing() -> str | None:
     return None
 
 
-def test_the_page_uploads_a_model_starts_a_job_from_a_goal_follows_it_and_shows_its_report(tmp_path: Path) -> None:
+def test_the_page_uploads_a_model_starts_a_job_from_a_goal_and_shows_its_report(tmp_path: Path) -> None:
     reason = _missing()
     if reason:
         pytest.skip(reason)
@@ -75,7 +76,8 @@ def test_the_page_uploads_a_model_starts_a_job_from_a_goal_follows_it_and_shows_
             assert job["goal"] == GOAL and job["attempts_count"] == result["attempt_rows"], (job, result)
             uploaded = client.get(f"/models/{result['model_id']}").json()
             assert uploaded["format"] == "onnx" and job["model"] == uploaded["name"], (job, uploaded)
-            assert [j["id"] for j in client.get("/jobs").json()["data"]] == [job["id"]]  # the page started one
+            jobs = client.get("/jobs").json()["data"]
+            assert [j["id"] for j in jobs] == [job["id"]], jobs  # the page started exactly one job
             report = client.get(f"/jobs/{result['job_id']}/report").json()
             assert report["goal_met"] and report["comparison"]["compression"] >= 2, report["comparison"]
             assert result["download"]["filename"].endswith(".onnx"), result["download"]
