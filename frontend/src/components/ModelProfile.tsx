@@ -5,8 +5,13 @@ import type { ModelPublic } from '../services/types';
 const isScalar = (v: unknown): v is string | number | boolean =>
   typeof v === 'string' || typeof v === 'number' || typeof v === 'boolean';
 
+// Already shown from the model's own fields above the profile's figures.
+const SHOWN = new Set(['format', 'parameters']);
+const show = (v: unknown) =>
+  typeof v === 'number' && !Number.isInteger(v) ? String(Number(v.toPrecision(6))) : String(v);
+
 export function ModelProfile({ model }: { model: ModelPublic }) {
-  const scalars = Object.entries(model.profile).filter(([, v]) => isScalar(v));
+  const scalars = Object.entries(model.profile).filter(([k, v]) => isScalar(v) && !SHOWN.has(k));
   const nested = Object.fromEntries(Object.entries(model.profile).filter(([, v]) => !isScalar(v)));
   return (
     <div aria-label={`Profile of ${model.name}`}>
@@ -19,7 +24,7 @@ export function ModelProfile({ model }: { model: ModelPublic }) {
         <Descriptions.Item label="sha256">{model.sha256.slice(0, 16)}…</Descriptions.Item>
         {scalars.map(([key, value]) => (
           <Descriptions.Item key={key} label={key}>
-            {String(value)}
+            {show(value)}
           </Descriptions.Item>
         ))}
       </Descriptions>
