@@ -44,10 +44,9 @@ export function App() {
           />
         </nav>
       </Layout.Header>
+      {/* antd's Layout.Content renders the page's one <main> landmark */}
       <Layout.Content style={{ padding: 24, maxWidth: 1200, width: '100%', margin: '0 auto' }}>
-        <main>
-          <Page route={route} />
-        </main>
+        <Page route={route} />
       </Layout.Content>
     </Layout>
   );
