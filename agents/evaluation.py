@@ -90,9 +90,9 @@ def guards(
     parent_check: CriteriaCheck,
     best: Measurement | None = None,
 ) -> list[Guard]:
-    """The hard rules: accuracy kept, not slower than the parent on the target (unless the goal bounds no latency
-    and the slower step newly meets a criterion), some real gain, and, when a version already meets every
-    criterion, better than the best such version on the goal's priority."""
+    """The hard rules: accuracy kept, not slower than the parent on the target (unless the slower step newly
+    meets a criterion while the goal's own latency bounds still hold), some real gain, and, when a version
+    already meets every criterion, better than the best such version on the goal's priority."""
     target = goal.criteria.latency_target
     result: list[Guard] = []
     accuracy = [r for r in check.results if r.name in ("accuracy_floor", "max_accuracy_drop")]
@@ -120,7 +120,9 @@ def guards(
     traded = slower and not unknown and latency_kept and bool(newly_met)
     if traded:
         bound = "the goal's latency bounds hold" if _bounds_latency(goal) else "the goal bounds no latency"
-        detail += f" ({after / before:.2f}x slower, allowed: {bound} and this step newly meets {sorted(newly_met)})"
+        detail += (
+            f" ({after / before:.2f}x slower, allowed: {bound} and this step newly meets {sorted(newly_met)})"
+        )
     result.append(Guard(name="not_slower", passed=not slower or traded, detail=detail))
     size_before, size_after = _size(parent), _size(candidate)
     smaller = bool(size_before and size_after and size_after < size_before * (1 - MIN_GAIN))
