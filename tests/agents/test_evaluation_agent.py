@@ -92,9 +92,7 @@ def test_a_size_goal_still_refuses_a_slower_step_that_meets_nothing_new() -> Non
     assert not _guard(payload, "not_slower") and _guard(payload, "improves") and not verdict.accept
 
 
-def test_a_goal_bounding_latency_refuses_a_slower_step_that_breaks_the_bound_even_when_it_meets_the_size() -> (
-    None
-):
+def test_a_slower_step_that_breaks_the_goals_speed_bound_is_refused_even_when_it_meets_the_size() -> None:
     spec = goal(max_size_mb=100.0, min_speedup=1.0)
     payload, verdict = _judge(_candidate(p50_ms=127.0, size_mib=90.0), spec=spec)
     assert not _guard(payload, "not_slower") and not verdict.accept
