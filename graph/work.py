@@ -268,11 +268,17 @@ SENSITIVITY_BUDGET_S = 20.0  # per ranking: a 50M-parameter policy's analysis st
 SENSITIVITY_MIN_LAYERS = 8
 
 
-def sensitivity_layer_budget(module: Any, batches: list[dict[str, Any]], notes: list[str]) -> int | None:
+def sensitivity_layer_budget(
+    module: Any, batches: list[dict[str, Any]], notes: list[str], call_ms: float | None = None
+) -> int | None:
     """How many layers a sensitivity ranking may perturb within `SENSITIVITY_BUDGET_S` (one forward pass over
     `batches` each, timed here); None when every layer fits. A sample ranks the largest layers and is noted; 0
     (no ranking, noted) when not even `SENSITIVITY_MIN_LAYERS` fit: a default-size DDPM policy (32 s a pass)
     spent minutes here ranking its minimum of layers and its job never reached a result.
+
+    `call_ms` is the model's measured batch-1 call (the baseline's p50): a pass over `batches` takes at least
+    one call per batch, so when even that rules the minimum ranking out, nothing is run to time it (a
+    default-size DDPM policy spent 2 minutes timing the pass that told it not to rank).
     """
     import time
 
@@ -280,6 +286,13 @@ def sensitivity_layer_budget(module: Any, batches: list[dict[str, Any]], notes: 
 
     from tools.evaluation.sensitivity import count_weighted_layers
 
+    if call_ms is not None and call_ms * len(batches) / 1000 * SENSITIVITY_MIN_LAYERS > SENSITIVITY_BUDGET_S:
+        notes.append(
+            f"analysis: sensitivity not ranked: one call takes {call_ms / 1000:.1f} s (the baseline's p50), so "
+            f"{SENSITIVITY_MIN_LAYERS} layers would not fit the {SENSITIVITY_BUDGET_S:.0f} s budget; lossy "
+            "steps are judged by their measured accuracy alone"
+        )
+        return 0
     try:
         total = count_weighted_layers(module)
         with torch.inference_mode():
@@ -343,7 +356,8 @@ def profile_original(
     if model.module is not None:
         calibration, _ = split_data(dataset)
         batches = (calibration.batches if calibration else [model.example_inputs()])[:2]
-        limit = sensitivity_layer_budget(model.module, batches, notes)
+        call_ms = baseline.runtime.p50_ms if baseline.runtime is not None else None
+        limit = sensitivity_layer_budget(model.module, batches, notes, call_ms)
         if limit != 0:
             quantization = optional_step(
                 "quantization sensitivity",

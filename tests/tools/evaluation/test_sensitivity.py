@@ -262,3 +262,33 @@ def test_a_model_too_slow_for_the_minimum_ranking_is_not_ranked_and_says_so() ->
     notes: list[str] = []
     assert sensitivity_layer_budget(_SlowPass(), [{"x": torch.randn(2, 4)}], notes) == 0
     assert notes and "not ranked" in notes[0] and "a pass takes 3.0 s" in notes[0]
+
+
+class _Counted(nn.Module):
+    """Counts its forward calls: the analysis must not run a model whose measured call rules ranking out."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(nn.Linear(4, 4) for _ in range(12))
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
+def test_a_measured_slow_call_skips_the_ranking_without_running_the_model() -> None:
+    from graph.work import SENSITIVITY_BUDGET_S, SENSITIVITY_MIN_LAYERS, sensitivity_layer_budget
+
+    slow_ms = (
+        1000 * SENSITIVITY_BUDGET_S / SENSITIVITY_MIN_LAYERS + 1
+    )  # one call per batch is already too long
+    model, notes = _Counted(), []
+    assert sensitivity_layer_budget(model, [{"x": torch.randn(2, 4)}], notes, call_ms=slow_ms) == 0
+    assert model.calls == 0 and notes and "the baseline's p50" in notes[0]
+    # a fast measured call times the pass as before (and every layer fits)
+    fast: list[str] = []
+    assert sensitivity_layer_budget(model, [{"x": torch.randn(2, 4)}], fast, call_ms=0.05) is None
+    assert model.calls == 1 and not fast

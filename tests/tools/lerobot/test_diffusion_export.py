@@ -145,3 +145,25 @@ def test_the_exported_runner_is_a_version_robopt_loads_and_converts_to_fp16(
         expected = diffusion(**feeds).numpy()
     actions = fp16.module(**feeds).numpy()
     assert np.abs(actions - expected).max() <= 0.01 * max(np.abs(expected).max(), 1.0)
+
+
+def test_a_policy_too_slow_for_its_parity_budget_is_checked_on_one_observation(
+    diffusion: Any, diffusion_export: Any, tmp_path: Path
+) -> None:
+    """A zero budget stands for a policy of seconds a chunk: the check runs one batch-1 observation (not the
+    3 + 2 rows given), still compares actions, and the report says it sampled."""
+    import shutil
+
+    from tools.lerobot.diffusion_export import diffusion_parity, schedule_of
+    from tools.lerobot.export import held_out_observations, observation_specs
+
+    for name in ("encoder.onnx", "denoiser.onnx"):
+        shutil.copyfile(diffusion_export.directory / name, tmp_path / name)
+    schedule_of(diffusion).save(tmp_path)
+    batches = held_out_observations(observation_specs(diffusion), count=2, batch_sizes=(3, 2))
+    sampled = diffusion_parity(diffusion, tmp_path, batches, budget_s=1e-9)
+    assert sampled.rows == 1 and sampled.notes["observations"] == 1
+    assert "one batch-1 observation" in str(sampled.notes["sampled"])
+    assert sampled.max_abs_error < 1e-4
+    full = diffusion_parity(diffusion, tmp_path, batches)
+    assert full.rows == 5 and full.notes["observations"] == 5 and "sampled" not in full.notes

@@ -170,3 +170,23 @@ def test_the_sampler_runner_honours_the_thread_count_it_is_given(versions: dict[
     feeds = {s.name: torch.rand((1, *s.shape[1:]), generator=generator) for s in loaded.input_specs}
     with torch.no_grad():
         assert torch.isfinite(loaded.module(**feeds)).all()  # the rebuilt runner still runs
+
+
+@pytest.mark.integration
+def test_a_source_too_slow_for_the_agreement_budget_is_compared_on_one_observation(
+    versions: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The source's pace decides: within the budget both input batches are compared; a source of seconds a
+    chunk (a zero budget here) is compared on one batch-1 observation, and the fact says how many."""
+    import tools.lerobot.techniques as techniques
+    from tools.lerobot.techniques import DiffusionFewerStepsConfig
+    from tools.techniques import apply
+
+    store, data, full = versions["store"], versions["data"], versions["full"]
+    assert versions["fewer"].facts["agreement_with_source"]["observations"] > 1
+    monkeypatch.setattr(techniques, "AGREEMENT_BUDGET_S", 0.0)
+    applied = apply(
+        store, "job", full.version.id, DiffusionFewerStepsConfig(num_inference_steps=2), data_dir=data
+    )
+    agreement = applied.facts["agreement_with_source"]
+    assert agreement["observations"] == 1 and agreement["max_abs_error"] > 0 and agreement["cosine"] < 1
