@@ -27,8 +27,11 @@ async def run_work(
     step: str,
     target: str,
     kwargs: dict[str, Any],
+    time_s: float | None = None,
 ) -> Any:
-    """Run a `graph.work` function in a child process with the job's limits, forwarding its progress."""
+    """Run a `graph.work` function in a child process with the job's limits, forwarding its progress.
+
+    `time_s` replaces the attempt's time limit for this child (`step_time_s`: what is left of the job's)."""
     options = state["options"]
     loop = asyncio.get_running_loop()
 
@@ -36,7 +39,9 @@ async def run_work(
         loop.call_soon_threadsafe(progress, writer, step, percent, message)
 
     limits = Limits(
-        time_s=options.attempt_time_s, memory_mb=options.attempt_memory_mb, threads=options.latency_threads
+        time_s=time_s or options.attempt_time_s,
+        memory_mb=options.attempt_memory_mb,
+        threads=options.latency_threads,
     )
     return await run_isolated_async(
         f"graph.work:{target}",
@@ -51,6 +56,19 @@ async def run_work(
 def seconds_left(state: JobState) -> float:
     """Wall time left in the job's budget."""
     return state["options"].time_budget_s - (time.time() - state["started_at"])
+
+
+STEP_FLOOR_S = 30.0
+"""The least time a step's child gets, however little of the job's budget is left: a step that starts is given
+the time to load and report, and the job overruns its budget by at most this much."""
+
+
+def step_time_s(state: JobState) -> float:
+    """Time limit of an attempt's child (apply or measure): the attempt's limit, cut to what is left of the
+    job's budget (at least `STEP_FLOOR_S`). A default-size DDPM policy's job began measuring a version with
+    under 2 minutes left and ran minutes past its budget; now the step ends and the job finalizes."""
+    options = state["options"]
+    return min(options.attempt_time_s, max(STEP_FLOOR_S, seconds_left(state)))
 
 
 def attempts_left(state: JobState) -> int:

@@ -117,10 +117,17 @@ def measure(
     threads: int = 1,
     iterations: int = 30,
     progress: Progress = _quiet,
+    time_limit_s: float | None = None,
 ) -> Measurement:
-    """Measure one version: accuracy (against the original for fidelity), latency here, size, projections."""
+    """Measure one version: accuracy (against the original for fidelity), latency here, size, projections.
+
+    `time_limit_s` is this child's own limit: the latency measurement is given what is left of it (less a
+    reserve for size and FLOPs), so a slow version reports fewer timed runs instead of being killed."""
+    import time
+
     from tools.techniques import load_version
 
+    deadline = time.monotonic() + time_limit_s if time_limit_s is not None else None
     root = Path(data_dir)
     store = VersionStore(root / "versions")
     progress(0, f"measuring version {ref.version_id}")
@@ -139,6 +146,7 @@ def measure(
         threads,
         iterations,
         progress,
+        deadline=deadline,
     )
 
 
@@ -156,6 +164,7 @@ def _measure_version(
     iterations: int,
     progress: Progress,
     known_flops: int | None = None,
+    deadline: float | None = None,
 ) -> Measurement:
     """Measure `ref` with the original and the job's data already loaded (accuracy on the held-out part).
 
@@ -180,6 +189,7 @@ def _measure_version(
         reference_cache=root / "work" / "fidelity" / original.sha256,
         reference_is_self=(ref.job_id, ref.version_id) == (original.job_id, original.version_id),
         known_flops=known_flops,
+        deadline=deadline,
     )
 
 

@@ -9,7 +9,7 @@ from langgraph.runtime import Runtime
 
 from agents.base import Reasoner
 from agents.evaluation import EVALUATION, VerdictInput, guards
-from graph.context import GraphContext, report_targets, run_work
+from graph.context import GraphContext, report_targets, run_work, step_time_s
 from graph.events import emit
 from graph.nodes.intake import decision_note
 from graph.nodes.optimize import attempt_event, planned_attempt, report_failure
@@ -44,6 +44,7 @@ def make_evaluate_node(
             message=f"measuring version {candidate.ref.version_id}",
         )
         started = time.monotonic()
+        time_s = step_time_s(state)
         try:
             measurement: Measurement = await run_work(
                 runtime.context,
@@ -59,7 +60,9 @@ def make_evaluate_node(
                     "targets": report_targets(state),
                     "threads": options.latency_threads,
                     "iterations": options.latency_iterations,
+                    "time_limit_s": time_s,
                 },
+                time_s=time_s,
             )
         except RoboptError as error:
             attempt = Attempt(

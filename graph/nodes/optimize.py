@@ -7,7 +7,7 @@ from typing import Any
 
 from langgraph.runtime import Runtime
 
-from graph.context import GraphContext, run_work, seconds_left
+from graph.context import GraphContext, run_work, step_time_s
 from graph.events import Writer, emit
 from graph.state import Attempt, Candidate, JobState
 from tools.errors import RoboptError
@@ -36,8 +36,9 @@ async def optimize(state: JobState, runtime: Runtime[GraphContext]) -> dict[str,
                 "source": current.ref,
                 "steps": steps,
                 "data": state["options"].data,
-                "time_budget_s": max(10.0, min(state["options"].attempt_time_s, seconds_left(state))),
+                "time_budget_s": max(10.0, step_time_s(state) - 10.0),
             },
+            time_s=step_time_s(state),
         )
     except RoboptError as error:
         duration = time.monotonic() - started

@@ -7,6 +7,7 @@ baseline and candidate are always measured the same way.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -23,6 +24,7 @@ from tools.evaluation.targets import THIS_MACHINE, canonical_target_name, projec
 from tools.evaluation.task_metrics import TaskKind, measure_task
 from tools.evaluation.types import AccuracyLevel, AccuracyResult
 from tools.intake import LoadedModel, LoadOptions
+from tools.latency import DEFAULT_TIMEOUT_S
 from tools.log import get_logger
 from tools.techniques.artifacts import load_manifest
 from tools.techniques.base import CalibrationData
@@ -84,6 +86,20 @@ def measure_accuracy(
     return evaluate_closed_loop(model, plan.simulator, plan.episodes, plan.seed)
 
 
+LATENCY_RESERVE_S = 15.0  # of a bounded step, kept back from latency for size, FLOPs and the reply
+LATENCY_MIN_TIMEOUT_S = 20.0
+
+
+def latency_timeout_s(deadline: float | None) -> float:
+    """The latency child's time limit: the default, or what is left before `deadline` (time.monotonic()) less
+    `LATENCY_RESERVE_S`, at least `LATENCY_MIN_TIMEOUT_S`. Its timed phase ends at 80% of it (`tools.latency`),
+    so a version of seconds a call near the end of a job's budget reports fewer runs, not none."""
+    if deadline is None:
+        return DEFAULT_TIMEOUT_S
+    left = deadline - time.monotonic() - LATENCY_RESERVE_S
+    return min(DEFAULT_TIMEOUT_S, max(LATENCY_MIN_TIMEOUT_S, left))
+
+
 def evaluate_version(
     store: VersionStore,
     manifest: VersionManifest,
@@ -100,13 +116,15 @@ def evaluate_version(
     reference_cache: Path | None = None,
     reference_is_self: bool = False,
     known_flops: int | None = None,
+    deadline: float | None = None,
 ) -> Measurement:
     """Measure a stored version: accuracy, batch-1 latency and memory here (child process), size, FLOPs and
     the latency projected to each named target (estimated; this machine's figure is measured).
 
     `reference_cache` keeps the original's fidelity outputs between versions; `reference_is_self` says the
     version is the original (the baseline), judged against itself without running it twice. `known_flops`
-    is a count already made of this very model (the analysis profile), not counted again.
+    is a count already made of this very model (the analysis profile), not counted again. `deadline`
+    (time.monotonic()) bounds the latency child (`latency_timeout_s`): past it the FLOPs are not counted.
 
     `progress(percent, message)` hears of each stage: 25 loaded, 50 accuracy, 75 latency, 100 done."""
     report = progress or (lambda percent, message: None)
@@ -126,10 +144,17 @@ def evaluate_version(
         threads=threads,
         iterations=iterations,
         data_dir=data_dir,
+        timeout_s=latency_timeout_s(deadline),
     )
     report(75, f"p50 {runtime.p50_ms:.3f} ms; measuring size and FLOPs")
     size = size_of_loaded(model)
-    flops = known_flops if known_flops is not None else _flops(model)
+    if known_flops is not None:
+        flops: int | None = known_flops
+    elif deadline is not None and deadline - time.monotonic() < LATENCY_RESERVE_S:
+        flops = None  # optional, and the step's time is spent
+        _log.info("FLOPs not counted: the step's time is spent", extra={"version_id": manifest.id})
+    else:
+        flops = _flops(model)
     projections = []
     for name in dict.fromkeys(canonical_target_name(target) for target in targets):
         if name == THIS_MACHINE:

@@ -82,3 +82,34 @@ def test_task_metric_needs_labels_and_uses_them(
         measure_accuracy(AccuracyPlan(level="closed_loop"), model)
     with pytest.raises(ValidationError, match="reference"):
         measure_accuracy(AccuracyPlan(level="fidelity"), model)
+
+
+def test_a_spent_step_deadline_bounds_the_latency_child_and_skips_the_flops_count(
+    version_store: VersionStore, reference_cache: Path, data_dir: Path
+) -> None:
+    """A measurement that starts with its step's time spent still measures latency (under the least timeout,
+    never the default 300 s) and leaves the optional FLOPs count out; with time left, FLOPs are counted."""
+    import time
+
+    from tools.evaluation.evaluate import (
+        LATENCY_MIN_TIMEOUT_S,
+        LATENCY_RESERVE_S,
+        latency_timeout_s,
+    )
+    from tools.latency import DEFAULT_TIMEOUT_S
+
+    assert latency_timeout_s(None) == DEFAULT_TIMEOUT_S
+    assert latency_timeout_s(time.monotonic() - 5) == LATENCY_MIN_TIMEOUT_S
+    assert latency_timeout_s(time.monotonic() + 10 * DEFAULT_TIMEOUT_S) == DEFAULT_TIMEOUT_S
+    middle = latency_timeout_s(time.monotonic() + 100 + LATENCY_RESERVE_S)
+    assert 99 < middle <= 100
+
+    original = store_reference(version_store, "vla", reference_cache, data_dir)
+    reference = load(version_store, original, data_dir)
+    plan = AccuracyPlan(level="fidelity")
+    common = dict(data_dir=data_dir, reference=reference, iterations=5, reference_is_self=True)
+    spent = evaluate_version(version_store, original, plan, deadline=time.monotonic() - 1, **common)
+    assert spent.flops is None
+    assert spent.runtime is not None and spent.runtime.p50_ms > 0 and spent.runtime.iterations >= 1
+    timely = evaluate_version(version_store, original, plan, deadline=time.monotonic() + 600, **common)
+    assert timely.flops and timely.flops > 1e7
