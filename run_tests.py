@@ -119,7 +119,9 @@ def main() -> int:
     style = check_style(python) if args.suite == "all" else 0
     page = test_frontend() if args.suite == "all" else 0
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
-    command = [python, "-m", "pytest", *SUITES[args.suite], "--durations=10", *args.pytest_args]
+    # no .pytest_cache in the repository: nothing outside the data directory (issue 16)
+    pytest_options = ["-p", "no:cacheprovider", "--durations=10"]
+    command = [python, "-m", "pytest", *pytest_options, *SUITES[args.suite], *args.pytest_args]
     print(f"[robopt] {' '.join(command[1:])}", flush=True)
     before = outside_entries()
     code = subprocess.run(command, cwd=ROOT, env=env).returncode

@@ -59,30 +59,34 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     asyncio.get_running_loop().set_default_executor(
         ThreadPoolExecutor(max_workers=2 * settings.max_concurrent_jobs + 16, thread_name_prefix="robopt-io")
     )
-    services = build_services(settings)
-    app.state.services = services
-    orphans = await asyncio.to_thread(services.models.purge_orphans)  # what a crash mid-upload left
-    if orphans:
-        _log.warning(
-            "removed unfinished uploads", extra={"component": "server", "paths": [str(p) for p in orphans]}
+    # No temporary file outside the data directory: the fork server's pymp-* socket folder, the crash-dump
+    # files and the children's scratch go to <data>/work/tmp (a killed server left them in /tmp, issue 16).
+    with isolation.scratch_dir(settings.data_dir):
+        services = build_services(settings)
+        app.state.services = services
+        orphans = await asyncio.to_thread(services.models.purge_orphans)  # what a crash mid-upload left
+        if orphans:
+            _log.warning(
+                "removed unfinished uploads",
+                extra={"component": "server", "paths": [str(p) for p in orphans]},
+            )
+        warm_s = await asyncio.to_thread(isolation.prestart)
+        resumed = await services.scheduler.start()
+        _log.info(
+            "service started",
+            extra={
+                "component": "server",
+                "data_dir": str(services.jobs.data_dir),
+                "fork_server_s": round(warm_s, 2),
+            },
         )
-    warm_s = await asyncio.to_thread(isolation.prestart)
-    resumed = await services.scheduler.start()
-    _log.info(
-        "service started",
-        extra={
-            "component": "server",
-            "data_dir": str(services.jobs.data_dir),
-            "fork_server_s": round(warm_s, 2),
-        },
-    )
-    if resumed:
-        _log.warning("resuming unfinished jobs", extra={"component": "server", "jobs": resumed})
-    try:
-        yield
-    finally:
-        await services.scheduler.shutdown()
-        services.jobs.history.close()
+        if resumed:
+            _log.warning("resuming unfinished jobs", extra={"component": "server", "jobs": resumed})
+        try:
+            yield
+        finally:
+            await services.scheduler.shutdown()
+            services.jobs.history.close()
 
 
 def _error_response(status: int, body: dict[str, Any]) -> JSONResponse:

@@ -201,13 +201,16 @@ def run_isolated(
         exc.detail["native_traceback"] = _read_tail(fault_path)  # where the child hung
         raise
     finally:
-        sender.close()
-        _kill_and_reap(process)
-        exitcode = process.exitcode
-        process.close()
-        receiver.close()
-        native = _read_tail(fault_path)
-        os.unlink(fault_path)
+        try:
+            sender.close()
+            _kill_and_reap(process)
+            exitcode = process.exitcode
+            process.close()
+            receiver.close()
+            native = _read_tail(fault_path)
+        finally:  # removed on every path, a failed start or reap included (issue 16: stray `*.fault` files)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(fault_path)
     return _answer(outcome, exitcode, target, job_id, native)
 
 

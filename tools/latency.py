@@ -164,7 +164,16 @@ def measure_latency(request: LatencyRequest) -> LatencyResult:
     if not source.exists():
         raise NotFoundError(f"model not found: {source}", hint="give an existing model file or directory")
     request = request.model_copy(update={"source": source})
-    env = _child_environment(request.threads)
+    if request.data_dir is not None:
+        return _run_child(request, _child_environment(request.threads), source)
+    # The child's data directory and temp folder, made and removed here: a killed child leaves nothing behind.
+    with tempfile.TemporaryDirectory(prefix="robopt-latency-") as scratch:
+        request = request.model_copy(update={"data_dir": Path(scratch)})
+        return _run_child(request, _child_environment(request.threads, temp_dir=Path(scratch)), source)
+
+
+def _run_child(request: LatencyRequest, env: dict[str, str], source: Path) -> LatencyResult:
+    """Run the measuring child on `request`, kill it past its limit, and parse its answer."""
     started = time.perf_counter()
     try:
         child = subprocess.Popen(
@@ -199,9 +208,12 @@ def measure_latency(request: LatencyRequest) -> LatencyResult:
     return _parse_child_answer(child, stdout, stderr, wall_s, source)
 
 
-def _child_environment(threads: int) -> dict[str, str]:
-    """Return the child's environment: this project importable, BLAS/OpenMP pools fixed to `threads`."""
+def _child_environment(threads: int, temp_dir: Path | None = None) -> dict[str, str]:
+    """Return the child's environment: this project importable, BLAS/OpenMP pools fixed to `threads`, and its
+    temporary files (ONNX Runtime's, multiprocessing's) in `temp_dir` when given."""
     env = dict(os.environ)
+    if temp_dir is not None:
+        env["TMPDIR"] = str(temp_dir)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_PROJECT_ROOT), env.get("PYTHONPATH", "")) if p)
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         env[name] = str(threads)

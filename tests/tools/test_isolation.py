@@ -247,14 +247,15 @@ def test_cancelling_the_async_call_kills_the_child() -> None:
     assert _gone(grandchild)
 
 
-def test_a_child_kills_itself_and_its_group_when_its_parent_dies() -> None:
+def test_a_child_kills_itself_and_its_group_when_its_parent_dies(tmp_path: Path) -> None:
     parent_code = (
         "from tools.isolation import Limits, run_isolated\n"
         f"run_isolated('{TARGETS}:sleep_forever', {{}}, limits=Limits(time_s=60),\n"
         "             on_progress=lambda _, message: print(message, flush=True))\n"
     )
+    env = {**os.environ, "TMPDIR": str(tmp_path)}  # the killed parent's pymp-* and *.fault stay in tmp_path
     parent = subprocess.Popen(
-        [sys.executable, "-c", parent_code], cwd=REPO, stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", parent_code], cwd=REPO, stdout=subprocess.PIPE, text=True, env=env
     )
     try:
         child, grandchild = (int(pid) for pid in parent.stdout.readline().split())

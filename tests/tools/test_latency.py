@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -117,8 +118,20 @@ def test_model_output_on_stdout_does_not_corrupt_the_answer(tmp_path: Path) -> N
     assert result.iterations == 5
 
 
+def _private_temp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A temp folder of this test's own, for this process and the children it starts."""
+    private = tmp_path / "temp"
+    private.mkdir()
+    monkeypatch.setenv("TMPDIR", str(private))
+    monkeypatch.setattr(tempfile, "tempdir", str(private))
+    return private
+
+
 @pytest.mark.integration
-def test_a_child_that_cannot_load_the_model_raises_with_its_error(tmp_path: Path) -> None:
+def test_a_child_that_cannot_load_the_model_raises_with_its_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    temp = _private_temp(tmp_path, monkeypatch)
     path = tmp_path / "broken.pt"
     path.write_bytes(b"this is not a TorchScript archive")
     with pytest.raises(MeasurementError) as caught:
@@ -127,10 +140,14 @@ def test_a_child_that_cannot_load_the_model_raises_with_its_error(tmp_path: Path
     assert "RuntimeError" in error.message and "broken.pt" in error.message
     assert error.detail["returncode"] == 1
     assert error.detail["last_stderr"] in error.message
+    assert list(temp.iterdir()) == []  # the child's robopt-latency-* folder is gone
 
 
 @pytest.mark.integration
-def test_timeout_kills_the_child(tmp_path: Path) -> None:
+def test_timeout_kills_the_child(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The killed child cannot clean up: its temp folder (issue 16: `robopt-latency-*`) is removed for it."""
+    temp = _private_temp(tmp_path, monkeypatch)
+
     class Endless(nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -148,6 +165,7 @@ def test_timeout_kills_the_child(tmp_path: Path) -> None:
     assert time.monotonic() - started < 4 + 10
     pid = caught.value.detail["pid"]
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    assert list(temp.iterdir()) == []
 
 
 def test_missing_model_fails_before_starting_a_child(tmp_path: Path) -> None:

@@ -28,8 +28,8 @@ def load_lerobot_policy(path: Path, options: LoadOptions) -> LoadedModel:
     """Load the LeRobot policy in directory `path` as a LeRobotPolicyModule with input specs from its features."""
     from tools.lerobot.imports import (
         import_config_class,
-        import_lerobot_module,
         import_policy_class,
+        load_policy_config,
         policy_modules,
     )
     from tools.lerobot.policy_module import LeRobotPolicyModule, load_processors
@@ -41,13 +41,12 @@ def load_lerobot_policy(path: Path, options: LoadOptions) -> LoadedModel:
     validate_safetensors_header(path / "model.safetensors")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import_config_class(policy_type)  # registers the type with LeRobot's config registry
-    base_config = import_lerobot_module("lerobot.configs.policies").PreTrainedConfig
     policy_class = import_policy_class(policy_type)
     try:
         with contextlib.redirect_stdout(
             io.StringIO()
         ):  # LeRobot prints progress; keep the CLI's stdout clean
-            config = base_config.from_pretrained(str(path), local_files_only=True)
+            config = load_policy_config(path)  # LeRobot's from_pretrained leaves a temporary file
             _offline_cpu(config)
             policy = policy_class.from_pretrained(
                 str(path), config=config, local_files_only=True, strict=True

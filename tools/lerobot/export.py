@@ -51,12 +51,11 @@ class OnnxPolicyExport(BaseModel):
 
 def load_policy_module(directory: Path, seed: int = 0) -> Any:
     """A LeRobot policy directory as robopt's policy module (LeRobot's own classes and processors)."""
-    from tools.lerobot.imports import import_policy_class
+    from tools.lerobot.imports import load_policy
     from tools.lerobot.policy_module import LeRobotPolicyModule, load_processors
 
     directory = Path(directory)
-    policy_type = json.loads((directory / "config.json").read_text())["type"]
-    policy = import_policy_class(policy_type).from_pretrained(str(directory))
+    policy = load_policy(directory)
     pre, post = load_processors(directory)
     return LeRobotPolicyModule(policy.eval(), pre, post, seed=seed)
 

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import json
 import sys
+import tempfile
 import types
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,6 +124,31 @@ def import_config_class(type_name: str) -> type:
     """The LeRobot config class (a `PreTrainedConfig`) for a config `type` such as "act"."""
     modules = policy_modules(type_name)
     return getattr(import_lerobot_module(modules.config_module), modules.config_class)
+
+
+def load_policy_config(directory: Path) -> Any:
+    """LeRobot's `PreTrainedConfig.from_pretrained` for a local policy directory, leaving no temporary file.
+
+    LeRobot 0.4.4's own copies config.json, less its `type`, to a `NamedTemporaryFile(delete=False)` that it
+    never removes: one `tmp*.json` in the temp folder per load. This parses the same copy the same way (draccus,
+    with the config class registered for the type) from a temporary folder removed on every path.
+    """
+    raw = json.loads((Path(directory) / "config.json").read_text())
+    config_class = import_config_class(str(raw.pop("type", "")))
+    draccus = import_lerobot_module("draccus")
+    with tempfile.TemporaryDirectory(prefix="robopt-lerobot-config-") as scratch:
+        copy = Path(scratch) / "config.json"
+        copy.write_text(json.dumps(raw))
+        with draccus.config_type("json"):
+            return draccus.parse(config_class, str(copy), args=[])
+
+
+def load_policy(directory: Path, config: Any = None, **kwargs: Any) -> Any:
+    """LeRobot's `PreTrainedPolicy.from_pretrained(directory)` for the directory's policy type, its config read
+    by `load_policy_config` (LeRobot's own config loader leaves a temporary file) unless one is given."""
+    if config is None:
+        config = load_policy_config(directory)
+    return import_policy_class(str(config.type)).from_pretrained(str(directory), config=config, **kwargs)
 
 
 def import_processor_factory(type_name: str) -> Any:

@@ -26,7 +26,7 @@ from pydantic import BaseModel
 from torch import nn
 
 from tools.errors import OptimizationError
-from tools.lerobot.imports import import_policy_class
+from tools.lerobot.imports import load_policy
 from tools.lerobot.parity import ParityReport, compare_chunks
 from tools.lerobot.policy_module import LeRobotPolicyModule
 from tools.log import get_logger
@@ -164,7 +164,7 @@ def save_lerobot_policy(
     copy_processors(source_dir, directory)
     policy_type = str(policy.config.type)
     try:
-        reloaded = import_policy_class(policy_type).from_pretrained(str(directory), strict=True)
+        reloaded = load_policy(directory, strict=True)
     except (RuntimeError, ValueError, OSError) as exc:
         raise OptimizationError(
             f"LeRobot cannot load the saved policy back: {str(exc).splitlines()[0]}",

@@ -139,7 +139,7 @@ def test_pruned_act_round_trips_through_lerobot_from_pretrained(
     lerobot_act_dir: Path, tmp_path: Path
 ) -> None:
     from tools.lerobot.export import held_out_observations, load_policy_module, observation_specs
-    from tools.lerobot.imports import import_policy_class
+    from tools.lerobot.imports import load_policy
     from tools.lerobot.save import save_lerobot_policy
 
     module = load_policy_module(lerobot_act_dir)
@@ -149,7 +149,7 @@ def test_pruned_act_round_trips_through_lerobot_from_pretrained(
     assert saved.config_overrides == {"dim_feedforward": 48}
     assert saved.parity.max_abs_error == 0.0
     assert {"config.json", "model.safetensors", "policy_preprocessor.json", "parity.json"} <= set(saved.files)
-    reloaded = import_policy_class("act").from_pretrained(str(tmp_path / "pruned"), strict=True)
+    reloaded = load_policy(tmp_path / "pruned", strict=True)
     assert reloaded.config.dim_feedforward == 48
     assert reloaded.model.encoder.layers[0].linear1.out_features == 48
 

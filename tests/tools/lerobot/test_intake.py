@@ -16,6 +16,23 @@ from tools.profiling import profile_model
 pytestmark = pytest.mark.integration
 
 
+def test_loading_a_policy_leaves_nothing_in_the_temp_folder(
+    lerobot_act_dir: Path, data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 16: LeRobot's `PreTrainedConfig.from_pretrained` left a `tmp*.json` in the temp folder per load."""
+    import tempfile
+
+    from tools.lerobot.imports import load_policy, load_policy_config
+
+    private = tmp_path / "temp"
+    private.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(private))
+    assert load_policy_config(lerobot_act_dir).type == "act"
+    assert load_policy(lerobot_act_dir, strict=True).config.chunk_size > 0
+    load_model(lerobot_act_dir, data_dir=data_dir)
+    assert list(private.iterdir()) == []
+
+
 @pytest.mark.parametrize("policy_type", ["act", "diffusion", "vqbet"])
 def test_policy_directory_loads_with_specs_from_features(
     lerobot_zoo: dict[str, Path], policy_type: str, data_dir: Path

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -15,13 +14,12 @@ pytestmark = pytest.mark.integration
 
 
 def _load(directory: Path) -> tuple[torch.nn.Module, object, object, object]:
-    from tools.lerobot.imports import import_policy_class
+    from tools.lerobot.imports import load_policy
     from tools.lerobot.policy_module import LeRobotPolicyModule, load_processors
 
-    policy_type = json.loads((directory / "config.json").read_text())["type"]
-    policy = import_policy_class(policy_type).from_pretrained(str(directory))
+    policy = load_policy(directory)
     pre, post = load_processors(directory)
-    untouched = import_policy_class(policy_type).from_pretrained(str(directory))  # LeRobot's own, unwrapped
+    untouched = load_policy(directory)  # LeRobot's own policy, unwrapped
     return LeRobotPolicyModule(policy, pre, post), untouched, pre, post
 
 
