@@ -15,7 +15,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tools.errors import ValidationError
 from tools.evaluation.closed_loop import evaluate_closed_loop
-from tools.evaluation.fidelity import batches_digest, cosine_figure, measure_fidelity
+from tools.evaluation.fidelity import (
+    batches_digest,
+    cosine_figure,
+    measure_fidelity,
+    synthetic_held_out,
+)
 from tools.evaluation.machine import MachineProfile
 from tools.evaluation.measurement import Measurement
 from tools.evaluation.runners import RuntimeName, measure_runtime
@@ -67,9 +72,7 @@ def measure_accuracy(
     if plan.level == "fidelity":
         if reference is None:
             raise ValidationError("fidelity needs the original model as the reference")
-        batches = (
-            data.batches if data is not None else [reference.example_inputs(seed=1000 + i) for i in range(4)]
-        )
+        batches = data.batches if data is not None else synthetic_held_out(reference, reference_cache)
         cache = reference_cache / f"{batches_digest(batches)}.pt" if reference_cache is not None else None
         return measure_fidelity(reference, model, batches, actions=plan.judge_actions, reference_cache=cache)
     if plan.level == "task":

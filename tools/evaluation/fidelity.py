@@ -3,13 +3,17 @@
 Per output: cosine similarity, relative L2 and max absolute error over every batch together (the flattened
 outputs of all batches are compared as one vector, so the figures do not depend on how inputs were batched).
 Outputs that are class scores (logits, action-token scores) also get top-1 agreement and KL(ref || cand).
-The headline is the lowest cosine over the outputs. A fidelity figure is never called accuracy.
+The headline is the lowest cosine over the outputs and over the held-out samples (each sample's outputs
+compared alone, `sample_cosines`), so a judgement bounds the worst input rather than the average one. A
+fidelity figure is never called accuracy.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import time
 from pathlib import Path
 from typing import Literal, Mapping, Sequence
 
@@ -81,11 +85,58 @@ def cached_outputs(
         except Exception:  # noqa: BLE001 - a torn or foreign cache file is recomputed, never trusted
             _log.warning("unreadable reference cache recomputed", extra={"cache_path": str(cache_path)})
     outputs = collect_outputs(model, batches)
-    cache_path.parent.mkdir(parents=True, exist_ok=True)
-    partial = cache_path.with_name(f".{cache_path.name}.{os.getpid()}.tmp")
-    torch.save(outputs, partial)
-    os.replace(partial, cache_path)
+    _store(cache_path, outputs)
     return outputs
+
+
+def _store(path: Path, value: object) -> None:
+    """Write `value` to `path` whole: a temporary file, then a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(value, partial)
+    os.replace(partial, path)
+
+
+SYNTHETIC_SEED = 1000
+SYNTHETIC_MIN_BATCHES = 4
+SYNTHETIC_BUDGET_S = 10.0
+"""Seconds of the original's time for its synthetic held-out outputs, once per job (they are cached): a fast
+model gets `WORST_CASE_SAMPLES` samples, a model of seconds a call at least `SYNTHETIC_MIN_BATCHES` batches."""
+SYNTHETIC_PLAN = "synthetic_held_out.json"
+
+
+def synthetic_held_out(reference: LoadedModel, cache_dir: Path | None) -> list[Mapping[str, torch.Tensor]]:
+    """Synthetic held-out inputs for fidelity when the job has no data: up to `WORST_CASE_SAMPLES` samples,
+    as many batches as the original runs in `SYNTHETIC_BUDGET_S` (never fewer than `SYNTHETIC_MIN_BATCHES`).
+
+    The count is decided once, by the original's own pace, and kept in `cache_dir` with its outputs, so every
+    version of the job is judged on the same inputs without running the original again."""
+    plan = cache_dir / SYNTHETIC_PLAN if cache_dir is not None else None
+    if plan is not None and plan.is_file():
+        try:
+            count = int(json.loads(plan.read_text())["batches"])
+            return [reference.example_inputs(seed=SYNTHETIC_SEED + i) for i in range(max(count, 1))]
+        except (OSError, ValueError, KeyError, TypeError):
+            _log.warning("unreadable synthetic held-out plan decided again", extra={"plan": str(plan)})
+    first = reference.example_inputs(seed=SYNTHETIC_SEED)
+    wanted = max(SYNTHETIC_MIN_BATCHES, -(-WORST_CASE_SAMPLES // max(_batch_rows(first), 1)))
+    batches: list[Mapping[str, torch.Tensor]] = []
+    outputs: list[list[torch.Tensor]] = []
+    started = time.perf_counter()
+    while len(batches) < wanted:
+        batch = first if not batches else reference.example_inputs(seed=SYNTHETIC_SEED + len(batches))
+        outputs.append(run_outputs(reference, batch))
+        batches.append(batch)
+        spent = time.perf_counter() - started
+        if (
+            len(batches) >= SYNTHETIC_MIN_BATCHES
+            and spent * (len(batches) + 1) / len(batches) > SYNTHETIC_BUDGET_S
+        ):
+            break
+    if plan is not None and cache_dir is not None:
+        _store(cache_dir / f"{batches_digest(batches)}.pt", outputs)
+        plan.write_text(json.dumps({"batches": len(batches), "seed": SYNTHETIC_SEED}))
+    return batches
 
 
 def aggregate_agreement(
@@ -140,6 +191,33 @@ def logits_indices(
     return indices
 
 
+WORST_CASE_SAMPLES = 32
+"""Held-out inputs a fidelity judgement aims for: the worst of n exchangeable samples bounds a new input's
+figure, which falls below it with probability at most 1 / (n + 1) (3% at 32). On a pretrained encoder an INT8
+model passed "min cosine 0.9902" on one set of inputs and gave 0.985 on 16 others (issue 15)."""
+
+
+def sample_cosines(
+    reference: Sequence[Sequence[torch.Tensor]],
+    candidate: Sequence[Sequence[torch.Tensor]],
+    rows: Sequence[int],
+) -> list[list[float]]:
+    """Per output, the cosine of each held-out sample's output: one per row where the output has the batch's
+    rows on its first axis, else one per batch (a pooled or scalar output)."""
+    found: list[list[float]] = [[] for _ in reference[0]]
+    for ref_batch, cand_batch, count in zip(reference, candidate, rows):
+        for index, (ref, cand) in enumerate(zip(ref_batch, cand_batch)):
+            per_row = ref.ndim >= 1 and ref.shape[0] == count and count > 1
+            a = (ref.reshape(count, -1) if per_row else ref.reshape(1, -1)).double()
+            b = (cand.reshape(count, -1) if per_row else cand.reshape(1, -1)).double()
+            norms = a.norm(dim=1) * b.norm(dim=1)
+            dots = (a * b).sum(dim=1)
+            same = (a - b).abs().amax(dim=1) == 0 if a.shape[1] else torch.ones(a.shape[0], dtype=torch.bool)
+            cos = torch.where(norms > 0, dots / norms.clamp_min(1e-300), same.double())
+            found[index].extend(float(c) for c in cos)
+    return found
+
+
 def measure_fidelity(
     reference: LoadedModel,
     candidate: LoadedModel,
@@ -181,8 +259,18 @@ def measure_fidelity(
     if scored:
         details["min_top1_agreement"] = min(item["top1_agreement"] for item in scored)
         details["max_kl_divergence"] = max(item["kl_divergence"] for item in scored)
-    details["min_cosine"] = min(item["cosine"] for item in per_output)
-    samples = sum(_batch_rows(batch) for batch in batches)
+    rows = [_batch_rows(batch) for batch in batches]
+    samples = sum(rows)
+    by_sample = sample_cosines(ref_outputs, cand_outputs, rows)
+    for item, cosines in zip(per_output, by_sample):
+        item["worst_sample_cosine"] = min(cosines)
+    worst = min(min(cosines) for cosines in by_sample)
+    details["min_cosine"] = min(min(item["cosine"] for item in per_output), worst)
+    details["worst_sample_cosine"] = worst
+    details["worst_case"] = (
+        f"the worst of {samples} held-out samples: a new input falls below it with probability at most "
+        f"1/{samples + 1} ({1 / (samples + 1):.1%})"
+    )
     if actions:
         indices = action_indices(ref_outputs[0], reference, logits)
         figures = action_agreement(ref_outputs, cand_outputs, indices)
@@ -198,7 +286,7 @@ def measure_fidelity(
     return AccuracyResult(
         level="fidelity",
         metric="min_cosine",
-        value=min(item["cosine"] for item in per_output),
+        value=float(details["min_cosine"]),
         higher_is_better=True,
         samples=samples,
         details=details,

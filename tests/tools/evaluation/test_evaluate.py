@@ -48,19 +48,27 @@ def test_original_and_int8_measured_judged_and_reported(
     assert [p.name for p in cache.iterdir()] == [f"{batches_digest(held_out.batches)}.pt"]
 
     assert before.accuracy.level == "fidelity" and before.accuracy.value == pytest.approx(1.0, abs=1e-9)
-    assert 0.999 < after.accuracy.value < 1.0
+    # the headline is the worst of the 32 held-out samples, at or below the pooled cosine over all of them
+    pooled = after.accuracy.details["outputs"][0]["cosine"]
+    assert 0.995 < after.accuracy.value <= pooled < 1.0
+    assert after.accuracy.value == after.accuracy.details["worst_sample_cosine"]
     assert after.size.artifact_bytes < 0.35 * before.size.artifact_bytes
     assert before.runtime.runtime == "torch-cpu" and after.runtime.runtime == "onnxruntime-cpu"
     assert before.flops and before.flops > 1e7
     (projection,) = after.projections
     assert projection.target == "jetson-orin-nano-8gb" and projection.estimated
 
-    criteria = Criteria(max_size_mb=10, accuracy_floor=0.999, accuracy_level="fidelity")
+    criteria = Criteria(max_size_mb=10, accuracy_floor=0.998, accuracy_level="fidelity")
     assert check_criteria(criteria, before, after).passed
     refused = check_criteria(criteria, before, before)
     assert [result.name for result in refused.missing] == ["max_size_mb"]
+    if (
+        pooled > 0.999 > after.accuracy.value
+    ):  # a floor the pooled cosine passes and the worst sample does not
+        strict = Criteria(max_size_mb=10, accuracy_floor=0.999, accuracy_level="fidelity")
+        assert not check_criteria(strict, before, after).passed
 
-    report = build_report("under 10 MB, fidelity 0.999", criteria, before, after, machine=machine)
+    report = build_report("under 10 MB, fidelity 0.998", criteria, before, after, machine=machine)
     files = write_report(report, tmp_path / "report")
     assert report.goal_met and files.images
     assert "estimated" in files.markdown_path.read_text()

@@ -199,3 +199,74 @@ def test_the_reference_runs_once_per_data_and_a_torn_cache_is_recomputed(tmp_pat
     other = [{"x": batch["x"] + 1} for batch in batches]
     assert batches_digest(other) != batches_digest(batches) != batches_digest(batches[:2])
     assert batches_digest([{"x": batch["x"].clone()} for batch in batches]) == batches_digest(batches)
+
+
+class _OneBadRow(nn.Module):
+    """The identity, except that rows whose first feature exceeds 2 come out sign-flipped: one bad input in
+    many barely moves the pooled cosine, and the per-sample worst case is what shows it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flip = (x[:, :1] > 2).to(x.dtype)
+        return x * (1 - 2 * flip)
+
+
+def test_the_headline_is_the_worst_held_out_sample_not_the_pooled_cosine() -> None:
+    spec = InputSpec(name="x", shape=(1, 4), dtype="float32")
+
+    def loaded(module: nn.Module) -> LoadedModel:
+        return LoadedModel(
+            source=Path("m.pt"),
+            path=Path("m.pt"),
+            format=ModelFormat.TORCH_PICKLED_MODULE,
+            options=LoadOptions(),
+            input_specs=[spec],
+            module=module,
+        )
+
+    rows = torch.rand(31, 4, generator=torch.Generator().manual_seed(0))  # every first feature below 1
+    outlier = torch.tensor([[3.0, 0.1, 0.1, 0.1]])
+    batches = [{"x": rows[:16]}, {"x": torch.cat([rows[16:], outlier])}]
+    result = measure_fidelity(loaded(nn.Identity()), loaded(_OneBadRow()), batches)
+    pooled = result.details["outputs"][0]["cosine"]
+    assert pooled > 0.5, "one flipped row of 32 keeps the pooled cosine high"
+    assert result.details["worst_sample_cosine"] == pytest.approx(-1.0)
+    assert result.value == pytest.approx(-1.0) and result.samples == 32
+    assert "1/33" in result.details["worst_case"]
+
+
+def test_synthetic_held_out_inputs_aim_for_32_samples_and_are_decided_once(tmp_path: Path) -> None:
+    """With no data, a fast original is judged on 32 synthetic samples; the count and the original's outputs
+    are kept, so the next version's judgement reuses both without running the original again."""
+    from tools.evaluation.fidelity import SYNTHETIC_PLAN, WORST_CASE_SAMPLES, synthetic_held_out
+
+    reference, candidate = _counting_model(), _counting_model(scale=0.5)
+    cache_dir = tmp_path / "fidelity"
+    batches = synthetic_held_out(reference, cache_dir)
+    assert sum(int(b["x"].shape[0]) for b in batches) == WORST_CASE_SAMPLES
+    assert reference.module.calls == len(batches) and (cache_dir / SYNTHETIC_PLAN).is_file()
+    again = synthetic_held_out(reference, cache_dir)
+    assert batches_digest(again) == batches_digest(batches) and reference.module.calls == len(batches)
+    cache = cache_dir / f"{batches_digest(batches)}.pt"
+    result = measure_fidelity(reference, candidate, again, reference_cache=cache)
+    assert reference.module.calls == len(batches), "the original's outputs came from the cache"
+    assert result.samples == WORST_CASE_SAMPLES
+
+
+class _Slow(_Counting):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        import time
+
+        time.sleep(1.0)
+        return super().forward(x)
+
+
+def test_a_slow_original_gets_the_fewest_synthetic_batches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tools.evaluation.fidelity as fidelity
+
+    monkeypatch.setattr(fidelity, "SYNTHETIC_BUDGET_S", 2.0)  # a 1 s call: 2 s buy no more than the least
+    reference = _counting_model()
+    reference.module.__class__ = _Slow
+    batches = fidelity.synthetic_held_out(reference, tmp_path / "fidelity")
+    assert len(batches) == fidelity.SYNTHETIC_MIN_BATCHES == reference.module.calls
