@@ -12,6 +12,19 @@ export interface Turn {
   hint?: string | null;
 }
 
+// The service's chat reply tells API clients how to upload a model; on the page, point to the Models page instead.
+const API_UPLOAD_HINT = /\s*Upload the model \(POST \/api\/v1\/models\) and send its model_id to start\./;
+
+function AssistantText({ content }: { content: string }) {
+  if (!API_UPLOAD_HINT.test(content)) return <Typography.Text>{content}</Typography.Text>;
+  return (
+    <Typography.Text>
+      {content.replace(API_UPLOAD_HINT, '')} Upload the model on the <a href="#/models">Models page</a>, then pick it
+      above to start.
+    </Typography.Text>
+  );
+}
+
 export function ConversationList({ turns }: { turns: Turn[] }) {
   if (turns.length === 0) return null;
   return (
@@ -26,6 +39,8 @@ export function ConversationList({ turns }: { turns: Turn[] }) {
               message={<span data-testid="assistant-question">{turn.content}</span>}
               description={turn.hint ? `Hint: ${turn.hint}` : 'Answer below to refine the goal.'}
             />
+          ) : turn.role === 'assistant' ? (
+            <AssistantText content={turn.content} />
           ) : (
             <Typography.Text>{turn.content}</Typography.Text>
           )}

@@ -1,7 +1,9 @@
-// A job live: progress bar, step timeline, attempts table and Pareto plot, fed by the job's socket events.
+// A job live: progress bar, step timeline, attempts table and Pareto plot, fed by the job's socket events;
+// below them its checkpoints, each one a point to replay the job from.
 import { Button, Card, Descriptions, Space, Tag, Typography } from 'antd';
 import { useEffect, useState } from 'react';
 import { AttemptsTable } from '../components/AttemptsTable';
+import { CheckpointsPanel } from '../components/CheckpointsPanel';
 import { ErrorAlert } from '../components/ErrorAlert';
 import { JobProgress } from '../components/JobProgress';
 import { ParetoPlot } from '../components/ParetoPlot';
@@ -78,6 +80,9 @@ export function JobView({ jobId }: { jobId: string }) {
       </Card>
       <Card title="Steps">
         <StepTimeline items={view.timeline} steps={view.steps} />
+      </Card>
+      <Card title="Checkpoints">
+        <CheckpointsPanel jobId={jobId} refresh={done} />
       </Card>
     </Space>
   );

@@ -3,6 +3,7 @@ import type {
   CancelPublic,
   ChatRequest,
   ChatResponse,
+  CheckpointsPublic,
   ErrorPublic,
   JobAccepted,
   JobCreate,
@@ -10,6 +11,7 @@ import type {
   JobsPublic,
   ModelPublic,
   ModelsPublic,
+  ReplayCreate,
   ReportJson,
 } from './types';
 
@@ -185,6 +187,16 @@ export function getJob(jobId: string): Promise<JobPublic> {
 
 export function cancelJob(jobId: string): Promise<CancelPublic> {
   return json<CancelPublic>(`/jobs/${encodeURIComponent(jobId)}/cancel`, { method: 'POST' });
+}
+
+/** The job's checkpoints, oldest first: the points a replay can start from. */
+export function getCheckpoints(jobId: string): Promise<CheckpointsPublic> {
+  return json<CheckpointsPublic>(`/jobs/${encodeURIComponent(jobId)}/checkpoints`);
+}
+
+/** Replay the job from a checkpoint (optionally with a changed goal) as a new job: 202 with that job. */
+export function replayJob(jobId: string, body: ReplayCreate): Promise<JobAccepted> {
+  return json<JobAccepted>(`/jobs/${encodeURIComponent(jobId)}/replay`, jsonBody('POST', body));
 }
 
 export function getReport(jobId: string): Promise<ReportJson> {

@@ -118,7 +118,7 @@ export interface JobsPublic {
   count: number;
 }
 
-/** server/schemas.py JobAccepted (202 of POST /jobs). */
+/** server/schemas.py JobAccepted (202 of POST /jobs, /chat and /jobs/{id}/replay). */
 export interface JobAccepted {
   job: JobPublic;
   goal: GoalSpec | null;
@@ -128,6 +128,30 @@ export interface JobAccepted {
 export interface CancelPublic {
   id: string;
   status: string;
+}
+
+/** server/schemas.py CheckpointPublic: one point a job can be replayed from. */
+export interface CheckpointPublic {
+  checkpoint_id: string;
+  step: number;
+  node: string | null;
+  next: string[];
+  created: IsoDateTime | null;
+  current_version: string | null;
+  attempts: number;
+  status: string | null;
+}
+
+/** server/schemas.py CheckpointsPublic (GET /jobs/{id}/checkpoints, oldest first). */
+export interface CheckpointsPublic {
+  data: CheckpointPublic[];
+  count: number;
+}
+
+/** server/schemas.py ReplayCreate (POST /jobs/{id}/replay answers 202 with a JobAccepted). */
+export interface ReplayCreate {
+  checkpoint_id: string;
+  goal?: string | null;
 }
 
 /** server/schemas.py ChatMessage. */

@@ -102,4 +102,23 @@ describe('ChatPage', () => {
     expect(await screen.findByRole('alert')).toHaveTextContent('the queue is full');
     expect(screen.getByRole('alert')).toHaveTextContent('Hint: retry later');
   });
+
+  it('points the user to the Models page, not the upload API, when no model is picked', async () => {
+    const reply = 'Goal: at most 8 MiB; objective: meet. Upload the model (POST /api/v1/models) and send its model_id to start.';
+    vi.mocked(api.chat).mockResolvedValue({ reply, goal, job: null });
+    render(<ChatPage />);
+    typeGoal('under 8 MB');
+    await userEvent.click(screen.getByRole('button', { name: 'Send goal' }));
+
+    const link = await screen.findByRole('link', { name: 'Models page' });
+    expect(link).toHaveAttribute('href', '#/models');
+    expect(screen.getByRole('list', { name: 'Conversation' })).not.toHaveTextContent('POST /api/v1/models');
+    expect(screen.getByText(/Goal: at most 8 MiB; objective: meet\./)).toBeInTheDocument();
+    // the conversation sent back keeps the service's own words
+    vi.mocked(api.chat).mockResolvedValueOnce({ reply: 'ok', goal, job: null });
+    typeGoal('and 2 ms');
+    await userEvent.click(screen.getByRole('button', { name: 'Send goal' }));
+    await waitFor(() => expect(api.chat).toHaveBeenCalledTimes(2));
+    expect(vi.mocked(api.chat).mock.calls[1][0].messages[1]).toEqual({ role: 'assistant', content: reply });
+  });
 });

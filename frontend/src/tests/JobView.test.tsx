@@ -23,7 +23,7 @@ vi.mock('socket.io-client', async () => {
 
 vi.mock('../services/api', async (importOriginal) => {
   const actual = await importOriginal<typeof import('../services/api')>();
-  return { ...actual, getJob: vi.fn(), cancelJob: vi.fn() };
+  return { ...actual, getJob: vi.fn(), cancelJob: vi.fn(), getCheckpoints: vi.fn() };
 });
 
 const job: JobPublic = {
@@ -66,6 +66,7 @@ describe('JobView', () => {
     sockets.created.length = 0;
     sockets.options.length = 0;
     vi.mocked(api.getJob).mockClear().mockResolvedValue(job);
+    vi.mocked(api.getCheckpoints).mockResolvedValue({ data: [], count: 0 });
   });
 
   function renderView() {
