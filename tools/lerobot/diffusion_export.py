@@ -13,7 +13,7 @@ import contextlib
 import json
 import time
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence, TypeVar
 
 import numpy as np
 import torch
@@ -160,9 +160,28 @@ the evaluate node compares the same runner with the same cached eager outputs an
 runs on one batch-1 observation and says so."""
 
 
-def _first_row(batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The batch's first observation, as a batch of one."""
-    return {name: tensor[:1] for name, tensor in batch.items()}
+T = TypeVar("T")
+
+
+def within_budget(
+    compare: Callable[[Mapping[str, torch.Tensor]], T],
+    batches: Sequence[Mapping[str, torch.Tensor]],
+    budget_s: float | None,
+) -> tuple[list[T], str | None]:
+    """`compare` on every batch; with a `budget_s`, a batch-1 probe of the first observation is timed first,
+    and when all the batches' rows would not fit the budget at its pace the probe is the whole check. Returns
+    the results and, when it sampled, why."""
+    if budget_s is not None and batches:
+        rows = sum(int(next(iter(batch.values())).shape[0]) for batch in batches)
+        started = time.perf_counter()
+        probe = compare({name: tensor[:1] for name, tensor in batches[0].items()})
+        pace_s = time.perf_counter() - started
+        if pace_s * rows > budget_s:
+            return [probe], (
+                f"one batch-1 observation: one takes {pace_s:.1f} s, so the {rows} held-out observations "
+                f"would not fit the {budget_s:.0f} s budget"
+            )
+    return [compare(batch) for batch in batches], None
 
 
 def diffusion_parity(
@@ -175,20 +194,18 @@ def diffusion_parity(
 ) -> ParityReport:
     """Compare the runner's actions with the torch policy's, same noise, for each number of steps.
 
-    With a `budget_s`, one batch-1 observation is compared first and timed; the remaining batches follow only
-    when their rows fit the budget at that pace (a fast policy checks them all, a slow one that one
-    observation, and the report's notes say which)."""
+    With a `budget_s` (`within_budget`), a slow policy is checked on one batch-1 observation per step count
+    and the report's notes say so; evaluation then compares the runner with the original on the job's
+    held-out data anyway."""
     runner = DiffusionOnnxRunner(directory)
     schedule = runner.schedule
     names = list(module.input_names)
     reference, candidate, used = [], [], []
-    rows = sum(int(batch[names[0]].shape[0]) for batch in batches)
-    checked, pace_s = 0, None
+    notes: dict[str, object] = {"seed": module.seed}
 
     def compare(batch: Mapping[str, torch.Tensor], count: int) -> tuple[torch.Tensor, np.ndarray]:
         expected = module(*(batch[name] for name in names))
-        size = expected.shape[0]
-        noise, step_noise = runner_inputs(module, schedule, size, count)
+        noise, step_noise = runner_inputs(module, schedule, expected.shape[0], count)
         arrays = {name: batch[name].numpy() for name in names}
         actions = runner(arrays, noise=noise, num_inference_steps=count, step_noise=step_noise)
         return expected.float(), actions
@@ -197,26 +214,13 @@ def diffusion_parity(
         count = count or schedule.num_inference_steps
         used.append(count)
         with inference_steps(module, count), torch.inference_mode():
-            pairs = []
-            if budget_s is not None and batches:
-                started = time.perf_counter()
-                probe = compare(_first_row(batches[0]), count)
-                pace_s = time.perf_counter() - started
-                if pace_s * rows > budget_s:  # too slow for all of them: the probe is the check
-                    pairs = [probe]
-            if not pairs:
-                pairs = [compare(batch, count) for batch in batches]
+            pairs, sampled = within_budget(lambda b: compare(b, count), batches, budget_s)
+        if sampled:
+            notes["sampled"] = f"{sampled} (torch and runner), per step count"
         for expected, actions in pairs:
             reference.append({"action": expected})
             candidate.append({"action": actions})
-            checked += int(expected.shape[0])
-    notes: dict[str, object] = {"num_inference_steps": used, "seed": module.seed, "observations": checked}
-    if budget_s is not None and pace_s is not None and pace_s * rows > budget_s:
-        notes["sampled"] = (
-            f"one batch-1 observation per step count: one takes {pace_s:.1f} s in torch and runner, so the "
-            f"{rows} held-out observations would not fit the {budget_s:.0f} s parity budget; evaluation "
-            "compares the runner with the original on the job's held-out data"
-        )
+    notes.update(num_inference_steps=used, observations=sum(int(r["action"].shape[0]) for r in reference))
     return compare_chunks(reference, candidate, what=what, notes=notes)
 
 

@@ -20,7 +20,7 @@ import json
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Mapping
 
 import torch
 from pydantic import Field
@@ -29,7 +29,7 @@ from tools.compression.onnx_export import parity_batches
 from tools.errors import NotApplicableError, OptimizationError, ValidationError
 from tools.intake.types import LoadOptions, ModelFormat
 from tools.lerobot.coverage import fp16
-from tools.lerobot.diffusion_export import export_diffusion_onnx
+from tools.lerobot.diffusion_export import export_diffusion_onnx, within_budget
 from tools.lerobot.sampler import DENOISER_ONNX, ENCODER_ONNX, SAMPLER_FILE, SamplerSchedule
 from tools.lerobot.sampler_module import SamplerRunnerModule, write_runner_facts
 from tools.log import get_logger
@@ -133,28 +133,21 @@ AGREEMENT_BUDGET_S = 30.0  # the source's share: a default-size DDPM policy take
 
 
 def _agreement(ctx: TechniqueContext, directory: Path) -> dict[str, Any]:
-    """Worst action difference between the new runner and the source version on two input batches.
-
-    One batch-1 observation is compared first and timed; the batches follow only when their rows fit
-    `AGREEMENT_BUDGET_S` at that pace (evaluation judges the version on the job's held-out data either way).
-    """
+    """Worst action difference between the new runner and the source version on two input batches, or on
+    one batch-1 observation when the source is too slow for `AGREEMENT_BUDGET_S` (`within_budget`;
+    evaluation judges the version on the job's held-out data either way)."""
     runner = SamplerRunnerModule(directory)
     source = ctx.source.module
     batches, _ = parity_batches(ctx, 2)
-    rows = sum(int(next(iter(batch.values())).shape[0]) for batch in batches)
 
-    def compare(batch: dict[str, torch.Tensor]) -> tuple[float, float, int]:
+    def compare(batch: Mapping[str, torch.Tensor]) -> tuple[float, float, int]:
         expected = source(**batch).float().flatten()
         actions = runner(**batch).float().flatten()
         cosine = float(torch.nn.functional.cosine_similarity(actions, expected, dim=0))
         return float((actions - expected).abs().max()), cosine, int(next(iter(batch.values())).shape[0])
 
     with torch.inference_mode():
-        started = time.perf_counter()
-        results = [compare({name: tensor[:1] for name, tensor in batches[0].items()})]
-        pace_s = time.perf_counter() - started
-        if pace_s * rows <= AGREEMENT_BUDGET_S:
-            results = [compare(batch) for batch in batches]
+        results, _ = within_budget(compare, batches, AGREEMENT_BUDGET_S)
     return {
         "max_abs_error": max(r[0] for r in results),
         "cosine": min(r[1] for r in results),

@@ -162,16 +162,20 @@ class _Counting(nn.Module):
         return self.layer(x) * self.scale
 
 
-def _counting_model(scale: float = 1.0) -> LoadedModel:
-    spec = InputSpec(name="x", shape=(1, 4), dtype="float32")
+def _loaded(module: nn.Module) -> LoadedModel:
+    """`module` as a loaded model with one (1, 4) float input named x."""
     return LoadedModel(
-        source=Path("counting.pt"),
-        path=Path("counting.pt"),
+        source=Path("m.pt"),
+        path=Path("m.pt"),
         format=ModelFormat.TORCH_PICKLED_MODULE,
         options=LoadOptions(),
-        input_specs=[spec],
-        module=_Counting(scale),
+        input_specs=[InputSpec(name="x", shape=(1, 4), dtype="float32")],
+        module=module,
     )
+
+
+def _counting_model(scale: float = 1.0) -> LoadedModel:
+    return _loaded(_Counting(scale))
 
 
 def test_the_reference_runs_once_per_data_and_a_torn_cache_is_recomputed(tmp_path: Path) -> None:
@@ -211,22 +215,10 @@ class _OneBadRow(nn.Module):
 
 
 def test_the_headline_is_the_worst_held_out_sample_not_the_pooled_cosine() -> None:
-    spec = InputSpec(name="x", shape=(1, 4), dtype="float32")
-
-    def loaded(module: nn.Module) -> LoadedModel:
-        return LoadedModel(
-            source=Path("m.pt"),
-            path=Path("m.pt"),
-            format=ModelFormat.TORCH_PICKLED_MODULE,
-            options=LoadOptions(),
-            input_specs=[spec],
-            module=module,
-        )
-
     rows = torch.rand(31, 4, generator=torch.Generator().manual_seed(0))  # every first feature below 1
     outlier = torch.tensor([[3.0, 0.1, 0.1, 0.1]])
     batches = [{"x": rows[:16]}, {"x": torch.cat([rows[16:], outlier])}]
-    result = measure_fidelity(loaded(nn.Identity()), loaded(_OneBadRow()), batches)
+    result = measure_fidelity(_loaded(nn.Identity()), _loaded(_OneBadRow()), batches)
     pooled = result.details["outputs"][0]["cosine"]
     assert pooled > 0.5, "one flipped row of 32 keeps the pooled cosine high"
     assert result.details["worst_sample_cosine"] == pytest.approx(-1.0)
@@ -266,7 +258,6 @@ def test_a_slow_original_gets_the_fewest_synthetic_batches(
     import tools.evaluation.fidelity as fidelity
 
     monkeypatch.setattr(fidelity, "SYNTHETIC_BUDGET_S", 2.0)  # a 1 s call: 2 s buy no more than the least
-    reference = _counting_model()
-    reference.module.__class__ = _Slow
+    reference = _loaded(_Slow())
     batches = fidelity.synthetic_held_out(reference, tmp_path / "fidelity")
     assert len(batches) == fidelity.SYNTHETIC_MIN_BATCHES == reference.module.calls
