@@ -110,16 +110,28 @@ def chain_effect(
     options: dict[str, TechniqueOption],
     architecture: str,
     measured: dict[str, tuple[float | None, float | None]],
+    source_format: str | None = None,
 ) -> tuple[float, float]:
-    """(speed-up, size ratio) predicted for the chain: this job's measurement of a step, else the registry's."""
+    """(speed-up, size ratio) predicted for the chain: this job's measurement of a step, else the registry's.
+
+    The registry measured every technique from the reference model as stored (PyTorch eager), so an ONNX
+    technique's figure includes the export. Applied to a version that is already ONNX (`source_format`, and
+    the format each step leaves), that figure is divided by the export's own measured effect."""
     speed = size = 1.0
+    fmt = source_format
+    export = options.get("onnx_export")
+    export_speed, export_size = export.expected(architecture) if export else (None, None)
     for step in steps:
         option = options.get(step.technique)
-        registry = option.expected(architecture) if option else (None, None)
+        step_speed, step_size = option.expected(architecture) if option else (None, None)
+        if option is not None and fmt == "onnx" and step.technique != "onnx_export":
+            step_speed = step_speed / export_speed if step_speed and export_speed else step_speed
+            step_size = step_size / export_size if step_size and export_size else step_size
         here = measured.get(step.technique, (None, None))
-        step_speed, step_size = here[0] or registry[0], here[1] or registry[1]
+        step_speed, step_size = here[0] or step_speed, here[1] or step_size
         speed *= step_speed if step_speed and step_speed > 0 else 1.0
         size *= step_size if step_size and step_size > 0 else 1.0
+        fmt = option.output_format if option is not None else fmt
     return speed, size
 
 
@@ -144,7 +156,9 @@ def predict(
 ) -> Prediction:
     """The chain's predicted figures from `source`, set against the best passing version."""
     options = {option.name: option for option in payload.techniques}
-    speed, size = chain_effect(steps, options, payload.analysis.architecture, job_effects(payload.attempts))
+    speed, size = chain_effect(
+        steps, options, payload.analysis.architecture, job_effects(payload.attempts), source.format
+    )
     target = payload.goal.criteria.latency_target
     source_ms, best_ms = _latency(source, target), _latency(best, target)
     source_bytes, best_bytes = _bytes(source), _bytes(best)

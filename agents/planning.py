@@ -88,6 +88,15 @@ class TechniqueOption(BaseModel):
             return effect.get("speedup"), effect.get("size_ratio")
         return self.speedup, self.size_ratio
 
+    def expected_fidelity(self, architecture: str) -> float | None:
+        """Output cosine to the source measured on the reference model closest to `architecture`, else the
+        median."""
+        reference = REFERENCE_FOR.get(architecture)
+        effect = self.effects.get(reference) if reference else None
+        if effect and effect.get("fidelity_cosine") is not None:
+            return effect["fidelity_cosine"]
+        return self.fidelity
+
 
 class VersionSummary(BaseModel):
     """The version the next attempt starts from."""
@@ -267,14 +276,18 @@ def check_plan(payload: PlanningInput, plan: PlanStep) -> None:
                 f"{step.technique} does not take {fmt} (it takes {', '.join(option.input_formats)})"
             )
         if quantized and step.technique in QUANTIZED_BY:
+            done = [name for name in start.lineage if name in QUANTIZED_BY] + [
+                s.technique for s in plan.steps[: plan.steps.index(step)] if s.technique in QUANTIZED_BY
+            ]
             raise ValidationError(
-                f"version {start.version_id} is already quantized ({', '.join(start.lineage)}); "
-                f"{step.technique} would quantize it again"
+                f"version {start.version_id} is already quantized, or quantized earlier in the chain "
+                f"({', '.join(done)}); {step.technique} would quantize it again"
             )
         if option.needs_labels and not payload.has_labels:
             raise ValidationError(f"{step.technique} needs labelled data and the job has none")
         parse_config(step.config_json())
         fmt = option.output_format
+        quantized = quantized or step.technique in QUANTIZED_BY
     ruled = ruled_out_techniques(payload.attempts)
     for step in plan.steps:
         if step.technique in ruled:

@@ -13,7 +13,6 @@ the first version that meets it.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from agents.analysis import CONV_HEAVY_SHARE
@@ -27,6 +26,7 @@ from agents.improvement import (
 )
 from agents.planning import (
     QUANTIZED_BY,
+    REFERENCE_FOR,
     PlannedTechnique,
     PlanningInput,
     PlanStep,
@@ -36,6 +36,7 @@ from agents.planning import (
     same_steps,
 )
 from tools.evaluation.report import SearchStopRule
+from tools.techniques.search_space import candidate_chains, canonical_chain
 
 STRUCTURAL_MIN_SECONDS = 150.0
 """Prune + distill is only planned with at least this much wall time left (distillation is time-bounded)."""
@@ -415,14 +416,112 @@ def _with_quantization(
     ]
 
 
+SPACE_MAX_STEPS = 2
+"""Search-space chains the improvement search predicts: 1-2 steps (three-step chains are the rules' prune +
+distill + quantize, which need the rules' parameters)."""
+SPACE_VARIANTS = 3
+"""Configs per step taken from its declared `search` ranges: the defaults and two variants."""
+LOSSY_FIDELITY = 0.99
+"""A search-space chain whose steps' output cosines, measured on the closest reference model, multiply to less
+than this is not predicted to keep accuracy: it is left out (the rules still plan pruning with distillation)."""
+STRUCTURAL_FAMILIES = ("pruning", "compression", "architecture_search", "distillation")
+
+
+def space_exclusions(payload: PlanningInput, source: VersionSummary) -> dict[str, str]:
+    """Techniques the search space leaves out for chains from `source`, each with its reason as a measured fact
+    or a rule of the evaluation: slower than FP32 where measured, needing labels the job lacks, quantizing a
+    quantized version, structural steps without a float model (or, when they train, without real data or
+    time), a structural failure."""
+    architecture = payload.analysis.architecture
+    reference = REFERENCE_FOR.get(architecture)
+    where = f"the {reference} reference model" if reference else "the reference models (median)"
+    criteria = payload.goal.criteria
+    latency_matters = payload.goal.priority != "size" or bool(criteria.max_latency_ms or criteria.min_speedup)
+    quantized = any(name in QUANTIZED_BY for name in source.lineage)
+    ruled = ruled_out_techniques(payload.attempts)
+    excluded: dict[str, str] = {}
+    for option in payload.techniques:
+        speed, _ = option.expected(architecture)
+        structural = option.family in STRUCTURAL_FAMILIES
+        if option.name in ruled:
+            excluded[option.name] = f"failed on this model's structure: {ruled[option.name][:120]}"
+        elif speed is not None and speed < 1.0:
+            why = (
+                "latency matters to this goal" if latency_matters else "the evaluation rejects a slower step"
+            )
+            excluded[option.name] = f"measured {speed:.2f}x FP32's speed on {where}: slower, and {why}"
+        elif option.needs_labels and not payload.has_labels:
+            excluded[option.name] = "needs labelled data; the job has none"
+        elif quantized and option.name in QUANTIZED_BY:
+            excluded[option.name] = f"version {source.version_id} is already quantized"
+        elif structural and quantized:
+            excluded[option.name] = (
+                f"version {source.version_id} is quantized: structural steps take a float model"
+            )
+        elif structural and option.needs_calibration and payload.calibration == "synthetic":
+            excluded[option.name] = "trains on observations, and the job has only synthetic inputs"
+        elif structural and option.needs_calibration and payload.seconds_left < STRUCTURAL_MIN_SECONDS:
+            excluded[option.name] = (
+                f"trains within the job's time: needs at least {STRUCTURAL_MIN_SECONDS:.0f} s left"
+            )
+    return excluded
+
+
+def space_chains(payload: PlanningInput, source: VersionSummary) -> list[tuple[list[PlannedTechnique], str]]:
+    """Untried chains of the one search space (`tools.techniques.search_space`) from `source`, with parameter
+    values from the declared ranges, less the excluded techniques and the chains predicted too lossy."""
+    architecture = payload.analysis.architecture
+    options = {option.name: option for option in payload.techniques}
+    tried = [a.steps for a in payload.attempts if a.parent_version == source.version_id]
+    space = candidate_chains(
+        source.format,
+        max_steps=SPACE_MAX_STEPS,
+        tried=tried,
+        exclude=space_exclusions(payload, source),
+        variants_per_step=SPACE_VARIANTS,
+        only=options,
+    )
+    plans = []
+    for chain in space.chains:
+        if sum(1 for step in chain if step["type"] in QUANTIZED_BY) > 1:
+            continue  # quantizing a quantized (or palettized) model again is refused
+        fidelity = 1.0
+        for step in chain:
+            fidelity *= options[str(step["type"])].expected_fidelity(architecture) or 1.0
+        if fidelity < LOSSY_FIDELITY:
+            continue
+        steps = [
+            PlannedTechnique(
+                technique=str(step["type"]), params={k: v for k, v in step.items() if k != "type"}
+            )
+            for step in chain
+        ]
+        names = "+".join(step.technique for step in steps)
+        params = "; ".join(
+            f"{step.technique} {', '.join(f'{k}={v}' for k, v in step.params.items())}"
+            for step in steps
+            if step.params
+        )
+        plans.append(
+            (
+                steps,
+                f"search space: {names}{f' ({params})' if params else ''}, output cosine {fidelity:.4f} "
+                "measured on the closest reference model",
+            )
+        )
+    return plans
+
+
 def improvement_predictions(payload: PlanningInput, best: VersionSummary) -> list[Prediction]:
     """Every untried chain from the current version (and the unquantized base, when the current one is
-    quantized) with its predicted gain over the best passing version, highest first."""
+    quantized) with its predicted gain over the best passing version, highest first: the rules' chains (with
+    their expert parameters) and the search space's (every available technique not excluded, with parameter
+    values from the declared ranges); on equal gains the rules' chain comes first."""
     sources = [payload.current]
     base = payload.float_base
     if base is not None and base.version_id != payload.current.version_id:
         sources.append(base)
-    seen: set[str] = set()
+    seen: set[tuple[str, tuple[str, ...]]] = set()
     predictions: list[Prediction] = []
     for source in sources:
         branch = payload if source is payload.current else payload.model_copy(update={"current": source})
@@ -430,8 +529,9 @@ def improvement_predictions(payload: PlanningInput, best: VersionSummary) -> lis
         for improving in _improving_goals(branch):
             found = candidate_attempts(improving)
             plans += found + _with_quantization(found)
+        plans += space_chains(branch, source)
         for steps, why in plans:
-            key = json.dumps([source.version_id, [step.config_json() for step in steps]], sort_keys=True)
+            key = (source.version_id, canonical_chain(step.config_json() for step in steps))
             if key in seen or _tried(branch, steps):
                 continue
             seen.add(key)

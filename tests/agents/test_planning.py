@@ -29,6 +29,8 @@ from agents.planning_rules import (
     improvement_predictions,
     plan_rules,
     residual_needs,
+    space_chains,
+    space_exclusions,
 )
 from agents.prompts import render_prompt
 from tests.agents.agent_figures import (
@@ -608,13 +610,33 @@ def _pinned(
     ]
 
 
+def _only_quantization_shrinks(options: list[TechniqueOption]) -> list[TechniqueOption]:
+    """The options with every technique but quantization measured at its source's size: the improvement tests
+    below are about the search's rules, not about which of the registry's techniques shrinks most."""
+    return [
+        (
+            o
+            if o.family == "quantization"
+            else o.model_copy(
+                update={
+                    "size_ratio": 1.0,
+                    "effects": {m: {**e, "size_ratio": 1.0} for m, e in o.effects.items()},
+                }
+            )
+        )
+        for o in options
+    ]
+
+
 def _int8_met(spec: GoalSpec, four_bit_size: float, **changes: object) -> PlanningInput:
     """INT8 from the original (90 ms, 300 MiB) met the goal at 18 ms and 81 MiB (5x, 3.7x as measured here);
     4-bit weights are pinned at 3x faster and `four_bit_size` after / before."""
     int8 = measurement("v1", p50_ms=18.0, size_mib=81.0, accuracy=0.999, technique="ort_int8_dynamic")
     accepted = attempt(1, "v0", [INT8], status="accepted", reason="5x faster, 3.7x smaller")
     accepted = accepted.model_copy(update={"speedup": 5.0, "compression": 3.7, "passed": True})
-    techniques = _pinned(registry_options(), "ort_matmul_4bits", 3.0, four_bit_size)
+    techniques = _pinned(
+        _only_quantization_shrinks(registry_options()), "ort_matmul_4bits", 3.0, four_bit_size
+    )
     base = planning_input(spec, BASELINE, techniques=techniques)
     payload = planning_input(
         spec,
@@ -644,9 +666,28 @@ def test_a_met_goal_keeps_searching_for_a_smaller_version_from_the_unquantized_o
     check_plan(payload, plan)
 
 
+def _no_smaller_than_int8(options: list[TechniqueOption]) -> list[TechniqueOption]:
+    """Every technique's measured size pinned no smaller than INT8's."""
+    return [
+        o.model_copy(
+            update={
+                "size_ratio": max(o.size_ratio or 1.0, INT8_SIZE_RATIO),
+                "effects": {
+                    m: {**e, "size_ratio": max(e.get("size_ratio", 1.0), INT8_SIZE_RATIO)}
+                    for m, e in o.effects.items()
+                },
+            }
+        )
+        for o in options
+    ]
+
+
 def test_the_search_stops_when_the_best_untried_gain_is_below_noise_and_lists_what_is_left() -> None:
-    # 4-bit pinned at INT8's size: nothing untried is predicted smaller than version v1
-    plan = PLANNING.run_rules(_int8_met(SIZE_GOAL, four_bit_size=INT8_SIZE_RATIO))
+    # 4-bit, and every other technique, pinned at INT8's size: nothing untried is predicted smaller than v1
+    payload = _int8_met(SIZE_GOAL, four_bit_size=INT8_SIZE_RATIO)
+    plan = PLANNING.run_rules(
+        payload.model_copy(update={"techniques": _no_smaller_than_int8(payload.techniques)})
+    )
     assert plan.action == "finish" and plan.stop is not None
     assert plan.stop.rule == "gain_below_noise" and plan.stop.priority == "size"
     assert "below the 2% measurement noise" in plan.rationale
@@ -712,3 +753,68 @@ def test_every_improvement_candidate_passes_check_plan_including_prune_distill_t
             ),
         )
     assert [p.gain for p in predictions] == sorted((p.gain for p in predictions), reverse=True)
+
+
+# --- one search space: every available technique reachable by the improvement search ------------------------
+
+
+def test_the_improvement_search_reaches_a_technique_no_rule_plans() -> None:
+    # weight clustering pinned 10x smaller at full fidelity: no rule plans it, the search space does
+    techniques = _pinned(_no_smaller_than_int8(registry_options()), "weight_clustering", 1.3, 0.1)
+    payload = _int8_met(SIZE_GOAL, four_bit_size=0.15).model_copy(update={"techniques": techniques})
+    assert all(
+        "weight_clustering" not in _techniques(PlanStep(action="apply", steps=steps, rationale=why))
+        for steps, why in candidate_attempts(payload.model_copy(update={"current": payload.float_base}))
+    )
+    plan = PLANNING.run_rules(payload)
+    # 300 MiB x 0.1 = 30 MiB against INT8's 81 MiB: 2.7x, above 4-bit's 45 MiB (1.8x)
+    assert plan.action == "apply" and _techniques(plan) == ["weight_clustering"] and plan.start_from == "v0"
+    assert "search space" in plan.rationale and "2.70x its compression" in plan.rationale
+    check_plan(payload, plan)
+
+
+def test_the_search_space_leaves_out_slower_lossy_and_double_quantized_chains_and_says_why() -> None:
+    speed_goal = goal(max_latency_ms=30.0, **KEEP_ACCURACY)
+    techniques = _pinned(registry_options(), "torchao_int8_dynamic", 0.29, 0.27)
+    techniques = _pinned(techniques, "weight_clustering", 1.3, 0.1)
+    lossy = next(o for o in techniques if o.name == "magnitude_prune")
+    techniques = [
+        (
+            o.model_copy(
+                update={"effects": {m: {**e, "fidelity_cosine": 0.86} for m, e in o.effects.items()}}
+            )
+            if o is lossy
+            else o
+        )
+        for o in techniques
+    ]
+    payload = _int8_met(speed_goal, four_bit_size=0.15).model_copy(update={"techniques": techniques})
+    excluded = space_exclusions(payload, payload.float_base)
+    assert excluded["torchao_int8_dynamic"].startswith(
+        "measured 0.29x FP32's speed on the vla reference model"
+    )
+    assert "latency matters" in excluded["torchao_int8_dynamic"]
+    assert "already quantized" in space_exclusions(payload, payload.current)["ort_int8_dynamic"]
+    chains = [p.chain for p in improvement_predictions(payload, payload.current)]
+    assert not any("torchao_int8_dynamic" in chain for chain in chains)
+    assert not any("magnitude_prune" in chain for chain in chains), "cosine 0.86 is predicted too lossy"
+    assert "weight_clustering" in chains and "weight_clustering+ort_int8_dynamic" not in chains
+    for steps, _ in space_chains(payload, payload.float_base):
+        assert sum(step.technique in QUANTIZED_BY for step in steps) <= 1
+
+
+def test_check_plan_refuses_quantizing_twice_within_one_chain() -> None:
+    payload = planning_input(SIZE_GOAL, BASELINE)
+    plan = _apply(("weight_clustering", {}), ("ort_int8_dynamic", {}))
+    with pytest.raises(ValidationError, match="quantized earlier in the chain.*weight_clustering"):
+        check_plan(payload, plan)
+
+
+def test_an_onnx_techniques_registry_effect_is_taken_relative_to_the_export_from_an_onnx_version() -> None:
+    options = {o.name: o for o in registry_options(int8_speedup=6.0, int8_size_ratio=0.27)}
+    export_speed, export_size = options["onnx_export"].expected("vla")
+    step = [PlannedTechnique(technique="ort_int8_dynamic", params={"per_channel": False})]
+    assert chain_effect(step, options, "vla", {}, "torch_pickled_module") == (6.0, 0.27)
+    speed, size = chain_effect(step, options, "vla", {}, "onnx")
+    assert speed == pytest.approx(6.0 / export_speed) and size == pytest.approx(0.27 / export_size)
+    assert speed < 6.0  # the export's own 2x+ is not counted twice
