@@ -17,6 +17,7 @@ from agents.intake import GoalSpec
 from tools.errors import ValidationError
 from tools.evaluation.criteria import CriteriaCheck
 from tools.evaluation.measurement import Measurement
+from tools.evaluation.priority import BestToBeat
 
 LATENCY_NOISE = 0.03
 """Relative latency change treated as measurement noise (p50 of a few dozen runs on a shared CPU)."""
@@ -148,37 +149,32 @@ def guards(
     return result
 
 
+def best_to_beat(goal: GoalSpec, best: Measurement) -> BestToBeat:
+    """The best passing version as a candidate must beat it on the goal's priority, with this agent's noise
+    margins: what `beats_best` judges by, and the gate that lets evaluation skip accuracy it need not measure.
+    """
+    return BestToBeat.of(
+        best,
+        goal.priority,
+        goal.criteria.latency_target,
+        latency_noise=LATENCY_NOISE,
+        min_gain=MIN_GAIN,
+    )
+
+
 def beats_best(goal: GoalSpec, best: Measurement, candidate: Measurement) -> Guard:
     """Whether a candidate that meets every criterion beats the best passing version on the goal's priority:
     faster (latency), smaller (size), or faster and no larger / smaller and no slower (Pareto)."""
-    target, priority = goal.criteria.latency_target, goal.priority
-    before, after = _latency(best, target), _latency(candidate, target)
-    size_before, size_after = _size(best), _size(candidate)
-    faster = bool(before and after and after < before * (1 - LATENCY_NOISE))
-    not_slower = bool(before and after and after <= before * (1 + LATENCY_NOISE))
-    smaller = bool(size_before and size_after and size_after < size_before * (1 - MIN_GAIN))
-    not_larger = bool(size_before and size_after and size_after <= size_before * (1 + MIN_GAIN))
-    passed = {
-        "latency": faster,
-        "size": smaller,
-        "pareto": (faster and not_larger) or (smaller and not_slower),
-    }[priority]
-    figures = ", ".join(
-        part
-        for part in (
-            f"p50 on {target} {after:.3f} ms against {before:.3f} ms" if before and after else "",
-            f"{size_after:,} bytes against {size_before:,}" if size_before and size_after else "",
-        )
-        if part
-    )
+    priority = goal.priority
+    comparison = best_to_beat(goal, best).compare(candidate)
     return Guard(
         name="beats_best",
-        passed=passed,
+        passed=comparison.better,
         detail=(
             f"meets every criterion but is not better on {priority} than the best passing version "
-            f"{best.version_id} ({figures}); kept as a version, not continued from"
-            if not passed
-            else f"better on {priority} than the best passing version {best.version_id} ({figures})"
+            f"{best.version_id} ({comparison.figures}); kept as a version, not continued from"
+            if not comparison.better
+            else f"better on {priority} than the best passing version {best.version_id} ({comparison.figures})"
         ),
     )
 

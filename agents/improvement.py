@@ -20,7 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from agents.evaluation import MIN_GAIN
 from agents.planning import AttemptSummary, PlannedTechnique, PlanningInput, TechniqueOption, VersionSummary
-from tools.evaluation.report import SearchPriority, SearchStop, SearchStopRule, UntriedChain
+from tools.evaluation.priority import SearchPriority
+from tools.evaluation.report import SearchStop, SearchStopRule, UntriedChain
 
 LATENCY_GAIN_NOISE = 0.05
 """A predicted latency gain under 5% is not searched for: p50 noise on a shared CPU is ~3% (the evaluation's

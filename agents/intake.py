@@ -16,7 +16,7 @@ from agents import goal_text as gt
 from agents.base import AgentSpec
 from tools.errors import NotFoundError, ValidationError
 from tools.evaluation.criteria import Criteria
-from tools.evaluation.report import SearchPriority
+from tools.evaluation.priority import SearchPriority
 from tools.evaluation.targets import (
     THIS_MACHINE,
     canonical_target_name,

@@ -15,6 +15,7 @@ from graph.state import DataSource
 from tools.errors import RoboptError, ValidationError
 from tools.evaluation.evaluate import AccuracyPlan, evaluate_version
 from tools.evaluation.measurement import Measurement
+from tools.evaluation.priority import BestToBeat
 from tools.intake import LoadedModel
 from tools.techniques.base import CalibrationData
 from tools.versions import ArtifactRef, VersionStore
@@ -118,11 +119,14 @@ def measure(
     iterations: int = 30,
     progress: Progress = _quiet,
     time_limit_s: float | None = None,
+    must_beat: BestToBeat | None = None,
 ) -> Measurement:
-    """Measure one version: accuracy (against the original for fidelity), latency here, size, projections.
+    """Measure one version: latency here, size, projections, then accuracy (against the original for fidelity).
 
     `time_limit_s` is this child's own limit: the latency measurement is given what is left of it (less a
-    reserve for size and FLOPs), so a slow version reports fewer timed runs instead of being killed."""
+    reserve for size and FLOPs), so a slow version reports fewer timed runs instead of being killed.
+    `must_beat` (the best passing version, in the search for a better one) skips the accuracy of a version
+    whose size and latency show it cannot beat it (`evaluate_version`)."""
     import time
 
     from tools.techniques import load_version
@@ -147,6 +151,7 @@ def measure(
         iterations,
         progress,
         deadline=deadline,
+        must_beat=must_beat,
     )
 
 
@@ -165,6 +170,7 @@ def _measure_version(
     progress: Progress,
     known_flops: int | None = None,
     deadline: float | None = None,
+    must_beat: BestToBeat | None = None,
 ) -> Measurement:
     """Measure `ref` with the original and the job's data already loaded (accuracy on the held-out part).
 
@@ -190,6 +196,7 @@ def _measure_version(
         reference_is_self=(ref.job_id, ref.version_id) == (original.job_id, original.version_id),
         known_flops=known_flops,
         deadline=deadline,
+        must_beat=must_beat,
     )
 
 

@@ -1,4 +1,8 @@
-"""evaluate: measure the candidate in a child process, apply the hard guards, and ask for the verdict."""
+"""evaluate: measure the candidate in a child process, apply the hard guards, and ask for the verdict.
+
+Once a version meets every criterion (and the goal searches on), the child is told the best such version: a
+candidate whose size and latency, measured first, show it cannot beat it on the goal's priority is not run for
+accuracy, and is rejected here by that rule alone, without asking the reasoner."""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ from typing import Any, Awaitable, Callable
 from langgraph.runtime import Runtime
 
 from agents.base import Reasoner
-from agents.evaluation import EVALUATION, VerdictInput, guards
+from agents.evaluation import EVALUATION, VerdictInput, best_to_beat, guards
 from graph.context import GraphContext, report_targets, run_work, step_time_s
 from graph.events import emit
 from graph.nodes.intake import decision_note
@@ -45,6 +49,11 @@ def make_evaluate_node(
         )
         started = time.monotonic()
         time_s = step_time_s(state)
+        best = best_passing(state)
+        # the improvement phase: a candidate that cannot beat the best passing version is not run for accuracy
+        must_beat = (
+            best_to_beat(goal, best.measurement) if best is not None and not goal.stop_at_first else None
+        )
         try:
             measurement: Measurement = await run_work(
                 runtime.context,
@@ -61,6 +70,7 @@ def make_evaluate_node(
                     "threads": options.latency_threads,
                     "iterations": options.latency_iterations,
                     "time_limit_s": time_s,
+                    "must_beat": must_beat,
                 },
                 time_s=time_s,
             )
@@ -74,8 +84,19 @@ def make_evaluate_node(
             report_failure(writer, "evaluate", attempt, error)
             return {"attempts": [attempt], "last_node": "evaluate"}
         check = check_criteria(goal.criteria, baseline, measurement)
+        if measurement.accuracy_skipped is not None:
+            attempt = Attempt(
+                **common,
+                status="rejected",
+                reason=f"beats_best: {measurement.accuracy_skipped}",
+                measurement=measurement,
+                check=check,
+                judged_by="rules",
+                duration_s=candidate.duration_s + time.monotonic() - started,
+            )
+            emit(writer, "attempt", **attempt_event(attempt))
+            return {"attempts": [attempt], "last_node": "evaluate"}
         parent_check = check_criteria(goal.criteria, baseline, current.measurement)
-        best = best_passing(state)
         payload = VerdictInput(
             goal=goal,
             steps=[str(s["type"]) for s in steps],

@@ -189,10 +189,16 @@ def _check_accuracy(
     """Check the accuracy floor and the tolerated drop, respecting the metric's direction."""
     if criteria.accuracy_floor is None and criteria.max_accuracy_drop is None:
         return []
-    pair = matching_accuracy(baseline, candidate, criteria.accuracy_level, criteria.accuracy_metric)
+    # a candidate whose size and latency already ruled it out was not run for accuracy: not measured, not passed
+    skipped = candidate.accuracy_skipped
+    pair = (
+        None
+        if skipped is not None
+        else matching_accuracy(baseline, candidate, criteria.accuracy_level, criteria.accuracy_metric)
+    )
     results: list[CriterionResult] = []
     if pair is None:
-        missing = "no accuracy figure on either version"
+        missing = skipped or "no accuracy figure on either version"
         if criteria.accuracy_floor is not None:
             results.append(
                 _limit("accuracy_floor", None, criteria.accuracy_floor, "", upper=False, missing=missing)

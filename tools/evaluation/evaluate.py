@@ -23,6 +23,7 @@ from tools.evaluation.fidelity import (
 )
 from tools.evaluation.machine import MachineProfile
 from tools.evaluation.measurement import Measurement
+from tools.evaluation.priority import BestToBeat
 from tools.evaluation.runners import RuntimeName, measure_runtime
 from tools.evaluation.size import size_of_loaded
 from tools.evaluation.targets import THIS_MACHINE, canonical_target_name, project_latency, resolve_target
@@ -120,24 +121,25 @@ def evaluate_version(
     reference_is_self: bool = False,
     known_flops: int | None = None,
     deadline: float | None = None,
+    must_beat: BestToBeat | None = None,
 ) -> Measurement:
-    """Measure a stored version: accuracy, batch-1 latency and memory here (child process), size, FLOPs and
-    the latency projected to each named target (estimated; this machine's figure is measured).
+    """Measure a stored version: batch-1 latency and memory here (child process), size, FLOPs and the latency
+    projected to each named target (estimated; this machine's figure is measured), then accuracy.
+
+    The figures of seconds come first: with `must_beat` (the best version that meets every criterion, in the
+    improvement phase) a version they show cannot beat it on the goal's priority is not run for accuracy (a
+    closed-loop simulation or a slow model's fidelity can take minutes); its Measurement has no accuracy and
+    `accuracy_skipped` says why.
 
     `reference_cache` keeps the original's fidelity outputs between versions; `reference_is_self` says the
     version is the original (the baseline), judged against itself without running it twice. `known_flops`
     is a count already made of this very model (the analysis profile), not counted again. `deadline`
     (time.monotonic()) bounds the latency child (`latency_timeout_s`): past it the FLOPs are not counted.
 
-    `progress(percent, message)` hears of each stage: 25 loaded, 50 accuracy, 75 latency, 100 done."""
+    `progress(percent, message)` hears of each stage: 25 loaded, 50 latency, 75 size and FLOPs, 100 done."""
     report = progress or (lambda percent, message: None)
     model = load_manifest(store, manifest, data_dir)
-    report(25, f"version {manifest.id} loaded; measuring {plan.level} accuracy")
-    if reference_is_self:
-        reference = model
-    accuracy = measure_accuracy(plan, model, reference=reference, data=data, reference_cache=reference_cache)
-    other_accuracy = companion_figures(accuracy)
-    report(50, f"{accuracy.label} {accuracy.value:.4g}; measuring latency")
+    report(25, f"version {manifest.id} loaded; measuring latency")
     path = store.artifact_path(manifest.job_id, manifest.id)
     runtime_name: RuntimeName = "onnxruntime-cpu" if model.session is not None else "torch-cpu"
     runtime = measure_runtime(
@@ -149,7 +151,7 @@ def evaluate_version(
         data_dir=data_dir,
         timeout_s=latency_timeout_s(deadline),
     )
-    report(75, f"p50 {runtime.p50_ms:.3f} ms; measuring size and FLOPs")
+    report(50, f"p50 {runtime.p50_ms:.3f} ms; measuring size and FLOPs")
     size = size_of_loaded(model)
     if known_flops is not None:
         flops: int | None = known_flops
@@ -165,24 +167,40 @@ def evaluate_version(
         if machine is None:
             raise ValidationError("projecting latency to other targets needs the measured machine profile")
         projections.append(project_latency(runtime, size, flops, resolve_target(name, machine), machine))
-    report(100, f"version {manifest.id} measured")
-    _log.info(
-        "evaluated version",
-        extra={"job_id": manifest.job_id, "version_id": manifest.id, "p50_ms": runtime.p50_ms},
-    )
-    return Measurement(
+    measured = Measurement(
         version_id=manifest.id,
         technique=manifest.technique,
         params=manifest.params,
-        accuracy=accuracy,
-        other_accuracy=[
-            *other_accuracy,
-            *(figure for figure in (cosine_figure(accuracy),) if figure is not None),
-        ],
         runtime=runtime,
         size=size,
         flops=flops,
         projections=projections,
+    )
+    skipped = must_beat.rules_out(measured) if must_beat is not None and not reference_is_self else None
+    if skipped is not None:
+        report(100, f"version {manifest.id} measured: {skipped}")
+        _log.info(
+            "evaluated version without accuracy",
+            extra={"job_id": manifest.job_id, "version_id": manifest.id, "p50_ms": runtime.p50_ms},
+        )
+        return measured.model_copy(update={"accuracy_skipped": skipped})
+    report(75, f"size and FLOPs measured; measuring {plan.level} accuracy")
+    if reference_is_self:
+        reference = model
+    accuracy = measure_accuracy(plan, model, reference=reference, data=data, reference_cache=reference_cache)
+    report(100, f"version {manifest.id} measured: {accuracy.label} {accuracy.value:.4g}")
+    _log.info(
+        "evaluated version",
+        extra={"job_id": manifest.job_id, "version_id": manifest.id, "p50_ms": runtime.p50_ms},
+    )
+    return measured.model_copy(
+        update={
+            "accuracy": accuracy,
+            "other_accuracy": [
+                *companion_figures(accuracy),
+                *(figure for figure in (cosine_figure(accuracy),) if figure is not None),
+            ],
+        }
     )
 
 

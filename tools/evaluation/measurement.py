@@ -26,6 +26,11 @@ class Measurement(BaseModel):
     technique: str = Field(description="What produced the version ('intake' for the original).")
     params: dict[str, Any] = Field(default_factory=dict, description="The technique's config, as JSON.")
     accuracy: AccuracyResult | None = Field(default=None, description="The headline accuracy figure.")
+    accuracy_skipped: str | None = Field(
+        default=None,
+        description="Why accuracy was not measured: size and latency, measured first, already showed that the "
+        "version cannot beat the best version that meets every criterion (None when it was measured).",
+    )
     other_accuracy: list[AccuracyResult] = Field(
         default_factory=list, description="Further accuracy figures (other levels or metrics)."
     )

@@ -22,6 +22,7 @@ from tools.evaluation.comparison import Comparison, ParetoResult, compare, paret
 from tools.evaluation.criteria import Criteria, CriteriaCheck, CriterionResult, check_criteria
 from tools.evaluation.machine import MachineProfile
 from tools.evaluation.measurement import Measurement
+from tools.evaluation.priority import SearchPriority
 from tools.evaluation.targets import (
     THIS_MACHINE,
     Feasibility,
@@ -62,7 +63,6 @@ SearchStopRule = Literal[
     "accuracy_missed",
     "planner_finished",
 ]
-SearchPriority = Literal["latency", "size", "pareto"]
 
 
 class UntriedChain(BaseModel):
@@ -394,7 +394,11 @@ def _attempt_rows(report: Report) -> list[str]:
                 m.version_id if m is not None else "-",
                 a.technique,
                 a.status,
-                f"{acc.label} {_fmt(acc.value)}" if acc is not None else "-",
+                (
+                    f"{acc.label} {_fmt(acc.value)}"
+                    if acc is not None
+                    else "not measured" if m is not None and m.accuracy_skipped else "-"
+                ),
                 _fmt(m.runtime.p50_ms if m is not None and m.runtime else None),
                 _fmt(m.size.artifact_mb if m is not None and m.size else None),
                 a.reason,
@@ -490,6 +494,7 @@ __all__ = [
     "Environment",
     "Report",
     "ReportFiles",
+    "SearchPriority",
     "SearchStop",
     "UntriedChain",
     "TargetReport",

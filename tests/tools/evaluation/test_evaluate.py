@@ -12,6 +12,7 @@ from tools.evaluation.criteria import Criteria, check_criteria
 from tools.evaluation.evaluate import AccuracyPlan, evaluate_version, measure_accuracy
 from tools.evaluation.fidelity import batches_digest
 from tools.evaluation.machine import machine_profile
+from tools.evaluation.measurement import Measurement
 from tools.evaluation.report import build_report, write_report
 from tools.reference.calibration import reaching_calibration
 from tools.techniques import apply, parse_config
@@ -121,3 +122,66 @@ def test_a_spent_step_deadline_bounds_the_latency_child_and_skips_the_flops_coun
     assert spent.runtime is not None and spent.runtime.p50_ms > 0 and spent.runtime.iterations >= 1
     timely = evaluate_version(version_store, original, plan, deadline=time.monotonic() + 600, **common)
     assert timely.flops and timely.flops > 1e7
+
+
+def test_a_version_that_cannot_beat_the_best_passing_one_is_not_run_for_accuracy(
+    version_store: VersionStore, reference_cache: Path, data_dir: Path, tmp_path: Path
+) -> None:
+    """Size and latency come first: against a best version they show the candidate cannot beat on the goal's
+    priority, the fidelity pass never runs (the original's outputs are never cached); against one it can beat,
+    or one whose figure is unknown, accuracy is measured as before."""
+    from tools.evaluation.priority import BestToBeat
+    from tools.evaluation.targets import THIS_MACHINE
+
+    original = store_reference(version_store, "vla", reference_cache, data_dir)
+    reference = load(version_store, original, data_dir)
+    held_out = reaching_calibration(num_batches=1, batch_size=8, seed=4242)
+    plan = AccuracyPlan(level="fidelity")
+    size = original.size_bytes or 0
+    assert size > 0
+    gate = dict(version_id="v0009", target=THIS_MACHINE, latency_noise=0.03, min_gain=0.02)
+    heard: list[tuple[float, str]] = []
+
+    def measured(cache: str, must_beat: BestToBeat) -> Measurement:
+        return evaluate_version(
+            version_store,
+            original,
+            plan,
+            data_dir=data_dir,
+            reference=reference,
+            data=held_out,
+            iterations=5,
+            reference_cache=tmp_path / cache,
+            must_beat=must_beat,
+            progress=lambda percent, message: heard.append((percent, message)),
+        )
+
+    # no smaller than the best (size) / far slower than the best (latency): ruled out before accuracy
+    for priority, p50, bytes_ in (("size", None, size), ("latency", 1e-6, None), ("pareto", 1e-6, size)):
+        heard.clear()
+        best = BestToBeat(priority=priority, p50_ms=p50, artifact_bytes=bytes_, **gate)
+        skipped = measured(f"skipped-{priority}", best)
+        assert skipped.accuracy is None and skipped.other_accuracy == []
+        assert skipped.accuracy_skipped and "accuracy not measured" in skipped.accuracy_skipped
+        assert f"not better on {priority} than the best passing version v0009" in skipped.accuracy_skipped
+        assert skipped.runtime is not None and skipped.size is not None and skipped.flops
+        assert not (tmp_path / f"skipped-{priority}").exists(), "the fidelity pass ran"
+        assert [percent for percent, _ in heard] == [25, 50, 100]
+    criteria = Criteria(max_size_mb=100, accuracy_floor=0.99, accuracy_level="fidelity")
+    base = evaluate_version(
+        version_store, original, plan, data_dir=data_dir, reference=reference, data=held_out, iterations=5
+    )
+    (accuracy,) = check_criteria(criteria, base, skipped).missing
+    assert accuracy.name == "accuracy_floor" and accuracy.value is None and "not measured" in accuracy.note
+
+    # ten times smaller than the best, or the best's figure unknown: accuracy is measured
+    for name, best in (
+        ("beatable", BestToBeat(priority="size", p50_ms=None, artifact_bytes=10 * size, **gate)),
+        ("unknown", BestToBeat(priority="latency", p50_ms=None, artifact_bytes=size, **gate)),
+    ):
+        heard.clear()
+        full = measured(name, best)
+        assert full.accuracy_skipped is None and full.accuracy is not None
+        assert full.accuracy.level == "fidelity" and full.accuracy.value == pytest.approx(1.0, abs=1e-6)
+        assert [p.name for p in (tmp_path / name).iterdir()] == [f"{batches_digest(held_out.batches)}.pt"]
+        assert [percent for percent, _ in heard] == [25, 50, 75, 100]
