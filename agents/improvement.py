@@ -19,7 +19,14 @@ import statistics
 from pydantic import BaseModel, ConfigDict, Field
 
 from agents.evaluation import MIN_GAIN
-from agents.planning import AttemptSummary, PlannedTechnique, PlanningInput, TechniqueOption, VersionSummary
+from agents.planning import (
+    AttemptSummary,
+    PlannedTechnique,
+    PlanningInput,
+    RankedCandidate,
+    TechniqueOption,
+    VersionSummary,
+)
 from tools.evaluation.priority import SearchPriority
 from tools.evaluation.report import SearchStop, SearchStopRule, UntriedChain
 
@@ -49,6 +56,17 @@ class Prediction(BaseModel):
     def chain(self) -> str:
         """The techniques joined with '+'."""
         return "+".join(step.technique for step in self.steps)
+
+    def ranked(self) -> RankedCandidate:
+        """The prediction as a row of the planner's candidate table."""
+        return RankedCandidate(
+            steps=self.steps,
+            start_from=self.start_from,
+            rationale=self.rationale,
+            predicted_speedup=None if self.speedup is None else round(self.speedup, 3),
+            predicted_compression=None if self.compression is None else round(self.compression, 3),
+            predicted_gain=round(self.gain, 4),
+        )
 
     def untried(self) -> UntriedChain:
         """The prediction as the report lists it."""

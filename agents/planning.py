@@ -135,6 +135,36 @@ class AttemptSummary(BaseModel):
     passed: bool = Field(default=False, description="The candidate met every criterion of the goal.")
 
 
+class PlannedTechnique(BaseModel):
+    """One technique of the attempt: its registry name and its config fields (without 'type')."""
+
+    model_config = ConfigDict(frozen=True)
+
+    technique: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    def config_json(self) -> dict[str, Any]:
+        """The config as the registry parses it."""
+        return {**self.params, "type": self.technique}
+
+
+class RankedCandidate(BaseModel):
+    """An untried chain with its predicted figures, as the planner's candidate table ranks it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    steps: list[PlannedTechnique]
+    start_from: str = Field(description="The version the chain would start from ('start_from' in the plan).")
+    rationale: str
+    predicted_speedup: float | None = Field(
+        description="Yardstick version's p50 / the chain's predicted p50 (estimated from measured effects)."
+    )
+    predicted_compression: float | None = Field(
+        description="Yardstick version's bytes / the chain's predicted bytes (estimated)."
+    )
+    predicted_gain: float = Field(description="Predicted relative gain on the goal's priority (0: none).")
+
+
 class PlanningInput(BaseModel):
     """What the planner decides from."""
 
@@ -163,6 +193,12 @@ class PlanningInput(BaseModel):
         default=0, ge=0, description="Attempts made since a version first met every criterion."
     )
     techniques: list[TechniqueOption]
+    candidates: list[RankedCandidate] = Field(
+        default_factory=list,
+        description="Untried chains from the current version (and the float base), ranked by predicted gain on the "
+        "goal's priority over `best` (over `current` while no version meets the goal): the rules' chains and the "
+        "search space's, every available technique not excluded. Estimates from measured effects, not measurements.",
+    )
     attempts_left: int
     seconds_left: float
     calibration: Literal["synthetic", "data", "reference"] = Field(
@@ -170,19 +206,6 @@ class PlanningInput(BaseModel):
         description="'synthetic': random inputs shaped like the model's; 'data'/'reference': real observations.",
     )
     has_labels: bool = False
-
-
-class PlannedTechnique(BaseModel):
-    """One technique of the attempt: its registry name and its config fields (without 'type')."""
-
-    model_config = ConfigDict(frozen=True)
-
-    technique: str
-    params: dict[str, Any] = Field(default_factory=dict)
-
-    def config_json(self) -> dict[str, Any]:
-        """The config as the registry parses it."""
-        return {**self.params, "type": self.technique}
 
 
 class PlanStep(BaseModel):

@@ -30,6 +30,7 @@ from agents.planning import (
     PlannedTechnique,
     PlanningInput,
     PlanStep,
+    RankedCandidate,
     TechniqueOption,
     VersionSummary,
     ruled_out_techniques,
@@ -539,6 +540,17 @@ def improvement_predictions(payload: PlanningInput, best: VersionSummary) -> lis
                 why = f"from version {source.version_id} (not quantized): {why}"
             predictions.append(predict(payload, source, best, steps, why))
     return sorted(predictions, key=lambda p: -p.gain)
+
+
+CANDIDATES_SHOWN = 12
+"""Rows of the candidate table the planner (the LLM's prompt) is shown."""
+
+
+def ranked_candidates(payload: PlanningInput) -> list[RankedCandidate]:
+    """The candidate table: the untried chains with the highest predicted gain on the goal's priority over the
+    best passing version, or over the current version while none passes."""
+    yardstick = payload.best or payload.current
+    return [p.ranked() for p in improvement_predictions(payload, yardstick)[:CANDIDATES_SHOWN]]
 
 
 def _improve(payload: PlanningInput, best: VersionSummary) -> PlanStep:

@@ -17,6 +17,7 @@ from agents.planning import (
     TechniqueOption,
     VersionSummary,
 )
+from agents.planning_rules import ranked_candidates
 from graph.context import GraphContext, attempts_left, seconds_left
 from graph.events import emit
 from graph.nodes.intake import decision_note
@@ -147,6 +148,7 @@ def make_plan_node(
             calibration=calibration,
             has_labels=state["options"].accuracy.level == "task" or state["options"].data.kind == "reference",
         )
+        payload = payload.model_copy(update={"candidates": ranked_candidates(payload)})
         emit(writer, "status", state="node", node="plan", message="choosing the next attempt")
         decision = await reasoner.decide(PLANNING, payload)
         step = decision.output

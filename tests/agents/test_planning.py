@@ -24,10 +24,12 @@ from agents.planning import (
     same_steps,
 )
 from agents.planning_rules import (
+    CANDIDATES_SHOWN,
     QUANTIZED_BY,
     candidate_attempts,
     improvement_predictions,
     plan_rules,
+    ranked_candidates,
     residual_needs,
     space_chains,
     space_exclusions,
@@ -818,3 +820,22 @@ def test_an_onnx_techniques_registry_effect_is_taken_relative_to_the_export_from
     speed, size = chain_effect(step, options, "vla", {}, "onnx")
     assert speed == pytest.approx(6.0 / export_speed) and size == pytest.approx(0.27 / export_size)
     assert speed < 6.0  # the export's own 2x+ is not counted twice
+
+
+def test_the_candidate_table_ranks_the_rules_pick_first_and_every_row_is_a_valid_plan() -> None:
+    payload = _int8_met(SIZE_GOAL, four_bit_size=0.15)
+    table = ranked_candidates(payload)
+    plan = PLANNING.run_rules(payload)
+    top = table[0]
+    assert [s.technique for s in top.steps] == _techniques(plan) and top.start_from == plan.start_from == "v0"
+    assert top.predicted_compression == pytest.approx(1.8) and top.predicted_gain == pytest.approx(0.8)
+    gains = [row.predicted_gain for row in table]
+    assert gains == sorted(gains, reverse=True) and len(table) <= CANDIDATES_SHOWN
+    assert any(row.rationale.startswith("from version v0 (not quantized): search space") for row in table)
+    for row in table:
+        start = None if row.start_from == payload.current.version_id else row.start_from
+        check_plan(
+            payload, PlanStep(action="apply", steps=row.steps, rationale=row.rationale, start_from=start)
+        )
+    shown = payload.model_copy(update={"candidates": table}).model_dump_json()
+    assert '"predicted_gain"' in render_prompt("planning", input_json=shown, output_schema="{}")

@@ -123,10 +123,14 @@ def test_an_llm_plans_the_job_and_its_failures_fall_back_to_the_rules_on_record(
         {"action": "finish", "steps": [], "rationale": "every criterion met", "then": []},
     ]
     asked: list[str] = []
+    planning_prompts: list[str] = []
 
     def answer(request: httpx.Request) -> httpx.Response:
-        tool = json.loads(request.content)["tools"][0]["function"]["name"]
+        body = json.loads(request.content)
+        tool = body["tools"][0]["function"]["name"]
         asked.append(tool)
+        if tool == "PlanStep":
+            planning_prompts.append(json.dumps(body["messages"]))
         return tool_reply(plans.pop(0), name=tool) if tool == "PlanStep" else error_reply(500)
 
     log = EventLog()
@@ -138,6 +142,8 @@ def test_an_llm_plans_the_job_and_its_failures_fall_back_to_the_rules_on_record(
         )
     assert result.status == "goal_met", result.error
     assert asked.count("PlanStep") == 2 and not plans
+    # the LLM is shown the ranked candidate table: after INT8 met the goal, chains from the float original
+    assert "predicted_gain" in planning_prompts[1] and "search space" in planning_prompts[1]
     assert (
         asked.count("GoalSpec") == 2 and asked.count("Verdict") == 2
     )  # one try + one retry each, then rules
