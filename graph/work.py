@@ -270,7 +270,9 @@ class AcceptanceFigures(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    accuracy: dict[str, AccuracyResult] = Field(description="Per version id, on the acceptance part.")
+    accuracy: dict[str, AccuracyResult] = Field(
+        description="Per version, keyed '<job id>/<version id>' (`version_key`), on the acceptance part."
+    )
     batches: int = Field(ge=1, description="Batches of the acceptance part.")
     samples: int = Field(ge=0, description="Inputs of the acceptance part.")
     search_batches: int = Field(ge=1, description="Batches of the search part.")
@@ -300,11 +302,11 @@ def measure_acceptance(
     parts = split_three(dataset)
     figures: dict[str, AccuracyResult] = {}
     for index, ref in enumerate(refs):
-        if ref.version_id in figures:
+        if version_key(ref) in figures:
             continue
         is_original = (ref.job_id, ref.version_id) == (original.job_id, original.version_id)
         model = original_model if is_original else load_version(store, ref.job_id, ref.version_id, root)
-        figures[ref.version_id] = measure_accuracy(
+        figures[version_key(ref)] = measure_accuracy(
             plan,
             model,
             reference=original_model,
@@ -320,6 +322,11 @@ def measure_acceptance(
         independent=parts.independent,
         note=parts.note,
     )
+
+
+def version_key(ref: ArtifactRef) -> str:
+    """A version's key in `AcceptanceFigures.accuracy`: a forked job's versions share ids with its parent's."""
+    return f"{ref.job_id}/{ref.version_id}"
 
 
 def _batch_samples(batch: dict[str, Any]) -> int:

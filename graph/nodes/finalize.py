@@ -11,7 +11,7 @@ from graph.context import GraphContext, report_targets, run_work, step_time_s
 from graph.events import Writer, emit
 from graph.search import accepted_points
 from graph.state import JobState, ReportRef, VersionPoint
-from graph.work import AcceptanceFigures, judges_on_data
+from graph.work import AcceptanceFigures, judges_on_data, version_key
 from tools.errors import RoboptError
 from tools.evaluation.criteria import Criteria, CriteriaCheck, check_criteria
 from tools.evaluation.evaluate import with_accuracy
@@ -118,8 +118,8 @@ async def acceptance_check(
             "which the final version was selected"
         )
         return baseline, final.measurement, None, [note]
-    before = figures.accuracy.get(original.version_id)
-    after = figures.accuracy.get(final.ref.version_id)
+    before = figures.accuracy.get(version_key(original))
+    after = figures.accuracy.get(version_key(final.ref))
     if before is None or after is None:
         return baseline, final.measurement, None, ["acceptance: not measured; the search figures stay"]
     checked_baseline, checked_final = with_accuracy(baseline, before), with_accuracy(final.measurement, after)

@@ -21,6 +21,7 @@ from graph.work import (
     measure_acceptance,
     search_part,
     split_three,
+    version_key,
 )
 from tests.graph.support import store_reference
 from tools.evaluation.evaluate import AccuracyPlan, measure_accuracy
@@ -119,7 +120,7 @@ def test_the_acceptance_part_has_its_own_fidelity_cache_entry(
     figures = measure_acceptance(str(data_dir), [original], original, plan, source)
     assert figures.independent and figures.note is None
     assert (figures.batches, figures.samples, figures.search_batches) == (1, BATCH_SIZE, 1)
-    assert figures.accuracy[original.version_id].samples == BATCH_SIZE
+    assert figures.accuracy[version_key(original)].samples == BATCH_SIZE
     cache = data_dir / "work" / "fidelity" / original.sha256
     assert len(list(cache.glob("*.pt"))) == 1
     model = load_version(VersionStore(data_dir / "versions"), "acc", original.version_id, data_dir)
