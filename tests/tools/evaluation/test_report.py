@@ -156,7 +156,12 @@ def test_the_acceptance_figures_are_judged_and_the_search_figures_shown_beside_t
         final_search=INT8.accuracy,
     )
     report = build_report(
-        "fidelity at least 0.99", Criteria(accuracy_floor=0.99), BASE, accepted, acceptance=check
+        "fidelity at least 0.99",
+        Criteria(accuracy_floor=0.99),
+        BASE,
+        accepted,
+        machine=MACHINE,
+        acceptance=check,
     )
     assert not report.goal_met and [m.name for m in report.missing] == ["accuracy_floor"]
     assert Report.model_validate_json(report.model_dump_json()) == report
