@@ -8,14 +8,18 @@ library fails one attempt and never the job.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from graph.state import DataSource
 from tools.errors import RoboptError, ValidationError
-from tools.evaluation.evaluate import AccuracyPlan, evaluate_version
+from tools.evaluation.evaluate import AccuracyPlan, evaluate_version, measure_accuracy
 from tools.evaluation.measurement import Measurement
 from tools.evaluation.priority import BestToBeat
+from tools.evaluation.types import AccuracyResult
 from tools.intake import LoadedModel
 from tools.techniques.base import CalibrationData
 from tools.versions import ArtifactRef, VersionStore
@@ -98,6 +102,69 @@ def split_data(data: CalibrationData | None) -> tuple[CalibrationData | None, Ca
     return data.split(0.25)
 
 
+NO_INDEPENDENT_ACCEPTANCE = (
+    "acceptance: the held-out part holds one batch, so no independent acceptance split was possible; the "
+    "final figures are measured on the same inputs the search judged on"
+)
+
+
+@dataclass(frozen=True)
+class DataSplit:
+    """The job's data in three parts: techniques calibrate on `calibration`, the search (every attempt's
+    verdict, the baseline, the choice among versions) judges on `search`, and only the final check reads
+    `acceptance`, so the reported figure is not the one the search selected on. `acceptance` is `search`
+    (and `note` says so) when the held-out part has a single batch."""
+
+    calibration: CalibrationData
+    search: CalibrationData
+    acceptance: CalibrationData
+    note: str | None = None
+
+    @property
+    def independent(self) -> bool:
+        """True when the acceptance part holds inputs the search never judged on."""
+        return self.acceptance is not self.search
+
+
+def split_three(data: CalibrationData) -> DataSplit:
+    """Split into calibration / search / acceptance, keeping order; the held-out part (`split_data`: the last
+    quarter, or a LeRobot dataset's held-out episodes) is cut in two, the acceptance part taking the second,
+    larger half. Each part holds at least one batch."""
+    calibration, held_out = data.split(0.25)
+    if len(held_out.batches) < 2:
+        return DataSplit(calibration, held_out, held_out, NO_INDEPENDENT_ACCEPTANCE)
+    cut = len(held_out.batches) // 2
+    labels = held_out.labels
+
+    def part(start: int, stop: int | None) -> CalibrationData:
+        return CalibrationData(
+            held_out.batches[start:stop],
+            labels[start:stop] if labels else None,
+            held_out.source,
+            held_out.notes,
+        )
+
+    return DataSplit(calibration, part(0, cut), part(cut, None))
+
+
+def judges_on_data(plan: AccuracyPlan, source: DataSource) -> bool:
+    """Whether accuracy is measured on the job's own data (fidelity on real inputs, or a task metric on
+    labels), so a separate acceptance part can keep the final figure free of the search's selection."""
+    return source.kind != "synthetic" and plan.level in ("fidelity", "task")
+
+
+def search_part(
+    dataset: CalibrationData | None, plan: AccuracyPlan, source: DataSource
+) -> CalibrationData | None:
+    """The inputs every version is judged on during the search: the search part of a three-way split when the
+    job judges on its own data, the held-out part otherwise (None: fidelity on synthetic held-out inputs)."""
+    if dataset is None or (plan.level == "fidelity" and source.kind == "synthetic"):
+        return None
+    if judges_on_data(plan, source):
+        return split_three(dataset).search
+    return split_data(dataset)[1]
+
+
 def _machine(data_dir: Path, targets: list[str]) -> Any:
     """The measured machine profile, when some target other than this machine needs projecting."""
     from tools.evaluation.machine import machine_profile
@@ -172,14 +239,12 @@ def _measure_version(
     deadline: float | None = None,
     must_beat: BestToBeat | None = None,
 ) -> Measurement:
-    """Measure `ref` with the original and the job's data already loaded (accuracy on the held-out part).
+    """Measure `ref` with the original and the job's data already loaded (accuracy on the search part).
 
     The original's fidelity outputs are kept under `<data>/work/fidelity/<its sha256>/`, one file per data,
     so a model of seconds a call runs them once per job, not once per version; the baseline is `ref` itself.
     """
-    _, held_out = split_data(dataset)
-    if plan.level == "fidelity" and data.kind == "synthetic":
-        held_out = None
+    held_out = search_part(dataset, plan, data)
     return evaluate_version(
         store,
         store.verify(ref.job_id, ref.version_id),
@@ -198,6 +263,76 @@ def _measure_version(
         deadline=deadline,
         must_beat=must_beat,
     )
+
+
+class AcceptanceFigures(BaseModel):
+    """Accuracy of some versions on the acceptance part, for finalize: the figures that count."""
+
+    model_config = ConfigDict(frozen=True)
+
+    accuracy: dict[str, AccuracyResult] = Field(
+        description="Per version, keyed '<job id>/<version id>' (`version_key`), on the acceptance part."
+    )
+    batches: int = Field(ge=1, description="Batches of the acceptance part.")
+    samples: int = Field(ge=0, description="Inputs of the acceptance part.")
+    search_batches: int = Field(ge=1, description="Batches of the search part.")
+    independent: bool = Field(description="False when the acceptance part is the search part (one batch).")
+    note: str | None = None
+
+
+def measure_acceptance(
+    data_dir: str,
+    refs: list[ArtifactRef],
+    original: ArtifactRef,
+    plan: AccuracyPlan,
+    data: DataSource,
+    progress: Progress = _quiet,
+) -> AcceptanceFigures:
+    """Measure the accuracy alone of each of `refs` on the acceptance part, the original's fidelity outputs
+    cached beside the search part's (one file per data, so each part has its own entry)."""
+    from tools.techniques import load_version
+
+    root = Path(data_dir)
+    store = VersionStore(root / "versions")
+    progress(0, "measuring the final check on the acceptance part")
+    original_model = load_version(store, original.job_id, original.version_id, root)
+    dataset = load_data(data, original_model)
+    if dataset is None or not judges_on_data(plan, data):
+        raise ValidationError("an acceptance check needs the job's own data and an accuracy measured on it")
+    parts = split_three(dataset)
+    figures: dict[str, AccuracyResult] = {}
+    for index, ref in enumerate(refs):
+        if version_key(ref) in figures:
+            continue
+        is_original = (ref.job_id, ref.version_id) == (original.job_id, original.version_id)
+        model = original_model if is_original else load_version(store, ref.job_id, ref.version_id, root)
+        figures[version_key(ref)] = measure_accuracy(
+            plan,
+            model,
+            reference=original_model,
+            data=parts.acceptance,
+            reference_cache=root / "work" / "fidelity" / original.sha256,
+        )
+        progress(100.0 * (index + 1) / len(refs), f"version {ref.version_id} measured on the acceptance part")
+    return AcceptanceFigures(
+        accuracy=figures,
+        batches=len(parts.acceptance.batches),
+        samples=sum(_batch_samples(batch) for batch in parts.acceptance.batches),
+        search_batches=len(parts.search.batches),
+        independent=parts.independent,
+        note=parts.note,
+    )
+
+
+def version_key(ref: ArtifactRef) -> str:
+    """A version's key in `AcceptanceFigures.accuracy`: a forked job's versions share ids with its parent's."""
+    return f"{ref.job_id}/{ref.version_id}"
+
+
+def _batch_samples(batch: dict[str, Any]) -> int:
+    """Samples in one batch: the first dimension of its first tensor."""
+    first = next(iter(batch.values()), None)
+    return int(first.shape[0]) if first is not None and getattr(first, "ndim", 0) > 0 else 1
 
 
 def apply_chain(

@@ -7,14 +7,24 @@ from typing import Any
 
 from langgraph.runtime import Runtime
 
-from graph.context import GraphContext, report_targets
-from graph.events import emit
+from graph.context import GraphContext, report_targets, run_work, step_time_s
+from graph.events import Writer, emit
 from graph.search import accepted_points
 from graph.state import JobState, ReportRef, VersionPoint
+from graph.work import AcceptanceFigures, judges_on_data, version_key
+from tools.errors import RoboptError
 from tools.evaluation.criteria import Criteria, CriteriaCheck, check_criteria
+from tools.evaluation.evaluate import with_accuracy
 from tools.evaluation.machine import machine_profile
 from tools.evaluation.measurement import Measurement
-from tools.evaluation.report import AttemptRecord, SearchStop, build_report, write_report
+from tools.evaluation.report import (
+    AcceptanceCheck,
+    AttemptRecord,
+    SearchStop,
+    build_report,
+    write_report,
+)
+from tools.evaluation.types import AccuracyResult
 
 
 def _latency(measurement: Measurement, target: str) -> float:
@@ -59,8 +69,88 @@ def choose_final(
     return min(checked, key=lambda item: (len(item[1].missing), -_shortfall(item[1]), objective_key(item)))
 
 
+def _figure(result: AccuracyResult | None) -> str:
+    """A figure for a note: its label and value."""
+    return "not measured" if result is None else f"{result.label} {result.value:.4g}"
+
+
+def _accuracy_passed(criteria: Criteria, baseline: Measurement, final: Measurement) -> bool:
+    """Whether `final` meets the accuracy criteria (floor and tolerated drop) against `baseline`."""
+    check = check_criteria(criteria, baseline, final)
+    return all(result.passed for result in check.results if "accuracy" in result.name)
+
+
+async def acceptance_check(
+    state: JobState,
+    context: GraphContext,
+    writer: Writer | None,
+    criteria: Criteria,
+    baseline: Measurement,
+    final: VersionPoint,
+) -> tuple[Measurement, Measurement, AcceptanceCheck | None, list[str]]:
+    """Measure the original and the final version on the acceptance part, in a child within what is left of
+    the job's time, and return (baseline, final, check, notes) carrying those figures: the search selected the
+    final version on its own part, so its figure there is biased toward it. When the job judges on no data of
+    its own, or the measurement fails or runs out of time, the search figures stay and a note says so."""
+    options = state["options"]
+    if not judges_on_data(options.accuracy, options.data):
+        return baseline, final.measurement, None, []
+    emit(writer, "status", state="node", node="finalize", message="measuring on the acceptance part")
+    original = state["original"]
+    try:
+        figures: AcceptanceFigures = await run_work(
+            context,
+            writer,
+            state,
+            "finalize",
+            "measure_acceptance",
+            {
+                "refs": [original, final.ref],
+                "original": original,
+                "plan": options.accuracy,
+                "data": options.data,
+            },
+            time_s=step_time_s(state),
+        )
+    except RoboptError as error:
+        note = (
+            f"acceptance: not measured ({error.one_line()}); the figures reported are the search part's, on "
+            "which the final version was selected"
+        )
+        return baseline, final.measurement, None, [note]
+    before = figures.accuracy.get(version_key(original))
+    after = figures.accuracy.get(version_key(final.ref))
+    if before is None or after is None:
+        return baseline, final.measurement, None, ["acceptance: not measured; the search figures stay"]
+    checked_baseline, checked_final = with_accuracy(baseline, before), with_accuracy(final.measurement, after)
+    check = AcceptanceCheck(
+        independent=figures.independent,
+        batches=figures.batches,
+        samples=figures.samples,
+        search_batches=figures.search_batches,
+        baseline_search=baseline.accuracy,
+        final_search=final.measurement.accuracy,
+    )
+    notes = [figures.note] if figures.note else []
+    notes.append(
+        f"acceptance: final version {final.ref.version_id} {_figure(after)} on {figures.samples} held-out inputs "
+        f"(the figure that counts), {_figure(final.measurement.accuracy)} on the search part; baseline "
+        f"{_figure(before)} there, {_figure(baseline.accuracy)} on the search part"
+    )
+    if _accuracy_passed(criteria, baseline, final.measurement) and not _accuracy_passed(
+        criteria, checked_baseline, checked_final
+    ):
+        notes.append(
+            f"acceptance: version {final.ref.version_id} met the accuracy criterion on the search part "
+            f"({_figure(final.measurement.accuracy)}) but not on the acceptance part ({_figure(after)}, baseline "
+            f"{_figure(before)}): the job ends best effort"
+        )
+    return checked_baseline, checked_final, check, notes
+
+
 async def finalize(state: JobState, runtime: Runtime[GraphContext]) -> dict[str, Any]:
-    """Pick the final version, write report.json / report.md / plots under <data>/reports/<job>/."""
+    """Pick the final version, check it on the acceptance part, write report.json / report.md / plots under
+    <data>/reports/<job>/."""
     writer = runtime.stream_writer
     goal, baseline = state["goal"], state["baseline"]
     if goal is None or baseline is None:
@@ -96,18 +186,23 @@ async def finalize(state: JobState, runtime: Runtime[GraphContext]) -> dict[str,
         stop = plan.stop or SearchStop(
             rule="planner_finished", rationale=plan.rationale, priority=goal.priority
         )
+    checked_baseline, checked_final, acceptance, acceptance_notes = await acceptance_check(
+        state, runtime.context, writer, goal.criteria, baseline, final
+    )
     machine = machine_profile(runtime.context.data_dir)
     report = build_report(
         state["goal_text"],
         goal.criteria,
-        baseline,
-        final.measurement,
+        checked_baseline,
+        checked_final,
         records,
         report_targets(state),
         machine=machine,
         notes=notes
+        + acceptance_notes
         + [f"final version {final.ref.version_id}: {' -> '.join(final.lineage) or 'the original'}"],
         search_stop=stop,
+        acceptance=acceptance,
     )
     out = Path(runtime.context.data_dir) / "reports" / state["job_id"]
     files = write_report(report, out)

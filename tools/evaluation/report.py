@@ -17,6 +17,7 @@ from typing import Any, Literal, Sequence
 from pydantic import BaseModel, ConfigDict, Field
 
 from tools.errors import RoboptError
+from tools.evaluation.acceptance_report import AcceptanceCheck, acceptance_section
 from tools.evaluation.agreement_report import agreement_section
 from tools.evaluation.comparison import Comparison, ParetoResult, compare, pareto_front
 from tools.evaluation.criteria import Criteria, CriteriaCheck, CriterionResult, check_criteria
@@ -132,8 +133,13 @@ class Report(BaseModel):
     schema_version: int = REPORT_SCHEMA_VERSION
     goal: str = Field(description="The user's goal, as written.")
     criteria: Criteria
-    baseline: Measurement
-    final: Measurement = Field(description="The chosen version (the baseline when nothing was accepted).")
+    baseline: Measurement = Field(
+        description="The original; its accuracy is the acceptance part's when `acceptance` is set."
+    )
+    final: Measurement = Field(
+        description="The chosen version (the baseline when nothing was accepted); its accuracy is the "
+        "acceptance part's when `acceptance` is set, and the criteria are checked on that figure."
+    )
     comparison: Comparison
     criteria_check: CriteriaCheck
     goal_met: bool
@@ -144,6 +150,11 @@ class Report(BaseModel):
     environment: Environment
     search_stop: SearchStop | None = Field(
         default=None, description="Which rule stopped the search and what was left untried."
+    )
+    acceptance: AcceptanceCheck | None = Field(
+        default=None,
+        description="The final check on the acceptance part, with the search part's figures beside it; None "
+        "when the job had no data of its own to hold back (synthetic inputs, closed loop) or the check failed.",
     )
     notes: list[str] = Field(default_factory=list)
     created: datetime
@@ -217,8 +228,10 @@ def build_report(
     machine: MachineProfile | None = None,
     notes: Sequence[str] = (),
     search_stop: SearchStop | None = None,
+    acceptance: AcceptanceCheck | None = None,
 ) -> Report:
-    """Assemble the report; the criteria's latency target is always among the targets reported."""
+    """Assemble the report; the criteria's latency target is always among the targets reported. With
+    `acceptance`, `baseline` and `final` carry the acceptance part's accuracy, which the criteria judge."""
     wanted: list[TargetProfile] = []
     names = list(targets)
     if criteria.latency_target not in [t if isinstance(t, str) else t.name for t in names]:
@@ -254,6 +267,7 @@ def build_report(
         targets=target_reports,
         environment=_environment(machine),
         search_stop=search_stop,
+        acceptance=acceptance,
         notes=list(notes),
         created=datetime.now(timezone.utc),
     )
@@ -453,6 +467,7 @@ def render_markdown(report: Report, images: Sequence[str] = ()) -> str:
             lines.append(f"- {r.name}: {value} against a limit of {_fmt(r.limit)} {r.unit}{margin}")
     lines += ["", judged_by(report), "", "## Before / after", "", *_before_after(report), ""]
     lines += agreement_section(report.final.accuracy_for("closed_loop_agreement"))
+    lines += acceptance_section(report.acceptance, report.baseline.accuracy, report.final.accuracy)
     if report.criteria_check.results:
         lines += ["## Criteria", "", *_criteria_rows(report.criteria_check.results), ""]
     if report.targets:
@@ -490,6 +505,7 @@ def render_markdown(report: Report, images: Sequence[str] = ()) -> str:
 
 __all__ = [
     "THIS_MACHINE",
+    "AcceptanceCheck",
     "AttemptRecord",
     "Environment",
     "Report",

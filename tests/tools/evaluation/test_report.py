@@ -14,7 +14,14 @@ from tests.tools.evaluation.figures import FIXED_MACHINE, MB, runtime_figures, s
 from tools.evaluation.criteria import Criteria
 from tools.evaluation.machine import machine_profile
 from tools.evaluation.measurement import Measurement
-from tools.evaluation.report import AttemptRecord, Report, build_report, report_json_schema, write_report
+from tools.evaluation.report import (
+    AcceptanceCheck,
+    AttemptRecord,
+    Report,
+    build_report,
+    report_json_schema,
+    write_report,
+)
 from tools.evaluation.runners import measure_runtime
 from tools.evaluation.size import size_of_module
 from tools.evaluation.types import AccuracyResult
@@ -135,6 +142,32 @@ def test_a_missed_goal_lists_what_is_missing_with_margins() -> None:
         "**Goal not met.**" in markdown
         and "max_size_mb: 100 against a limit of 50 MB, short by 50 MB" in markdown
     )
+
+
+def test_the_acceptance_figures_are_judged_and_the_search_figures_shown_beside_them() -> None:
+    """INT8 met the 0.99 floor on the search part (0.998) and misses it on the acceptance part (0.985)."""
+    accepted = INT8.model_copy(update={"accuracy": INT8.accuracy.model_copy(update={"value": 0.985})})
+    check = AcceptanceCheck(
+        independent=True,
+        batches=2,
+        samples=64,
+        search_batches=1,
+        baseline_search=BASE.accuracy,
+        final_search=INT8.accuracy,
+    )
+    report = build_report(
+        "fidelity at least 0.99",
+        Criteria(accuracy_floor=0.99),
+        BASE,
+        accepted,
+        machine=MACHINE,
+        acceptance=check,
+    )
+    assert not report.goal_met and [m.name for m in report.missing] == ["accuracy_floor"]
+    assert Report.model_validate_json(report.model_dump_json()) == report
+    markdown = render(report)
+    assert "## Acceptance" in markdown and "64 held-out inputs (2 batches)" in markdown
+    assert "| final | fidelity to the original cosine | 0.998 | 0.985 |" in markdown
 
 
 def test_pareto_and_attempts_are_in_the_report() -> None:
