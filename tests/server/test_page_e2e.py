@@ -2,7 +2,11 @@
 system /usr/bin/chromium) uploads a user-exported ONNX policy on Models, types a goal on Chat and starts the job,
 follows it to 100% on the job view and opens its report and download, saving a screenshot after each step; the API
 then confirms that the job the page started succeeded and met its goal. The screenshots go to the test's tmp
-folder (printed with `-s`), or to ROBOPT_E2E_SCREENSHOTS when set."""
+folder (printed with `-s`), or to ROBOPT_E2E_SCREENSHOTS when set.
+
+Outside CI a machine without Chromium, node or the built page skips these tests; in CI (the `CI` environment
+variable set, as `.ci/run` does) a missing prerequisite fails them, naming what is missing and how to get it.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -32,7 +37,7 @@ def _missing() -> str | None:
     if not CHROMIUM.is_file():
         return f"no Chromium at {CHROMIUM} (apt-get install chromium)"
     if shutil.which("node") is None:
-        return "no node on PATH (the browser test is driven by Node.js)"
+        return "no node on PATH (the browser test is driven by Node.js 20: apt-get install nodejs npm)"
     if not (FRONTEND / "dist" / "index.html").is_file():
         return "the web page is not built (cd frontend && npm ci && npm run build)"
     if not (FRONTEND / "node_modules" / "playwright-core").is_dir():
@@ -40,10 +45,30 @@ def _missing() -> str | None:
     return None
 
 
-def test_the_page_uploads_a_model_starts_a_job_from_a_goal_and_shows_its_report(tmp_path: Path) -> None:
+def require_browser_prerequisites() -> None:
+    """Skip the test when the browser test cannot run here; fail it instead in CI, where it must run."""
     reason = _missing()
-    if reason:
-        pytest.skip(reason)
+    if reason is None:
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"CI must run the browser test, but {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def test_a_missing_prerequisite_fails_in_ci_and_skips_elsewhere(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(
+        sys.modules[__name__], "_missing", lambda: "no Chromium at /x (apt-get install chromium)"
+    )
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match=r"no Chromium at /x \(apt-get install chromium\)"):
+        require_browser_prerequisites()
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception, match="no Chromium"):
+        require_browser_prerequisites()
+
+
+def test_the_page_uploads_a_model_starts_a_job_from_a_goal_and_shows_its_report(tmp_path: Path) -> None:
+    require_browser_prerequisites()
     model = write_onnx(tmp_path / "policy.onnx")
     shots = Path(os.environ.get("ROBOPT_E2E_SCREENSHOTS") or tmp_path / "screenshots")
     # max_attempts bounds the job if the first attempt misses; "stop at the first" ends it at the first that meets
