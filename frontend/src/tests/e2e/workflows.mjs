@@ -83,9 +83,11 @@ async function replay({ page, step, shoot, log }, result) {
   });
 
   await step(`choose the checkpoint after analyze, enter "${goal}" and replay from there`, async () => {
+    // the Node column (the row's second cell) names the node that wrote the checkpoint; 'analyze' may also
+    // stand alone in the Next column of the checkpoint before it
     const row = page
       .locator('[aria-label="Checkpoints"] tbody tr.ant-table-row')
-      .filter({ has: page.getByRole('cell', { name: 'analyze', exact: true }) })
+      .filter({ has: page.locator('td:nth-child(2)', { hasText: /^analyze$/ }) })
       .first();
     const button = row.getByRole('button', { name: /^Replay from step \d+$/ });
     const label = await button.getAttribute('aria-label');
