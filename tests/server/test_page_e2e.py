@@ -2,7 +2,14 @@
 system /usr/bin/chromium) uploads a user-exported ONNX policy on Models, types a goal on Chat and starts the job,
 follows it to 100% on the job view and opens its report and download, saving a screenshot after each step; the API
 then confirms that the job the page started succeeded and met its goal. The screenshots go to the test's tmp
-folder (printed with `-s`), or to ROBOPT_E2E_SCREENSHOTS when set."""
+folder (printed with `-s`), or to ROBOPT_E2E_SCREENSHOTS when set.
+
+`workflows.mjs` beside it drives the shorter workflows, one test each: a vague goal answered in the same
+conversation, a finished job replayed from a checkpoint with a changed goal, and a service that needs its API key.
+
+Outside CI a machine without Chromium, node or the built page skips these tests; in CI (the `CI` environment
+variable set, as `.ci/run` does) a missing prerequisite fails them, naming what is missing and how to get it.
+"""
 
 from __future__ import annotations
 
@@ -10,21 +17,36 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
-from tests.server.api_support import REPO, server_env, start_server
+from tests.server.api_support import (
+    API,
+    REPO,
+    Server,
+    follow_job,
+    server_env,
+    start_server,
+    upload_model,
+    wait_for_status,
+)
 from tests.server.test_user_policies import write_onnx
 
 pytestmark = pytest.mark.integration
 
 FRONTEND = REPO / "frontend"
 WORKFLOW = FRONTEND / "src" / "tests" / "e2e" / "workflow.mjs"
+WORKFLOWS = FRONTEND / "src" / "tests" / "e2e" / "workflows.mjs"
 CHROMIUM = Path("/usr/bin/chromium")
 GOAL = "at least 2x smaller, keep accuracy within 5%, stop at the first that meets it"
 SCREENSHOTS = ("models.png", "chat.png", "job.png", "report.png")
 NODE_TIMEOUT_S = 480
+SHORT_NODE_TIMEOUT_S = 90
+ENDED = {"succeeded", "best_effort", "failed", "cancelled"}
 
 
 def _missing() -> str | None:
@@ -32,7 +54,7 @@ def _missing() -> str | None:
     if not CHROMIUM.is_file():
         return f"no Chromium at {CHROMIUM} (apt-get install chromium)"
     if shutil.which("node") is None:
-        return "no node on PATH (the browser test is driven by Node.js)"
+        return "no node on PATH (the browser test is driven by Node.js 20: apt-get install nodejs npm)"
     if not (FRONTEND / "dist" / "index.html").is_file():
         return "the web page is not built (cd frontend && npm ci && npm run build)"
     if not (FRONTEND / "node_modules" / "playwright-core").is_dir():
@@ -40,10 +62,30 @@ def _missing() -> str | None:
     return None
 
 
-def test_the_page_uploads_a_model_starts_a_job_from_a_goal_and_shows_its_report(tmp_path: Path) -> None:
+def require_browser_prerequisites() -> None:
+    """Skip the test when the browser test cannot run here; fail it instead in CI, where it must run."""
     reason = _missing()
-    if reason:
-        pytest.skip(reason)
+    if reason is None:
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"CI must run the browser test, but {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def test_a_missing_prerequisite_fails_in_ci_and_skips_elsewhere(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(
+        sys.modules[__name__], "_missing", lambda: "no Chromium at /x (apt-get install chromium)"
+    )
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match=r"no Chromium at /x \(apt-get install chromium\)"):
+        require_browser_prerequisites()
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception, match="no Chromium"):
+        require_browser_prerequisites()
+
+
+def test_the_page_uploads_a_model_starts_a_job_from_a_goal_and_shows_its_report(tmp_path: Path) -> None:
+    require_browser_prerequisites()
     model = write_onnx(tmp_path / "policy.onnx")
     shots = Path(os.environ.get("ROBOPT_E2E_SCREENSHOTS") or tmp_path / "screenshots")
     # max_attempts bounds the job if the first attempt misses; "stop at the first" ends it at the first that meets
@@ -81,5 +123,116 @@ def test_the_page_uploads_a_model_starts_a_job_from_a_goal_and_shows_its_report(
             report = client.get(f"/jobs/{result['job_id']}/report").json()
             assert report["goal_met"] and report["comparison"]["compression"] >= 2, report["comparison"]
             assert result["download"]["filename"].endswith(".onnx"), result["download"]
+    finally:
+        server.stop()
+
+
+def run_workflow(name: str, server: Server, shots: Path, **env: str) -> dict[str, Any]:
+    """Run one workflow of workflows.mjs against the server; assert it passed; return its result.json."""
+    run = subprocess.run(
+        ["node", str(WORKFLOWS), name, server.url, str(shots)],
+        cwd=FRONTEND,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=SHORT_NODE_TIMEOUT_S,
+    )
+    print(run.stdout[-6000:], run.stderr[-3000:], sep="\n")
+    assert run.returncode == 0, (
+        f"the browser workflow {name} failed (exit {run.returncode}); screenshots in {shots}\n"
+        f"{run.stdout[-4000:]}\n{run.stderr[-3000:]}\nserver log:\n{server.log_tail()}"
+    )
+    return json.loads((shots / "result.json").read_text())
+
+
+def screenshots_dir(tmp_path: Path, name: str) -> Path:
+    """Where a workflow's screenshots go: ROBOPT_E2E_SCREENSHOTS/<name> when set, else the test's tmp folder."""
+    root = os.environ.get("ROBOPT_E2E_SCREENSHOTS")
+    return Path(root) / name if root else tmp_path / "screenshots"
+
+
+def test_the_page_asks_about_a_vague_goal_and_reads_the_answer_in_the_same_conversation(
+    tmp_path: Path,
+) -> None:
+    require_browser_prerequisites()
+    server = start_server(server_env(tmp_path / "data"), tmp_path / "server.log")
+    try:
+        result = run_workflow("clarify", server, screenshots_dir(tmp_path, "clarify"))
+        assert "make it better" in result["question"] and "min compression" in result["criteria"], result
+        with server.client() as client:
+            assert client.get("/jobs").json()["count"] == 0, "talking about the goal starts no job"
+    finally:
+        server.stop()
+
+
+def test_the_page_replays_a_finished_job_from_a_checkpoint_with_a_changed_goal(tmp_path: Path) -> None:
+    require_browser_prerequisites()
+    model = write_onnx(tmp_path / "policy.onnx")
+    server = start_server(server_env(tmp_path / "data", max_attempts=2), tmp_path / "server.log")
+    try:
+        with server.client() as client:
+            uploaded = upload_model(client, model)
+            started = client.post("/jobs", json={"model_id": uploaded["id"], "goal": GOAL})
+            assert started.status_code == 202, started.text
+            parent = started.json()["job"]["id"]
+            follow_job(server, parent, timeout=120)
+            before = wait_for_status(client, parent, ENDED, timeout=30)
+            checkpoints_before = client.get(f"/jobs/{parent}/checkpoints").json()["data"]
+
+            result = run_workflow(
+                "replay",
+                server,
+                screenshots_dir(tmp_path, "replay"),
+                E2E_JOB_ID=parent,
+                E2E_REPLAY_GOAL="3x smaller",
+            )
+
+            child = client.get(f"/jobs/{result['job_id']}").json()
+            replayed_from = next(c for c in checkpoints_before if c["step"] == result["checkpoint_step"])
+            assert child["parent_job_id"] == parent and child["goal"] == "3x smaller", child
+            assert (
+                child["fork_checkpoint_id"] == replayed_from["checkpoint_id"]
+                and replayed_from["node"] == "analyze"
+            )
+            client.post(f"/jobs/{child['id']}/cancel")
+            wait_for_status(client, child["id"], ENDED, timeout=60)
+            after = client.get(f"/jobs/{parent}").json()
+            unchanged = (
+                "status",
+                "goal",
+                "goal_met",
+                "best_version",
+                "attempts",
+                "finished",
+                "parent_job_id",
+            )
+            assert {k: after[k] for k in unchanged} == {
+                k: before[k] for k in unchanged
+            }, "the parent is untouched"
+            assert client.get(f"/jobs/{parent}/checkpoints").json()["data"] == checkpoints_before
+            assert sorted(j["id"] for j in client.get("/jobs").json()["data"]) == sorted(
+                [child["id"], parent]
+            )
+    finally:
+        server.stop()
+
+
+def test_the_page_asks_for_the_api_key_again_after_a_wrong_one_and_then_loads(tmp_path: Path) -> None:
+    require_browser_prerequisites()
+    key = "e2e-key-0123456789"
+    server = start_server(server_env(tmp_path / "data"), tmp_path / "server.log", api_key=key)
+    try:
+        with server.client() as client:
+            uploaded = upload_model(client, write_onnx(tmp_path / "policy.onnx"))
+        with httpx.Client(base_url=server.url + API) as anonymous:
+            assert anonymous.get("/models").status_code == 401, "the service must need its key"
+        run_workflow(
+            "apikey",
+            server,
+            screenshots_dir(tmp_path, "apikey"),
+            E2E_API_KEY=key,
+            E2E_WRONG_KEY="not-" + key,
+            E2E_MODEL_ID=uploaded["id"],
+        )
     finally:
         server.stop()

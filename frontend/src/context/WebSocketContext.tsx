@@ -71,7 +71,7 @@ export function WebSocketProvider({ children }: { children: ReactNode }) {
     socket.on('connect_error', (error: Error & { data?: unknown }) => {
       setConnected(false);
       setConnectError(error.message);
-      if (isUnauthorized(error)) void requestKey(); // a new key makes a new socket (this effect re-runs)
+      if (isUnauthorized(error)) void requestKey(Boolean(apiKey)); // a new key makes a new socket (this effect re-runs)
     });
     for (const type of JOB_EVENT_TYPES) {
       socket.on(`optimization:${type}`, (event: JobEvent) => {

@@ -1,5 +1,5 @@
 // A job live: progress bar, step timeline, attempts table and Pareto plot, fed by the job's socket events;
-// below them its checkpoints, each one a point to replay the job from.
+// below them its checkpoints, each one a point to replay the job from. A replayed job links back to its parent.
 import { Button, Card, Descriptions, Space, Tag, Typography } from 'antd';
 import { useEffect, useState } from 'react';
 import { AttemptsTable } from '../components/AttemptsTable';
@@ -64,6 +64,16 @@ export function JobView({ jobId }: { jobId: string }) {
             <Descriptions.Item label="Model">{job.model}</Descriptions.Item>
             <Descriptions.Item label="Status">{status}</Descriptions.Item>
             <Descriptions.Item label="Target">{job.target ?? '-'}</Descriptions.Item>
+            {job.parent_job_id ? (
+              <Descriptions.Item label="Replayed from">
+                <a href={jobHref(job.parent_job_id)} aria-label={`Parent job ${job.parent_job_id}`}>
+                  job {job.parent_job_id}
+                </a>
+                {job.fork_checkpoint_id ? (
+                  <Typography.Text type="secondary"> at checkpoint {job.fork_checkpoint_id}</Typography.Text>
+                ) : null}
+              </Descriptions.Item>
+            ) : null}
           </Descriptions>
         ) : null}
         <JobProgress current={view.current} done={done} />

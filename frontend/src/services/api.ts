@@ -56,7 +56,10 @@ export function toApiError(error: unknown): ApiError {
 // --- API key: kept in memory and sessionStorage; asked for (once) when a call answers 401 ---
 
 let apiKey: string | null = readStoredKey();
-let askForKey: (() => Promise<string | null>) | null = null;
+/** Asks the user for a key; `refused` says the service turned down the key the page sent. */
+export type KeyPrompt = (refused: boolean) => Promise<string | null>;
+
+let askForKey: KeyPrompt | null = null;
 
 function readStoredKey(): string | null {
   try {
@@ -81,7 +84,7 @@ export function setApiKey(key: string | null): void {
 }
 
 /** The AuthContext registers how to ask the user for a key; null clears it. */
-export function setKeyPrompt(prompt: (() => Promise<string | null>) | null): void {
+export function setKeyPrompt(prompt: KeyPrompt | null): void {
   askForKey = prompt;
 }
 
@@ -98,21 +101,25 @@ function asErrorBody(status: number, body: unknown, fallback: string): ErrorPubl
   return { code: `http_${status}`, message: fallback, detail: {}, hint: null };
 }
 
-async function send(path: string, init: RequestInit, retried = false): Promise<Response> {
+async function fetchWithKey(path: string, init: RequestInit): Promise<{ response: Response; sentKey: boolean }> {
   const headers = new Headers(init.headers);
   if (apiKey) headers.set('Authorization', `Bearer ${apiKey}`);
-  let response: Response;
   try {
-    response = await fetch(`${API_PREFIX}${path}`, { ...init, headers });
+    return { response: await fetch(`${API_PREFIX}${path}`, { ...init, headers }), sentKey: Boolean(apiKey) };
   } catch (error) {
     throw toApiError(error);
   }
-  if (response.status === 401 && !retried && askForKey) {
-    const key = await askForKey();
-    if (key) {
-      setApiKey(key);
-      return send(path, init, true);
-    }
+}
+
+/** One call; on a 401 the user is asked for the key (again, as long as the service refuses the key they give,
+ * until they cancel) and the call is sent again with it. */
+async function send(path: string, init: RequestInit): Promise<Response> {
+  let { response, sentKey } = await fetchWithKey(path, init);
+  while (response.status === 401 && askForKey) {
+    const key = await askForKey(sentKey);
+    if (!key) break;
+    setApiKey(key);
+    ({ response, sentKey } = await fetchWithKey(path, init));
   }
   if (!response.ok) {
     let body: unknown = null;

@@ -43,4 +43,30 @@ describe('AuthContext', () => {
     expect(getApiKey()).toBe('sekret');
     expect(sessionStorage.getItem('robopt.apiKey')).toBe('sekret');
   });
+
+  it('asks again, saying so, while the service refuses the key given', async () => {
+    const fetch = vi
+      .fn()
+      .mockResolvedValueOnce(unauthorized())
+      .mockResolvedValueOnce(unauthorized())
+      .mockResolvedValueOnce(new Response(JSON.stringify({ data: [], count: 0 }), { status: 200 }));
+    vi.stubGlobal('fetch', fetch);
+    render(
+      <AuthProvider>
+        <JobsPage />
+      </AuthProvider>,
+    );
+    fireEvent.change(await screen.findByLabelText('API key'), { target: { value: 'wrong' } });
+    expect(screen.queryByText(/refused that key/)).toBeNull();
+    await userEvent.click(screen.getByRole('button', { name: 'Use this API key' }));
+
+    expect(await screen.findByText(/refused that key/)).toBeInTheDocument();
+    fireEvent.change(screen.getByLabelText('API key'), { target: { value: 'right' } });
+    await userEvent.click(screen.getByRole('button', { name: 'Use this API key' }));
+
+    await waitFor(() => expect(fetch).toHaveBeenCalledTimes(3));
+    const sent = fetch.mock.calls.map((call) => new Headers((call[1] as RequestInit).headers).get('Authorization'));
+    expect(sent).toEqual([null, 'Bearer wrong', 'Bearer right']);
+    expect(getApiKey()).toBe('right');
+  });
 });

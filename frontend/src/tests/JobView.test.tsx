@@ -148,4 +148,12 @@ describe('JobView', () => {
     expect(sockets.options[0]).toMatchObject({ path: '/socket.io', auth: { token: 'secret' } });
     api.setApiKey(null);
   });
+
+  it('links a replayed job back to its parent', async () => {
+    vi.mocked(api.getJob).mockResolvedValue({ ...job, parent_job_id: 'job-0', fork_checkpoint_id: 'cp-3' });
+    renderView();
+    const link = await screen.findByRole('link', { name: 'Parent job job-0' });
+    expect(link).toHaveAttribute('href', '#/jobs/job-0');
+    expect(screen.getByText(/at checkpoint cp-3/)).toBeInTheDocument();
+  });
 });

@@ -1,7 +1,8 @@
 // End-to-end: the real page in headless Chromium against a running `robopt serve`, through the main workflow:
 // upload a model (Models), type a goal and start a job (Chat), follow it to the end (Job view), open its report.
 // A full-page screenshot after each step (models.png, chat.png, job.png, report.png) goes to the output folder,
-// and result.json there names the model and the job the page made. Exits 1 with a message on the first failure.
+// with 1280x800 views of the chat, the job's attempts and Pareto plot, and the report (view-*.png, the README's
+// screenshots), and result.json there names the model and the job the page made. Exits 1 with a message on the first failure.
 //
 //   node src/tests/e2e/workflow.mjs <service URL> <model file> <output folder>
 //   (or E2E_URL, E2E_MODEL, E2E_OUT; E2E_GOAL, E2E_JOB_TIMEOUT_S and E2E_CHROMIUM override the defaults)
@@ -54,9 +55,9 @@ async function step(name, body) {
   console.log(`[e2e ${seconds()} s] ok: ${name} (${((Date.now() - t0) / 1000).toFixed(1)} s)`);
 }
 
-async function shoot(page, file) {
+async function shoot(page, file, { full = true } = {}) {
   const path = join(outDir, file);
-  await page.screenshot({ path, fullPage: true });
+  await page.screenshot({ path, fullPage: full });
   console.log(`[e2e ${seconds()} s] screenshot ${path} (${statSync(path).size} bytes)`);
 }
 
@@ -136,6 +137,7 @@ try {
       await page.locator('.ant-select-dropdown:not(.ant-select-dropdown-hidden)').waitFor({ state: 'hidden' });
     }
     await shoot(page, 'chat.png');
+    await shoot(page, 'view-chat.png', { full: false });
     expect(await start.isEnabled(), 'Start stays disabled after picking the uploaded model');
     await start.click();
     try {
@@ -173,6 +175,12 @@ try {
     expect(!/failed|cancelled/.test(result.page_status), `the job view shows status ${result.page_status}`);
     console.log(`[e2e ${seconds()} s] ${result.page_summary}; ${result.attempt_rows} attempt row(s); status ${result.page_status}`);
     await shoot(page, 'job.png');
+    // the view: the job's header down to its attempts table and Pareto plot, as far as 800 px show
+    await page.locator('.ant-card').filter({ hasText: /^Attempts/ }).first().evaluate((card) => {
+      const top = card.getBoundingClientRect().top + window.scrollY;
+      window.scrollTo(0, Math.max(0, top + card.offsetHeight - window.innerHeight + 16));
+    }).catch((err) => console.log(`[e2e] could not scroll to the attempts: ${err}`));
+    await shoot(page, 'view-job.png', { full: false });
   });
 
   await step('open the report: before/after table and the download', async () => {
@@ -188,6 +196,7 @@ try {
     const download = page.getByRole('button', { name: /^Download final artifact/ });
     await download.waitFor();
     await shoot(page, 'report.png');
+    await shoot(page, 'view-report.png', { full: false });
     const [file] = await Promise.all([page.waitForEvent('download', { timeout: 60_000 }), download.click()]);
     const saved = join(outDir, `download-${file.suggestedFilename()}`);
     await file.saveAs(saved);
