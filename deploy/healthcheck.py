@@ -19,7 +19,11 @@ TIMEOUT_S = 4.0
 
 def main(argv: list[str]) -> int:
     """Check one URL; 0 when healthy."""
-    url = argv[1] if len(argv) > 1 else f"http://127.0.0.1:{os.environ.get('ROBOPT_PORT', '8000')}/api/v1/health"
+    url = (
+        argv[1]
+        if len(argv) > 1
+        else f"http://127.0.0.1:{os.environ.get('ROBOPT_PORT', '8000')}/api/v1/health"
+    )
     try:
         with urllib.request.urlopen(url, timeout=TIMEOUT_S) as response:
             body = response.read()
