@@ -163,20 +163,32 @@ def ensure_browser() -> str | None:
     """The path of a Chromium for the page's end-to-end tests: Debian's `chromium`, installed with apt-get when
     missing and this runs as root (browser downloads by test tools fail on these machines); None when absent.
     """
+    return _ensure_debian_tool("chromium", "chromium", "the web page's browser tests")
+
+
+def ensure_compose() -> str | None:
+    """The path of Debian's `docker-compose`, which validates deploy/'s compose files without a container engine
+    (tests/deploy); installed with apt-get when missing and this runs as root; None when absent."""
+    return _ensure_debian_tool("docker-compose", "docker-compose", "the compose files' validation")
+
+
+def _ensure_debian_tool(binary: str, package: str, purpose: str) -> str | None:
+    """`binary`'s path, installing Debian's `package` with apt-get first when it is missing and this runs as root
+    (apt-get update once if the first try fails); None when it is still absent (said on stdout)."""
     import shutil
 
-    found = shutil.which("chromium")
+    found = shutil.which(binary)
     if found or os.name != "posix" or os.geteuid() != 0 or shutil.which("apt-get") is None:
         return found
-    print("[robopt] installing Debian's chromium for the web page's browser tests ...", flush=True)
+    print(f"[robopt] installing Debian's {package} for {purpose} ...", flush=True)
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", "chromium"]
+    install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", package]
     if subprocess.run(install, env=env, stdout=subprocess.DEVNULL).returncode != 0:
         subprocess.run(["apt-get", "update", "-q"], env=env, stdout=subprocess.DEVNULL)
         subprocess.run(install, env=env, stdout=subprocess.DEVNULL)
-    found = shutil.which("chromium")
+    found = shutil.which(binary)
     if found is None:
-        print("[robopt] chromium could not be installed: the browser tests will say so", flush=True)
+        print(f"[robopt] {package} could not be installed: {purpose} will say so", flush=True)
     return found
 
 

@@ -17,6 +17,7 @@ from _bootstrap import (
     FRONTEND,
     ROOT,
     ensure_browser,
+    ensure_compose,
     ensure_frontend,
     ensure_frontend_packages,
     ensure_venv,
@@ -33,6 +34,7 @@ CODE_DIRS = [
     "run_tests.py",
     "run_robopt.py",
     "_bootstrap.py",
+    "deploy",
 ]
 SUITES = {
     "unit": ["tests", "-m", "not integration and not performance", "--ignore=tests/performance"],
@@ -118,6 +120,8 @@ def main() -> int:
     python = str(ensure_venv(extras=("dev", "lerobot", "sim")))
     style = check_style(python) if args.suite == "all" else 0
     page = test_frontend() if args.suite == "all" else 0
+    if args.suite in ("unit", "all"):
+        ensure_compose()  # validates deploy/'s compose files (tests/deploy); missing, those tests fail in CI
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
     # no .pytest_cache in the repository: nothing outside the data directory (issue 16)
     pytest_options = ["-p", "no:cacheprovider", "--durations=10"]
