@@ -75,6 +75,82 @@ def headline_table(document: dict[str, Any]) -> list[str]:
     return lines
 
 
+BASELINE_SPEED_GOAL = 1.3
+"""Issue 15's goal for robopt's speed over the best one-shot baseline that meets the same bound (at least 1.0)."""
+ORACLE_SPEED_SHARE = 0.9
+"""robopt's speed-up should reach this share of the oracle's best..."""
+ORACLE_CANDIDATE_SHARE = 0.3
+"""...using at most this share of the oracle's candidates..."""
+ORACLE_WALL_SHARE = 0.25
+"""...and at most this share of its wall time."""
+
+
+def target_figures(s: dict[str, Any]) -> dict[str, Any]:
+    """robopt against the best one-shot baseline that meets the scenario's bound (the fastest of those; robopt's
+    speed and compression over it) and against the oracle (share of its best speed-up, of its candidates and of
+    its wall time), each with whether issue 15's target holds; None where a figure is missing."""
+    rows = {r["name"]: r for r in s["rows"]}
+    robopt, oracle = rows.get("robopt"), rows.get("oracle_best")
+    meeting = [
+        r
+        for r in s["rows"]
+        if r["name"] not in ("robopt", "oracle_best") and r["status"] == "ok" and r["met"] and r["p50_ms"]
+    ]
+    best = min(meeting, key=lambda r: r["p50_ms"]) if meeting else None
+    usable = robopt is not None and robopt["status"] == "ok" and bool(robopt["p50_ms"]) and s["met"]
+    speed = best["p50_ms"] / robopt["p50_ms"] if usable and best else None
+    size = best["size_mb"] / robopt["size_mb"] if usable and best and robopt["size_mb"] else None
+    share = None
+    if usable and oracle is not None and oracle["status"] == "ok" and oracle["met"] and oracle["p50_ms"]:
+        share = oracle["p50_ms"] / robopt["p50_ms"]
+    cost = s["cost"]
+    candidates = cost["robopt_attempts"] / cost["oracle_candidates"] if cost["oracle_candidates"] else None
+    wall = cost["robopt_wall_s"] / cost["oracle_wall_s"] if cost["oracle_wall_s"] else None
+    return {
+        "best_baseline": best["label"] if best else None,
+        "speed_over_best_baseline": speed,
+        "compression_over_best_baseline": size,
+        "beats_best_baseline": None if speed is None or size is None else speed >= 1.0 and size >= 1.0,
+        "oracle_speed_share": share,
+        "oracle_candidate_share": candidates,
+        "oracle_wall_share": wall,
+        "oracle_targets_hold": (
+            None
+            if share is None or candidates is None or wall is None
+            else share >= ORACLE_SPEED_SHARE
+            and candidates <= ORACLE_CANDIDATE_SHARE
+            and wall <= ORACLE_WALL_SHARE
+        ),
+    }
+
+
+def targets_table(document: dict[str, Any]) -> list[str]:
+    """One line per feasible scenario: robopt against the best one-shot baseline and against the oracle."""
+    lines = [
+        "| scenario | best baseline meeting the bound | robopt speed / size over it | holds (≥ 1.0x both) "
+        "| share of oracle's best speed-up | of its candidates | of its wall time | holds |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for s in document["scenarios"]:
+        if not s["feasible"]:
+            continue
+        t = target_figures(s)
+
+        def verdict(value: bool | None) -> str:
+            return "-" if value is None else _yes(value)
+
+        lines.append(
+            f"| {s['scenario']} | {t['best_baseline'] or '-'} "
+            f"| {_num(t['speed_over_best_baseline'], '.2f', 'x')} / "
+            f"{_num(t['compression_over_best_baseline'], '.2f', 'x')} | {verdict(t['beats_best_baseline'])} "
+            f"| {_num(t['oracle_speed_share'] and 100 * t['oracle_speed_share'], '.0f', '%')} "
+            f"| {_num(t['oracle_candidate_share'] and 100 * t['oracle_candidate_share'], '.0f', '%')} "
+            f"| {_num(t['oracle_wall_share'] and 100 * t['oracle_wall_share'], '.0f', '%')} "
+            f"| {verdict(t['oracle_targets_hold'])} |"
+        )
+    return lines
+
+
 def robopt_chain(robopt: dict[str, Any]) -> str:
     """The techniques behind robopt's final version: its accepted attempts up to the final one, in order."""
     final = robopt.get("final_attempt")
@@ -152,6 +228,17 @@ def summary_markdown(document: dict[str, Any]) -> str:
         "before the job started (the eval's own process and the fork server are in both).",
         "- attempts: robopt's attempts / the oracle's candidates (every single technique and every two-step "
         "combination of its grid); wall s: robopt's job / the oracle's apply + measure time.",
+        "",
+        "## Targets (issue 15)",
+        "",
+        *targets_table(document),
+        "",
+        f"- best baseline: the fastest one-shot baseline that meets the scenario's bound by the eval's measurement; "
+        f"robopt's speed and compression over it should be at least 1.0x (goal {BASELINE_SPEED_GOAL}x). A "
+        "scenario robopt does not meet, or with no baseline meeting it, shows '-'.",
+        f"- oracle: robopt's speed-up as a share of the oracle's best meeting the bound (target at least "
+        f"{ORACLE_SPEED_SHARE:.0%}), using at most {ORACLE_CANDIDATE_SHARE:.0%} of its candidates and "
+        f"{ORACLE_WALL_SHARE:.0%} of its wall time.",
         "",
         "## Per scenario",
         "",
