@@ -135,7 +135,9 @@ def allowed_methods(request: Request) -> list[str]:
 
 
 async def _http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
-    code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "http_error")
+    code = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}.get(
+        error.status_code, "http_error"
+    )
     body = {"code": code, "message": str(error.detail), "detail": {}, "hint": "see the API at /docs"}
     headers = dict(error.headers or {})
     if error.status_code == 405:  # RFC 9110: a 405 lists the methods the resource does support

@@ -26,6 +26,7 @@ class ErrorPublic(BaseModel):
 
 
 ERROR_DESCRIPTIONS: dict[int, str] = {
+    400: "The body could not be parsed as the content type it names (bad_request).",
     401: "No valid API key (only when the server has ROBOPT_API_KEY set).",
     403: "The request reached a non-loopback address of a server without an API key (insecure_bind).",
     404: "An id that does not exist (not_found).",

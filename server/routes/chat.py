@@ -80,7 +80,7 @@ async def _facts(services: AppServices, request: ChatRequest) -> ModelFacts:
     response_model=ChatResponse,
     responses={
         202: {"model": ChatResponse, "description": "The goal is clear and the job started."},
-        **error_responses(404, 409, 422, 503),
+        **error_responses(400, 404, 409, 422, 503),
     },
 )
 async def chat(request: ChatRequest, response: Response, services: ServicesDep) -> ChatResponse:

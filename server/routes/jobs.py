@@ -142,7 +142,7 @@ async def start_job(services: AppServices, body: JobCreate, history: Sequence[st
     "",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=JobAccepted,
-    responses=error_responses(404, 409, 422, 503),
+    responses=error_responses(400, 404, 409, 422, 503),
 )
 async def create_job(body: JobCreate, services: ServicesDep) -> JobAccepted:
     """Start an optimization; 422 with the question when the goal needs an answer, 503 when busy."""
@@ -188,7 +188,7 @@ async def list_checkpoints(job_id: str, services: ServicesDep) -> CheckpointsPub
     "/{job_id}/replay",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=JobAccepted,
-    responses=error_responses(404, 409, 422, 503),
+    responses=error_responses(400, 404, 409, 422, 503),
 )
 async def replay_job(job_id: str, body: ReplayCreate, services: ServicesDep) -> JobAccepted:
     """Replay the job from a checkpoint as a new job linked to it, optionally with a changed goal."""
