@@ -10,15 +10,17 @@ from __future__ import annotations
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Mapping
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from server.deps import AppServices, check_open_bind, is_loopback, require_api_key
 from server.errors import InsecureBindError, http_status
+from server.schemas import error_responses
 from server.settings import Settings, get_settings
 from tools.errors import RoboptError
 from tools.log import configure_logging, get_logger
@@ -89,8 +91,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             services.jobs.history.close()
 
 
-def _error_response(status: int, body: dict[str, Any]) -> JSONResponse:
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else {}
+def _error_response(
+    status: int, body: dict[str, Any], headers: Mapping[str, str] | None = None
+) -> JSONResponse:
+    headers = {**(headers or {}), **({"WWW-Authenticate": "Bearer"} if status == 401 else {})}
     if status == 503:
         headers["Retry-After"] = "30"
     return JSONResponse(status_code=status, content=body, headers=headers)
@@ -116,10 +120,30 @@ async def _request_invalid(request: Request, error: RequestValidationError) -> J
     return _error_response(422, body)
 
 
+HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route of the app serves at this request's path (Starlette's own 405 names only the
+    methods of the first route whose path matched: GET /jobs and POST /jobs are two routes)."""
+    routes = request.app.router.routes
+    return [
+        method
+        for method in HTTP_METHODS
+        if any(route.matches({**request.scope, "method": method})[0] is Match.FULL for route in routes)
+    ]
+
+
 async def _http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
-    code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "http_error")
+    code = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}.get(
+        error.status_code, "http_error"
+    )
     body = {"code": code, "message": str(error.detail), "detail": {}, "hint": "see the API at /docs"}
-    return _error_response(error.status_code, body)
+    headers = dict(error.headers or {})
+    if error.status_code == 405:  # RFC 9110: a 405 lists the methods the resource does support
+        body["detail"] = {"allowed": allowed_methods(request)}
+        headers["Allow"] = ", ".join(body["detail"]["allowed"])
+    return _error_response(error.status_code, body, headers)
 
 
 async def _unexpected(request: Request, error: Exception) -> JSONResponse:
@@ -148,9 +172,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     protected = [Depends(require_api_key)]
-    app.include_router(system.health_router, prefix=API_PREFIX)
+    # Every route may answer 403 (insecure_bind); every route behind the key 401 as well.
+    app.include_router(system.health_router, prefix=API_PREFIX, responses=error_responses(403))
     for module in (models, datasets, jobs, events, chat, system):
-        app.include_router(module.router, prefix=API_PREFIX, dependencies=protected)
+        app.include_router(
+            module.router, prefix=API_PREFIX, dependencies=protected, responses=error_responses(401, 403)
+        )
     app.include_router(events.ws_router, prefix=API_PREFIX)  # checks the key itself (browsers: ?token=)
     app.mount(SOCKETIO_PATH, socket_app(app))  # checks the key on connect (auth={"token": KEY})
     app.include_router(page.router)  # the web page at / (its API calls carry the key)

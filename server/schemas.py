@@ -12,6 +12,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from agents.intake import GoalSpec
 
+JobStatus = Literal["queued", "running", "succeeded", "best_effort", "failed", "cancelled", "needs_input"]
+"""A job's status (the history DB's JOB_STATUSES)."""
+
 
 class ErrorPublic(BaseModel):
     """Every error answer: a stable code, one line, what was wrong in detail, and what to do."""
@@ -20,6 +23,37 @@ class ErrorPublic(BaseModel):
     message: str
     detail: dict[str, Any] = Field(default_factory=dict)
     hint: str | None = None
+
+
+ERROR_DESCRIPTIONS: dict[int, str] = {
+    400: "The body could not be parsed as the content type it names (bad_request).",
+    401: "No valid API key (only when the server has ROBOPT_API_KEY set).",
+    403: "The request reached a non-loopback address of a server without an API key (insecure_bind).",
+    404: "An id that does not exist (not_found).",
+    409: "The resource's state does not allow it now (conflict), or a stored artifact failed its hash check.",
+    413: "The upload passed ROBOPT_MAX_UPLOAD_BYTES (upload_too_large); nothing was kept.",
+    422: "The request is invalid, or its content cannot be used: a body or query outside the schema "
+    "(validation_error), a goal needing an answer (goal_unclear), a file that is not a usable model or data.",
+    503: "The service cannot take the job now (service_busy): queue full or not enough free memory.",
+}
+ERROR_HEADERS: dict[int, dict[str, Any]] = {
+    401: {"WWW-Authenticate": {"description": "Bearer", "schema": {"type": "string"}}},
+    503: {
+        "Retry-After": {"description": "Seconds to wait before trying again.", "schema": {"type": "string"}}
+    },
+}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI `responses` of the error statuses a route answers, each with the `ErrorPublic` body."""
+    return {
+        status: {
+            "model": ErrorPublic,
+            "description": ERROR_DESCRIPTIONS[status],
+            **({"headers": ERROR_HEADERS[status]} if status in ERROR_HEADERS else {}),
+        }
+        for status in statuses
+    }
 
 
 class ModelPublic(BaseModel):
@@ -67,7 +101,15 @@ class DatasetPublic(BaseModel):
 class JobCreate(BaseModel):
     """Start an optimization: a model, a goal in plain words, and optionally a target, data and simulator."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={  # exactly one of model_id and reference (start_job refuses anything else with 422)
+            "oneOf": [
+                {"required": ["model_id"], "properties": {"model_id": {"type": "string"}}},
+                {"required": ["reference"], "properties": {"reference": {"type": "string"}}},
+            ]
+        },
+    )
 
     model_id: str | None = Field(default=None, description="An uploaded model (POST /models).")
     reference: str | None = Field(

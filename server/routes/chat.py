@@ -14,7 +14,7 @@ from fastapi import APIRouter, Response, status
 from agents.intake import AccuracyKind, GoalSpec, ModelFacts
 from server.deps import AppServices, ServicesDep
 from server.routes.jobs import start_job
-from server.schemas import ChatRequest, ChatResponse, JobCreate
+from server.schemas import ChatRequest, ChatResponse, JobCreate, error_responses
 from tools.errors import ValidationError
 
 router = APIRouter(tags=["chat"])
@@ -78,7 +78,10 @@ async def _facts(services: AppServices, request: ChatRequest) -> ModelFacts:
 @router.post(
     "/chat",
     response_model=ChatResponse,
-    responses={202: {"model": ChatResponse, "description": "The goal is clear and the job started."}},
+    responses={
+        202: {"model": ChatResponse, "description": "The goal is clear and the job started."},
+        **error_responses(400, 404, 409, 422, 503),
+    },
 )
 async def chat(request: ChatRequest, response: Response, services: ServicesDep) -> ChatResponse:
     """Read the goal from the conversation: the criteria, 422 with a question, or a started job (202)."""

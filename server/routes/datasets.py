@@ -20,7 +20,7 @@ from fastapi import APIRouter, Request, status
 
 from graph.work import LABEL_KEYS
 from server.deps import ServicesDep
-from server.schemas import DatasetPublic
+from server.schemas import DatasetPublic, error_responses
 from server.uploads import check_content_length, receive_multipart
 from tools.errors import NotFoundError, ValidationError
 from tools.intake.archive import ArchiveLimits
@@ -89,7 +89,33 @@ def _inspect(path: Path) -> dict[str, Any]:
     }
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=DatasetPublic)
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=DatasetPublic,
+    responses=error_responses(413, 422),
+    openapi_extra={
+        "requestBody": {
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["file"],
+                        "properties": {
+                            "file": {
+                                "type": "string",
+                                "format": "binary",
+                                "description": ".npz/.safetensors/.pt of named arrays, or a LeRobotDataset "
+                                ".zip/.tar.gz",
+                            },
+                        },
+                    }
+                }
+            },
+            "required": True,
+        }
+    },
+)
 async def upload_dataset(request: Request, services: ServicesDep) -> DatasetPublic:
     """Upload a data file, or a LeRobotDataset directory as a `.zip`/`.tar.gz` archive (multipart field `file`)."""
     settings = services.settings
@@ -129,7 +155,7 @@ async def upload_dataset(request: Request, services: ServicesDep) -> DatasetPubl
     return public
 
 
-@router.get("/{dataset_id}", response_model=DatasetPublic)
+@router.get("/{dataset_id}", response_model=DatasetPublic, responses=error_responses(404, 422))
 async def get_dataset(dataset_id: str, services: ServicesDep) -> DatasetPublic:
     """A stored dataset's arrays and whether it has labels."""
     folder = dataset_dir(services.settings.data_dir, dataset_id)

@@ -17,6 +17,7 @@ from fastapi.responses import StreamingResponse
 from server.deps import AppServices, ServicesDep, check_api_key, check_open_bind, get_services
 from server.errors import InsecureBindError, UnauthorizedError
 from server.event_stream import Keepalive
+from server.schemas import error_responses
 from tools.errors import NotFoundError, RoboptError, ValidationError
 
 router = APIRouter(prefix="/jobs", tags=["events"])
@@ -54,7 +55,10 @@ def _follow(services: AppServices, job_id: str, after: int) -> AsyncIterator[dic
 @router.get(
     "/{job_id}/events",
     response_class=StreamingResponse,
-    responses={200: {"content": {"text/event-stream": {}}, "description": "The job's events as SSE."}},
+    responses={
+        200: {"content": {"text/event-stream": {}}, "description": "The job's events as SSE."},
+        **error_responses(404, 422),
+    },
 )
 async def stream_events(
     job_id: str,

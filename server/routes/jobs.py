@@ -14,7 +14,7 @@ from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
 from agents.intake import GoalSpec, ModelFacts
 from server.deps import AppServices, ServicesDep
 from server.errors import ConflictError
-from server.history import JOB_STATUSES, JobRecord
+from server.history import JobRecord
 from server.jobs import ModelSource
 from server.schemas import (
     AttemptPublic,
@@ -26,7 +26,9 @@ from server.schemas import (
     JobLinks,
     JobPublic,
     JobsPublic,
+    JobStatus,
     ReplayCreate,
+    error_responses,
 )
 from tools.errors import NotFoundError, RoboptError, ValidationError
 from tools.log import get_logger
@@ -136,16 +138,23 @@ async def start_job(services: AppServices, body: JobCreate, history: Sequence[st
     return JobAccepted(job=job_public(services, record), goal=goal, estimated_memory_mb=round(estimate, 1))
 
 
-@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=JobAccepted)
+@router.post(
+    "",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=JobAccepted,
+    responses=error_responses(400, 404, 409, 422, 503),
+)
 async def create_job(body: JobCreate, services: ServicesDep) -> JobAccepted:
     """Start an optimization; 422 with the question when the goal needs an answer, 503 when busy."""
     return await start_job(services, body)
 
 
-@router.get("", response_model=JobsPublic)
+@router.get("", response_model=JobsPublic, responses=error_responses(422))
 async def list_jobs(
     services: ServicesDep,
-    status_filter: Annotated[str | None, Query(alias="status", description=f"One of {JOB_STATUSES}")] = None,
+    status_filter: Annotated[
+        JobStatus | None, Query(alias="status", description="Only jobs in this status.")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> JobsPublic:
     """Jobs, newest first."""
@@ -153,7 +162,7 @@ async def list_jobs(
     return JobsPublic(data=[job_public(services, r) for r in records], count=len(records))
 
 
-@router.get("/{job_id}", response_model=JobPublic)
+@router.get("/{job_id}", response_model=JobPublic, responses=error_responses(404, 422))
 async def get_job(job_id: str, services: ServicesDep) -> JobPublic:
     """A job with its attempts."""
     record = await asyncio.to_thread(services.jobs.job, job_id)
@@ -161,13 +170,13 @@ async def get_job(job_id: str, services: ServicesDep) -> JobPublic:
     return job_public(services, record, attempts)
 
 
-@router.post("/{job_id}/cancel", response_model=CancelPublic)
+@router.post("/{job_id}/cancel", response_model=CancelPublic, responses=error_responses(404, 409, 422))
 async def cancel_job(job_id: str, services: ServicesDep) -> CancelPublic:
     """Cancel a queued or running job (its child process is killed); 409 when it already ended."""
     return CancelPublic(id=job_id, status=await services.scheduler.cancel(job_id))
 
 
-@router.get("/{job_id}/checkpoints", response_model=CheckpointsPublic)
+@router.get("/{job_id}/checkpoints", response_model=CheckpointsPublic, responses=error_responses(404, 422))
 async def list_checkpoints(job_id: str, services: ServicesDep) -> CheckpointsPublic:
     """Every checkpoint of the job, oldest first: the points replay can start from."""
     infos = await services.jobs.checkpoints(job_id)
@@ -175,7 +184,12 @@ async def list_checkpoints(job_id: str, services: ServicesDep) -> CheckpointsPub
     return CheckpointsPublic(data=data, count=len(data))
 
 
-@router.post("/{job_id}/replay", status_code=status.HTTP_202_ACCEPTED, response_model=JobAccepted)
+@router.post(
+    "/{job_id}/replay",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=JobAccepted,
+    responses=error_responses(400, 404, 409, 422, 503),
+)
 async def replay_job(job_id: str, body: ReplayCreate, services: ServicesDep) -> JobAccepted:
     """Replay the job from a checkpoint as a new job linked to it, optionally with a changed goal."""
     record = await asyncio.to_thread(services.jobs.job, job_id)
@@ -193,7 +207,10 @@ async def replay_job(job_id: str, body: ReplayCreate, services: ServicesDep) -> 
 @router.get(
     "/{job_id}/report",
     response_model=None,
-    responses={200: {"content": {"application/json": {}, "text/markdown": {}}}},
+    responses={
+        200: {"content": {"application/json": {}, "text/markdown": {}}},
+        **error_responses(404, 409, 422),
+    },
 )
 async def get_report(
     job_id: str, services: ServicesDep, format: Literal["json", "md"] = "json"
@@ -216,7 +233,14 @@ async def get_report(
     return JSONResponse(content=json.loads(text))
 
 
-@router.get("/{job_id}/artifacts/{version_id}", response_class=FileResponse)
+@router.get(
+    "/{job_id}/artifacts/{version_id}",
+    response_class=FileResponse,
+    responses={
+        200: {"content": {"application/octet-stream": {}, "application/zip": {}}},
+        **error_responses(404, 409, 422),
+    },
+)
 async def download_artifact(
     job_id: str, version_id: str, request: Request, services: ServicesDep
 ) -> FileResponse:

@@ -11,7 +11,7 @@ from starlette.requests import ClientDisconnect
 
 from server.deps import ServicesDep
 from server.model_registry import ModelRecord, parse_load_options
-from server.schemas import ModelPublic, ModelsPublic
+from server.schemas import ModelPublic, ModelsPublic, error_responses
 from server.uploads import check_content_length, receive_multipart
 from tools.errors import ChildCrashedError, CorruptFileError, ValidationError
 
@@ -27,6 +27,7 @@ def model_public(record: ModelRecord) -> ModelPublic:
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=ModelPublic,
+    responses=error_responses(413, 422),
     openapi_extra={
         "requestBody": {
             "content": {
@@ -90,13 +91,15 @@ async def list_models(services: ServicesDep) -> ModelsPublic:
     return ModelsPublic(data=[model_public(r) for r in records], count=len(records))
 
 
-@router.get("/{model_id}", response_model=ModelPublic)
+@router.get("/{model_id}", response_model=ModelPublic, responses=error_responses(404, 422))
 async def get_model(model_id: str, services: ServicesDep) -> ModelPublic:
     """One uploaded model with its profile."""
     return model_public(await asyncio.to_thread(services.models.get, model_id))
 
 
-@router.delete("/{model_id}", status_code=status.HTTP_204_NO_CONTENT)
+@router.delete(
+    "/{model_id}", status_code=status.HTTP_204_NO_CONTENT, responses=error_responses(404, 409, 422)
+)
 async def delete_model(model_id: str, services: ServicesDep) -> None:
     """Delete an uploaded model (jobs keep their own copy as their version 1)."""
     await asyncio.to_thread(services.models.delete, model_id)

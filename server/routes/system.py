@@ -12,7 +12,7 @@ from fastapi.responses import PlainTextResponse
 
 from server.deps import AppServices, ServicesDep
 from server.scheduler import memory_figures
-from server.schemas import HealthPublic, MetricsPublic
+from server.schemas import HealthPublic, MetricsPublic, error_responses
 
 health_router = APIRouter(tags=["system"])
 router = APIRouter(tags=["system"])
@@ -53,7 +53,10 @@ async def collect_metrics(services: AppServices) -> MetricsPublic:
 @router.get(
     "/metrics",
     response_model=MetricsPublic,
-    responses={200: {"content": {"text/plain": {}}, "description": "JSON, or Prometheus text with ?format="}},
+    responses={
+        200: {"content": {"text/plain": {}}, "description": "JSON, or Prometheus text with ?format="},
+        **error_responses(422),
+    },
 )
 async def metrics(
     services: ServicesDep, format: Literal["json", "prometheus"] = "json"
