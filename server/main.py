@@ -159,7 +159,7 @@ async def _unexpected(request: Request, error: Exception) -> JSONResponse:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the FastAPI app (services are created when it starts, from `settings` or the environment)."""
-    from server.routes import chat, datasets, events, jobs, models, page, system
+    from server.routes import chat, datasets, events, jobs, models, page, references, system
     from server.socket_events import socket_app
 
     app = FastAPI(
@@ -174,7 +174,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     protected = [Depends(require_api_key)]
     # Every route may answer 403 (insecure_bind); every route behind the key 401 as well.
     app.include_router(system.health_router, prefix=API_PREFIX, responses=error_responses(403))
-    for module in (models, datasets, jobs, events, chat, system):
+    for module in (models, references, datasets, jobs, events, chat, system):
         app.include_router(
             module.router, prefix=API_PREFIX, dependencies=protected, responses=error_responses(401, 403)
         )

@@ -80,6 +80,27 @@ class ModelsPublic(BaseModel):
     count: int
 
 
+class ReferencePublic(BaseModel):
+    """A bundled reference model a job can start from (`"reference": name` instead of `model_id`)."""
+
+    name: str
+    description: str
+    kind: Literal["torch_policy", "hf_directory", "archives"] = Field(
+        description="torch_policy: a trained torch policy; hf_directory: a tiny random-weight Hugging Face "
+        "model; archives: a .zip of one."
+    )
+    format: str = Field(description="What the job is given: torch_state_dict, hf_directory or zip.")
+    trained: bool = Field(description="Whether it ships trained weights (else random weights).")
+    task: str | None = Field(
+        default=None, description="The task whose data a job judges it with; null: synthetic inputs."
+    )
+
+
+class ReferencesPublic(BaseModel):
+    data: list[ReferencePublic]
+    count: int
+
+
 class DatasetPublic(BaseModel):
     """An uploaded data file: inputs (and labels) for calibration and accuracy."""
 

@@ -71,6 +71,15 @@ REFERENCE_MODELS: dict[str, ReferenceModel] = {
 }
 
 
+REFERENCE_FORMATS: dict[str, str] = {
+    "torch_policy": "torch_state_dict",
+    "hf_directory": "hf_directory",
+    "archives": "zip",
+}
+"""What `reference_model_file` hands a job for each kind: a state dict (with its recorded architecture), the
+Hugging Face directory, or the .zip."""
+
+
 def build_reference(name: str, cache_dir: Path, seed: int = 0) -> Path:
     """Build the reference model `name` into `cache_dir` (or find it cached) and return its directory."""
     if name not in REFERENCE_MODELS:
@@ -106,6 +115,7 @@ def build_all_references(cache_dir: Path, seed: int = 0) -> dict[str, Path]:
 
 
 __all__ = [
+    "REFERENCE_FORMATS",
     "REFERENCE_MODELS",
     "ReferenceModel",
     "build_all_references",

@@ -1,15 +1,17 @@
-// Models: upload a file (its measured profile comes back), list the uploads; refusals show message and hint.
-import { Button, Card, Input, Space, Table, Upload } from 'antd';
+// Models: upload a file (its measured profile comes back), list the uploads and the bundled reference models;
+// refusals show message and hint.
+import { Button, Card, Input, Space, Table, Tag, Upload } from 'antd';
 import type { UploadProps } from 'antd';
 import { useCallback, useEffect, useState } from 'react';
 import { ErrorAlert } from '../components/ErrorAlert';
 import { ModelProfile } from '../components/ModelProfile';
-import { listModels, toApiError, uploadModel } from '../services/api';
+import { getReferences, listModels, toApiError, uploadModel } from '../services/api';
 import type { ApiError } from '../services/api';
-import type { ModelPublic } from '../services/types';
+import type { ModelPublic, ReferencePublic } from '../services/types';
 
 export function ModelsPage() {
   const [models, setModels] = useState<ModelPublic[]>([]);
+  const [references, setReferences] = useState<ReferencePublic[]>([]);
   const [uploaded, setUploaded] = useState<ModelPublic | null>(null);
   const [name, setName] = useState('');
   const [error, setError] = useState<ApiError | null>(null);
@@ -21,6 +23,15 @@ export function ModelsPage() {
       .catch((raw) => setError(toApiError(raw)));
   }, []);
   useEffect(refresh, [refresh]);
+  useEffect(() => {
+    let live = true;
+    getReferences()
+      .then((answer) => live && setReferences(answer.data))
+      .catch((raw) => live && setError(toApiError(raw)));
+    return () => {
+      live = false;
+    };
+  }, []);
 
   const customRequest: UploadProps['customRequest'] = ({ file, onSuccess, onError }) => {
     setError(null);
@@ -77,6 +88,28 @@ export function ModelsPage() {
             { title: 'Format', dataIndex: 'format' },
             { title: 'Params', dataIndex: 'params', render: (p: number) => p.toLocaleString() },
             { title: 'Size (MiB)', dataIndex: 'size_bytes', render: (b: number) => (b / 1048576).toFixed(2) },
+          ]}
+        />
+      </Card>
+      <Card title="Reference models">
+        <p>Bundled models a job can start from by name (POST /api/v1/jobs with &quot;reference&quot;), built on first use.</p>
+        <Table<ReferencePublic>
+          aria-label="Reference models"
+          size="small"
+          rowKey="name"
+          pagination={false}
+          dataSource={references}
+          columns={[
+            { title: 'Name', dataIndex: 'name' },
+            { title: 'Description', dataIndex: 'description' },
+            { title: 'Kind', dataIndex: 'kind' },
+            { title: 'Format', dataIndex: 'format' },
+            {
+              title: 'Weights',
+              dataIndex: 'trained',
+              render: (trained: boolean) => (trained ? <Tag color="green">trained</Tag> : <Tag>random</Tag>),
+            },
+            { title: 'Judged with', dataIndex: 'task', render: (task: string | null) => task ?? 'synthetic inputs' },
           ]}
         />
       </Card>

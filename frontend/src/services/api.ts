@@ -11,6 +11,7 @@ import type {
   JobsPublic,
   ModelPublic,
   ModelsPublic,
+  ReferencesPublic,
   ReplayCreate,
   ReportJson,
 } from './types';
@@ -163,6 +164,11 @@ export function uploadModel(upload: ModelUpload): Promise<ModelPublic> {
 
 export function listModels(): Promise<ModelsPublic> {
   return json<ModelsPublic>('/models');
+}
+
+/** The bundled reference models a job can start from (`reference: name` instead of `model_id`). */
+export function getReferences(): Promise<ReferencesPublic> {
+  return json<ReferencesPublic>('/references');
 }
 
 export function getModel(modelId: string): Promise<ModelPublic> {

@@ -33,6 +33,24 @@ export interface ModelsPublic {
   count: number;
 }
 
+/** server/schemas.py ReferencePublic: a bundled reference model a job can start from by name. */
+export interface ReferencePublic {
+  name: string;
+  description: string;
+  kind: 'torch_policy' | 'hf_directory' | 'archives';
+  /** What the job is given: torch_state_dict, hf_directory or zip. */
+  format: string;
+  /** Ships trained weights (else random weights). */
+  trained: boolean;
+  /** The task whose data a job judges it with; null: synthetic inputs. */
+  task: string | null;
+}
+
+export interface ReferencesPublic {
+  data: ReferencePublic[];
+  count: number;
+}
+
 /** tools/evaluation/criteria.py Criteria. */
 export interface Criteria {
   max_size_mb: number | null;
