@@ -7,7 +7,8 @@ Writes to SQLite retry a locked database. Several jobs share `checkpoints.db`, e
 job whose event loop is busy between its INSERT and its COMMIT holds the write lock, and another job's write
 can wait past the busy timeout ("database is locked", seen twice with two jobs on a loaded 2-core machine), which
 failed that job. `RetryingSqliteSaver` rolls the failed write's transaction back and retries it with backoff,
-for up to `WRITE_RETRY_S`.
+for up to `WRITE_RETRY_S`; a write cancelled before its COMMIT is rolled back too, so a cancelled job cannot keep
+the write lock (in CI every job after a cancelled one failed "database is locked" for minutes).
 """
 
 from __future__ import annotations
@@ -52,6 +53,12 @@ class RetryingSqliteSaver(AsyncSqliteSaver):
         while True:
             try:
                 return await write()
+            except asyncio.CancelledError:
+                # a write cancelled between its INSERT and its COMMIT (a cancelled job) leaves its transaction
+                # open, and SQLite's write lock with it, failing every other job's writes for as long as this
+                # connection lives: roll it back (queued after the INSERT, shielded from a second cancel)
+                await asyncio.shield(self._rollback())
+                raise
             except sqlite3.OperationalError as error:
                 if not _locked(error) or time.monotonic() + delay > deadline:
                     raise
@@ -62,6 +69,11 @@ class RetryingSqliteSaver(AsyncSqliteSaver):
                 )
                 await asyncio.sleep(delay)
                 delay, tries = min(delay * 2, 2.0), tries + 1
+
+    async def _rollback(self) -> None:
+        """Roll back whatever transaction this connection has open."""
+        async with self.lock:
+            await self.conn.rollback()
 
     async def aput(
         self,

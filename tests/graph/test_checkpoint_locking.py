@@ -84,3 +84,41 @@ def test_a_lock_held_past_the_retry_limit_fails_the_write_and_stores_nothing(tmp
             assert await saver.aget_tuple(CONFIG) is not None
 
     asyncio.run(scenario())
+
+
+def _can_take_write_lock(path: Path) -> bool:
+    """Whether another connection gets the write lock within half a second."""
+    other = sqlite3.connect(path, timeout=0.5, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        other.execute("ROLLBACK")
+        return True
+    except sqlite3.OperationalError:
+        return False
+    finally:
+        other.close()
+
+
+def test_a_write_cancelled_before_its_commit_leaves_no_lock_behind(tmp_path: Path) -> None:
+    """A cancelled job's checkpoint write: its INSERT waits on another writer's lock, the job is cancelled, then the
+    INSERT runs in the job's still-open connection; without a rollback its transaction keeps the write lock.
+    """
+    path = tmp_path / CHECKPOINT_FILE
+
+    async def scenario() -> bool:
+        async with open_checkpointer(tmp_path, busy_timeout_s=5.0) as saver:
+            taken = threading.Event()
+            holder = _hold_write_lock(path, 0.5, taken)
+            await asyncio.to_thread(taken.wait)
+            write = asyncio.create_task(_put(saver))  # its INSERT waits in SQLite's busy handler
+            await asyncio.sleep(0.2)
+            write.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await write
+            await asyncio.to_thread(holder.join)
+            await asyncio.sleep(0.2)  # the INSERT has run by now, in the saver's connection
+            free = await asyncio.to_thread(_can_take_write_lock, path)
+            assert await saver.aget_tuple(CONFIG) is None, "the cancelled checkpoint is not stored"
+            return free
+
+    assert asyncio.run(scenario()), "the cancelled write's transaction still holds SQLite's write lock"
