@@ -7,12 +7,10 @@
 //   node src/tests/e2e/workflow.mjs <service URL> <model file> <output folder>
 //   (or E2E_URL, E2E_MODEL, E2E_OUT; E2E_GOAL, E2E_JOB_TIMEOUT_S and E2E_CHROMIUM override the defaults)
 //
-// Chromium is the system one (no browser download): playwright-core drives /usr/bin/chromium with a fresh
-// profile in a temp folder.
-import { mkdirSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+// Chromium is the system one (no browser download), set up by harness.mjs as for the other workflows.
+import { statSync } from 'node:fs';
 import { basename, join, resolve } from 'node:path';
-import { chromium } from 'playwright-core';
+import { Failure, expect, runInBrowser } from './harness.mjs';
 
 const [argUrl, argModel, argOut] = process.argv.slice(2);
 const url = (argUrl ?? process.env.E2E_URL ?? '').replace(/\/+$/, '');
@@ -20,68 +18,15 @@ const modelPath = argModel ?? process.env.E2E_MODEL;
 const outDir = resolve(argOut ?? process.env.E2E_OUT ?? 'e2e-screenshots');
 const goal = process.env.E2E_GOAL ?? 'at least 2x smaller, keep accuracy within 5%, stop at the first that meets it';
 const jobTimeoutMs = Number(process.env.E2E_JOB_TIMEOUT_S ?? 300) * 1000;
-const executablePath = process.env.E2E_CHROMIUM ?? '/usr/bin/chromium';
-const ARGS = [
-  '--headless=new',
-  '--no-sandbox',
-  '--disable-gpu',
-  '--disable-quic',
-  '--no-first-run',
-  '--disable-background-networking',
-  '--disable-component-update',
-  '--disable-sync',
-];
 
 if (!url || !modelPath) {
   console.error('usage: node workflow.mjs <service URL> <model file> <output folder>');
   process.exit(2);
 }
 const modelName = basename(modelPath);
-mkdirSync(outDir, { recursive: true });
-
-class Failure extends Error {}
-/** Fail the current step with a clear message unless `ok`. */
-function expect(ok, message) {
-  if (!ok) throw new Failure(message);
-}
-
-const started = Date.now();
-const seconds = () => ((Date.now() - started) / 1000).toFixed(1);
-let current = 'start';
-async function step(name, body) {
-  current = name;
-  const t0 = Date.now();
-  await body();
-  console.log(`[e2e ${seconds()} s] ok: ${name} (${((Date.now() - t0) / 1000).toFixed(1)} s)`);
-}
-
-async function shoot(page, file, { full = true } = {}) {
-  const path = join(outDir, file);
-  await page.screenshot({ path, fullPage: full });
-  console.log(`[e2e ${seconds()} s] screenshot ${path} (${statSync(path).size} bytes)`);
-}
-
-const profile = mkdtempSync(join(tmpdir(), 'robopt-e2e-chromium-'));
-const pageErrors = [];
 const result = { url, model_file: modelPath, goal };
-let context;
-let page;
-let code = 0;
-try {
-  context = await chromium.launchPersistentContext(profile, {
-    executablePath,
-    headless: true,
-    args: ARGS,
-    viewport: { width: 1280, height: 800 },
-    acceptDownloads: true,
-  });
-  page = context.pages()[0] ?? (await context.newPage());
-  page.setDefaultTimeout(60_000);
-  page.on('pageerror', (err) => pageErrors.push(String(err)));
-  page.on('console', (msg) => {
-    if (msg.type() === 'error' && !/favicon/.test(msg.location().url)) console.log(`[browser console] ${msg.text()}`);
-  });
 
+await runInBrowser(outDir, result, async ({ page, step, shoot, log }) => {
   await step('open the page and go to Models', async () => {
     const answer = await page.goto(`${url}/`);
     expect(answer && answer.ok(), `GET ${url}/ answered ${answer?.status()}: is frontend/dist built?`);
@@ -107,7 +52,7 @@ try {
     expect(id.length > 0, 'the profile shows no model id');
     result.model_id = id;
     await page.getByRole('row').filter({ hasText: id }).first().waitFor();
-    await shoot(page, 'models.png');
+    await shoot('models.png', { full: true });
   });
 
   await step('go to Chat, send the goal and see the parsed criteria', async () => {
@@ -136,8 +81,8 @@ try {
       await page.locator('.ant-select-item-option').filter({ hasText: result.model_id }).first().click();
       await page.locator('.ant-select-dropdown:not(.ant-select-dropdown-hidden)').waitFor({ state: 'hidden' });
     }
-    await shoot(page, 'chat.png');
-    await shoot(page, 'view-chat.png', { full: false });
+    await shoot('chat.png', { full: true });
+    await shoot('view-chat.png');
     expect(await start.isEnabled(), 'Start stays disabled after picking the uploaded model');
     await start.click();
     try {
@@ -147,7 +92,7 @@ try {
       throw new Failure(`Start did not open a job view${alert.length ? `; the page says: ${alert.join(' | ')}` : ''}`);
     }
     result.job_id = decodeURIComponent(new URL(page.url()).hash.split('/')[2]);
-    console.log(`[e2e ${seconds()} s] job ${result.job_id} started`);
+    log(`job ${result.job_id} started`);
   });
 
   await step('follow the job to its end on the job view', async () => {
@@ -173,14 +118,14 @@ try {
     const status = page.locator('.ant-descriptions-item-label', { hasText: /^Status$/ }).locator('xpath=following-sibling::*[1]');
     result.page_status = (await status.innerText()).trim();
     expect(!/failed|cancelled/.test(result.page_status), `the job view shows status ${result.page_status}`);
-    console.log(`[e2e ${seconds()} s] ${result.page_summary}; ${result.attempt_rows} attempt row(s); status ${result.page_status}`);
-    await shoot(page, 'job.png');
+    log(`${result.page_summary}; ${result.attempt_rows} attempt row(s); status ${result.page_status}`);
+    await shoot('job.png', { full: true });
     // the view: the job's header down to its attempts table and Pareto plot, as far as 800 px show
     await page.locator('.ant-card').filter({ hasText: /^Attempts/ }).first().evaluate((card) => {
       const top = card.getBoundingClientRect().top + window.scrollY;
       window.scrollTo(0, Math.max(0, top + card.offsetHeight - window.innerHeight + 16));
-    }).catch((err) => console.log(`[e2e] could not scroll to the attempts: ${err}`));
-    await shoot(page, 'view-job.png', { full: false });
+    }).catch((err) => log(`could not scroll to the attempts: ${err}`));
+    await shoot('view-job.png');
   });
 
   await step('open the report: before/after table and the download', async () => {
@@ -195,31 +140,13 @@ try {
     expect(/x smaller/.test(text), `the report table shows no compression: ${text}`);
     const download = page.getByRole('button', { name: /^Download final artifact/ });
     await download.waitFor();
-    await shoot(page, 'report.png');
-    await shoot(page, 'view-report.png', { full: false });
+    await shoot('report.png', { full: true });
+    await shoot('view-report.png');
     const [file] = await Promise.all([page.waitForEvent('download', { timeout: 60_000 }), download.click()]);
     const saved = join(outDir, `download-${file.suggestedFilename()}`);
     await file.saveAs(saved);
     result.download = { filename: file.suggestedFilename(), bytes: statSync(saved).size };
     expect(result.download.bytes > 0, `the downloaded artifact ${saved} is empty`);
-    console.log(`[e2e ${seconds()} s] downloaded ${file.suggestedFilename()} (${result.download.bytes} bytes)`);
+    log(`downloaded ${file.suggestedFilename()} (${result.download.bytes} bytes)`);
   });
-
-  expect(pageErrors.length === 0, `the page threw: ${pageErrors.join(' | ')}`);
-  current = 'done';
-} catch (err) {
-  code = 1;
-  const message = err instanceof Failure ? err.message : String(err?.stack ?? err);
-  console.error(`[e2e ${seconds()} s] FAILED at step "${current}": ${message}`);
-  if (pageErrors.length) console.error(`page errors: ${pageErrors.join(' | ')}`);
-  if (page) await page.screenshot({ path: join(outDir, 'failure.png'), fullPage: true }).catch(() => {});
-  result.failed = { step: current, message };
-} finally {
-  result.seconds = Number(seconds());
-  writeFileSync(join(outDir, 'result.json'), JSON.stringify(result, null, 2));
-  await context?.close().catch(() => {});
-  rmSync(profile, { recursive: true, force: true });
-}
-console.log(`[e2e] screenshots in ${outDir}`);
-console.log(code === 0 ? `[e2e] passed in ${seconds()} s` : `[e2e] failed in ${seconds()} s`);
-process.exit(code);
+});
