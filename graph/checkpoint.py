@@ -9,11 +9,18 @@ can wait past the busy timeout ("database is locked", seen twice with two jobs o
 failed that job. `RetryingSqliteSaver` rolls the failed write's transaction back and retries it with backoff,
 for up to `WRITE_RETRY_S`; a write cancelled before its COMMIT is rolled back too, so a cancelled job cannot keep
 the write lock (in CI every job after a cancelled one failed "database is locked" for minutes).
+
+Closing drains first (`RetryingSqliteSaver.drain`): a cancelled job's last write (LangGraph stores the cancelled
+node's error from a background task) can still be in flight when the job's connection closes. Closed between its
+INSERT and its COMMIT, the connection became a zombie (SQLite defers closing while the write's statement lives) that
+kept the write lock, and every later job's writes failed "database is locked" (CI, twice). Now a closing saver
+refuses new writes, waits for those in flight, and rolls back before the connection closes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import time
 from contextlib import asynccontextmanager
@@ -26,7 +33,7 @@ from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
 from graph.state import STATE_TYPES
-from tools.errors import MissingDependencyError
+from tools.errors import MissingDependencyError, RoboptError
 from tools.log import get_logger
 
 CHECKPOINT_FILE = "checkpoints.db"
@@ -42,13 +49,57 @@ def _locked(error: sqlite3.OperationalError) -> bool:
     return "locked" in text or "busy" in text
 
 
+class CheckpointerClosedError(RoboptError):
+    """A checkpoint write arrived after its job's checkpointer began to close."""
+
+    code = "checkpointer_closed"
+
+
 class RetryingSqliteSaver(AsyncSqliteSaver):
-    """LangGraph's SQLite saver whose writes roll back and retry while the database is locked."""
+    """LangGraph's SQLite saver whose writes roll back and retry while the database is locked, and which drains
+    its writes before its connection closes."""
 
     retry_s: float = WRITE_RETRY_S
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._closing = False
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    async def drain(self, timeout_s: float | None = None) -> None:
+        """Refuse new writes, wait (up to `timeout_s`, default `retry_s` + the busy timeout) for the writes in
+        flight, then roll back whatever transaction is still open, so closing the connection frees the lock.
+        """
+        self._closing = True
+        try:
+            await asyncio.wait_for(
+                self._idle.wait(), timeout_s if timeout_s is not None else self.retry_s + 60
+            )
+        except asyncio.TimeoutError:
+            log.warning("checkpoint writes still in flight at close", extra={"writes": self._in_flight})
+        with contextlib.suppress(ValueError, sqlite3.ProgrammingError):  # already closed: nothing to free
+            await self._rollback()
+
     async def _retrying(self, what: str, write: Callable[[], Awaitable[T]]) -> T:
         """Run `write`; on a locked database roll the connection back and retry with backoff until `retry_s`."""
+        if self._closing:
+            raise CheckpointerClosedError(
+                f"checkpoint {what} refused: the job's checkpointer is closing",
+                hint="the job ended (cancelled or finished) while this write was pending; nothing was stored",
+            )
+        self._in_flight += 1
+        self._idle.clear()
+        try:
+            return await self._write_with_retries(what, write)
+        finally:
+            self._in_flight -= 1
+            if not self._in_flight:
+                self._idle.set()
+
+    async def _write_with_retries(self, what: str, write: Callable[[], Awaitable[T]]) -> T:
+        """`_retrying`'s loop: one write, retried while SQLite answers 'locked'."""
         deadline, delay, tries = time.monotonic() + self.retry_s, 0.05, 1
         while True:
             try:
@@ -134,4 +185,7 @@ async def open_checkpointer(
         await conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
         saver = RetryingSqliteSaver(conn, serde=state_serializer())
         await saver.setup()
-        yield saver
+        try:
+            yield saver
+        finally:
+            await asyncio.shield(saver.drain())  # before aiosqlite closes the connection

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from langgraph.checkpoint.base import empty_checkpoint
 
-from graph.checkpoint import CHECKPOINT_FILE, RetryingSqliteSaver, open_checkpointer
+from graph.checkpoint import CHECKPOINT_FILE, CheckpointerClosedError, RetryingSqliteSaver, open_checkpointer
 
 CONFIG = {"configurable": {"thread_id": "job-1", "checkpoint_ns": ""}}
 
@@ -122,3 +122,44 @@ def test_a_write_cancelled_before_its_commit_leaves_no_lock_behind(tmp_path: Pat
             return free
 
     assert asyncio.run(scenario()), "the cancelled write's transaction still holds SQLite's write lock"
+
+
+def test_closing_with_a_write_in_flight_leaves_no_lock_behind(tmp_path: Path) -> None:
+    """A cancelled job's last write (LangGraph stores the cancelled node's error from a background task) can still
+    wait on the lock when the job's checkpointer closes. Closed between that write's INSERT and its COMMIT, the
+    connection stayed a zombie holding SQLite's write lock, and every later job failed "database is locked" (CI,
+    twice). Closing now waits for the write, so the lock is free once the block has ended."""
+    path = tmp_path / CHECKPOINT_FILE
+    config = {"configurable": {"thread_id": "job-1", "checkpoint_ns": "", "checkpoint_id": "c1"}}
+
+    async def scenario() -> tuple[bool, BaseException | None]:
+        async with open_checkpointer(tmp_path, busy_timeout_s=5.0) as saver:
+            taken = threading.Event()
+            holder = _hold_write_lock(path, 0.5, taken)
+            await asyncio.to_thread(taken.wait)
+            write = asyncio.create_task(saver.aput_writes(config, [("error", "cancelled")], "task-1"))
+            await asyncio.sleep(0.2)  # its INSERT waits in SQLite's busy handler; the block ends under it
+        await asyncio.to_thread(holder.join)
+        await asyncio.wait({write}, timeout=5)
+        free = await asyncio.to_thread(_can_take_write_lock, path)
+        return free, write.exception() if write.done() else None
+
+    free, error = asyncio.run(scenario())
+    assert free, "the connection closed with the write's transaction open and still holds the write lock"
+    assert error is None, f"the write in flight at close finishes: {error!r}"
+    with sqlite3.connect(path) as check:
+        assert check.execute("SELECT count(*) FROM writes WHERE task_id = 'task-1'").fetchone()[0] == 1
+
+
+def test_a_write_after_the_checkpointer_began_closing_is_refused_and_stores_nothing(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with open_checkpointer(tmp_path) as saver:
+            assert isinstance(saver, RetryingSqliteSaver)
+            await saver.drain()
+            with pytest.raises(CheckpointerClosedError, match="closing"):
+                await _put(saver)
+
+    asyncio.run(scenario())
+    with sqlite3.connect(tmp_path / CHECKPOINT_FILE) as check:
+        assert check.execute("SELECT count(*) FROM checkpoints").fetchone()[0] == 0
+    assert _can_take_write_lock(tmp_path / CHECKPOINT_FILE)
