@@ -50,7 +50,7 @@ def schema_config(max_examples: int, seed: int, max_steps: int) -> Any:
         {
             "seed": seed,
             "checks": {"enabled": True},
-            "generation": {"max-examples": max_examples},
+            "generation": {"max-examples": max_examples, "database": "none"},  # no .hypothesis/ in the repo
             "phases": {"stateful": {"max-steps": max_steps}},
             "operations": [
                 {
