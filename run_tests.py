@@ -51,6 +51,9 @@ SUITES = {
 NO_TESTS_COLLECTED = 5
 TEST_TEMP_PREFIXES = ("pytest-of-",)
 """The system temp folder's entries that belong to the tests themselves (pytest's tmp_path roots)."""
+TEST_REPO_FOLDERS = (".cache/",)
+"""The repository's ignored folders that belong to the tests themselves: `.cache/reference`, the built reference
+models kept between runs (`tests/conftest.py: reference_cache`)."""
 
 
 def outside_entries() -> set[str]:
@@ -67,7 +70,11 @@ def outside_entries() -> set[str]:
         text=True,
     )
     if status.returncode == 0:
-        found |= {f"{ROOT}/{line[3:]}" for line in status.stdout.splitlines() if line[:2] in ("??", "!!")}
+        found |= {
+            f"{ROOT}/{line[3:]}"
+            for line in status.stdout.splitlines()
+            if line[:2] in ("??", "!!") and line[3:] not in TEST_REPO_FOLDERS
+        }
     return found
 
 

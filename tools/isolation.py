@@ -117,10 +117,12 @@ def scratch_dir(data_dir: Path) -> Iterator[Path]:
 
     `tempfile` follows TMPDIR, and with it ONNX Runtime's `ort.quant.*` scratch, robopt's `robopt-latency-*`
     and multiprocessing's `pymp-*` folder: set before any child or fork server starts, it holds for the whole
-    process tree (children get the caller's environment), so nothing lands outside the data directory. One
-    exception: when the folder is too deep for the fork server's socket path, multiprocessing alone keeps a
-    short system folder (removed at exit), said in the log. TMPDIR and `tempfile.tempdir` are restored after
-    the block, so a caller in the same process (a test calling the CLI's `main`) is left as it was.
+    process tree (children get the caller's environment), so nothing lands outside the data directory. When the
+    folder is too deep for the fork server's socket path (108 bytes), multiprocessing's folder is still made in
+    it and reached through a short alias, `/proc/self/fd/N` of an open handle on it (`_short_socket_folder`):
+    a SIGKILLed process used to leave its short `/tmp/pymp-*` folder behind. TMPDIR and `tempfile.tempdir` are
+    restored after the block, so a caller in the same process (a test calling the CLI's `main`) is left as it
+    was.
     """
     scratch = Path(data_dir).resolve() / "work" / "tmp"
     scratch.mkdir(parents=True, exist_ok=True)
@@ -129,12 +131,12 @@ def scratch_dir(data_dir: Path) -> Iterator[Path]:
         import multiprocessing.util
 
         config = multiprocessing.process.current_process()._config  # noqa: SLF001 - see the docstring
-        short = next((d for d in _SHORT_SYSTEM_TEMP if os.path.isdir(d) and os.access(d, os.W_OK)), None)
-        if config.get("tempdir") is None and short is not None:
-            folder = tempfile.mkdtemp(prefix="pymp-", dir=short)
-            multiprocessing.util.Finalize(None, shutil.rmtree, args=[folder, True], exitpriority=-100)
-            config["tempdir"] = folder
-        log.info("fork server socket kept in a system temp folder", extra={"scratch": str(scratch)})
+        if config.get("tempdir") is None:
+            config["tempdir"] = _short_socket_folder(scratch)
+            log.info(
+                "fork server socket reached through a short alias",
+                extra={"scratch": str(scratch), "alias": config["tempdir"]},
+            )
     os.environ["TMPDIR"] = str(scratch)
     tempfile.tempdir = None  # re-read TMPDIR on next use
     try:
@@ -145,6 +147,31 @@ def scratch_dir(data_dir: Path) -> Iterator[Path]:
         else:
             os.environ["TMPDIR"] = previous_env
         tempfile.tempdir = previous_tempdir
+
+
+def _short_socket_folder(scratch: Path) -> str:
+    """multiprocessing's folder (for the fork server's socket) inside `scratch`, as a path short enough for a
+    socket: `/proc/self/fd/N` of a handle this process keeps open on it (the parent binds and connects the
+    socket itself; the fork server gets the bound socket, not its path). Removed at exit. Without /proc (not
+    Linux) a short system folder stands in, removed at exit too."""
+    import multiprocessing.util
+
+    if os.path.isdir("/proc/self/fd"):
+        folder = tempfile.mkdtemp(prefix="pymp-", dir=scratch)
+        handle = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)  # not inherited by children (O_CLOEXEC)
+        multiprocessing.util.Finalize(None, _remove_socket_folder, args=[folder, handle], exitpriority=-100)
+        return f"/proc/self/fd/{handle}"
+    short = next((d for d in _SHORT_SYSTEM_TEMP if os.path.isdir(d) and os.access(d, os.W_OK)), None)
+    folder = tempfile.mkdtemp(prefix="pymp-", dir=short)
+    multiprocessing.util.Finalize(None, shutil.rmtree, args=[folder, True], exitpriority=-100)
+    return folder
+
+
+def _remove_socket_folder(folder: str, handle: int) -> None:
+    """Remove the socket folder and close the handle that aliased it."""
+    shutil.rmtree(folder, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        os.close(handle)
 
 
 def prestart() -> float:

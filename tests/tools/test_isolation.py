@@ -271,14 +271,15 @@ def test_a_child_kills_itself_and_its_group_when_its_parent_dies(tmp_path: Path)
 
 
 _SCRATCH_SCRIPT = """
-import json, multiprocessing.util, sys, tempfile
+import json, multiprocessing.util, os, sys, tempfile
 from pathlib import Path
 from tools.isolation import Limits, run_isolated, scratch_dir
 before = tempfile.gettempdir()
 with scratch_dir(Path(sys.argv[1])) as scratch:
     child = run_isolated("tempfile:gettempdir", {}, limits=Limits(time_s=120))
     seen = {"scratch": str(scratch), "here": tempfile.gettempdir(), "child": child,
-            "multiprocessing": multiprocessing.util.get_temp_dir()}
+            "multiprocessing": multiprocessing.util.get_temp_dir(),
+            "multiprocessing_real": os.path.realpath(multiprocessing.util.get_temp_dir())}
 print(json.dumps({**seen, "restored": tempfile.gettempdir() == before}))
 """
 
@@ -289,7 +290,9 @@ def test_temporary_files_of_the_process_and_its_children_go_to_the_data_director
 ) -> None:
     """Issue 16: `ort.quant.*`, `pymp-*` and `robopt-latency-*` landed in the system temp folder. With the scratch
     folder set, this process and its isolated children take `<data>/work/tmp`; a data directory too deep for the
-    fork server's socket path still starts children (multiprocessing alone keeps the system folder)."""
+    fork server's socket path still starts children, its socket folder inside the data directory too (reached
+    through a short /proc/self/fd alias: a short /tmp/pymp-* folder stayed behind whenever the process was
+    SIGKILLed)."""
     short = Path(f"/tmp/rb-{os.getpid()}-{depth}")  # the caller's TMPDIR may point into a deep folder too
     data_dir = short / "data" if depth == "short" else tmp_path / ("d" * 60) / "data"
     deep_tmp = tmp_path / ("t" * 60) / "work" / "tmp"
@@ -312,8 +315,10 @@ def test_temporary_files_of_the_process_and_its_children_go_to_the_data_director
         seen = __import__("json").loads(run.stdout.strip().splitlines()[-1])
         scratch = str(data_dir.resolve() / "work" / "tmp")
         assert seen["scratch"] == seen["here"] == seen["child"] == scratch
-        inside = seen["multiprocessing"].startswith(scratch + "/pymp-")
-        assert inside == (depth == "short"), seen["multiprocessing"]
+        assert seen["multiprocessing_real"].startswith(scratch + "/pymp-"), seen
+        socket_path = seen["multiprocessing"] + "/listener-xxxxxxxx"
+        assert len(socket_path) < 108, f"too long for a socket path: {socket_path}"
+        assert (seen["multiprocessing"] == seen["multiprocessing_real"]) == (depth == "short"), seen
         assert seen["restored"], "the caller's temp folder is back after the block"
     finally:
         import shutil
