@@ -80,6 +80,13 @@ REFERENCE_FORMATS: dict[str, str] = {
 Hugging Face directory, or the .zip."""
 
 
+def reference_entry(name: str) -> ReferenceModel:
+    """The registered reference `name`; an unknown name is refused with the known ones as the hint."""
+    if name not in REFERENCE_MODELS:
+        raise NotFoundError(f"unknown reference model {name!r}", hint=f"known: {', '.join(REFERENCE_MODELS)}")
+    return REFERENCE_MODELS[name]
+
+
 def build_reference(name: str, cache_dir: Path, seed: int = 0) -> Path:
     """Build the reference model `name` into `cache_dir` (or find it cached) and return its directory."""
     if name not in REFERENCE_MODELS:
@@ -123,5 +130,6 @@ __all__ = [
     "export_reference",
     "load_reference_module",
     "read_reference_metadata",
+    "reference_entry",
     "reference_model_file",
 ]
