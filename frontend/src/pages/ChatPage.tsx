@@ -4,7 +4,8 @@ import { useState } from 'react';
 import { ConversationList } from '../components/ConversationList';
 import type { Turn } from '../components/ConversationList';
 import { ErrorAlert } from '../components/ErrorAlert';
-import { ModelSelect } from '../components/ModelSelect';
+import { ModelSelect, choiceFields } from '../components/ModelSelect';
+import type { ModelChoice } from '../components/ModelSelect';
 import { chat, toApiError } from '../services/api';
 import type { ApiError } from '../services/api';
 import type { ChatMessage } from '../services/types';
@@ -17,7 +18,7 @@ function wire(turns: Turn[]): ChatMessage[] {
 export function ChatPage() {
   const [turns, setTurns] = useState<Turn[]>([]);
   const [draft, setDraft] = useState('');
-  const [modelId, setModelId] = useState<string | null>(null);
+  const [choice, setChoice] = useState<ModelChoice | null>(null);
   const [busy, setBusy] = useState(false);
   const [error, setError] = useState<ApiError | null>(null);
 
@@ -33,7 +34,7 @@ export function ChatPage() {
     setError(null);
     setBusy(true);
     try {
-      const answer = await chat({ messages: wire(next), model_id: modelId, start: false });
+      const answer = await chat({ messages: wire(next), ...choiceFields(choice), start: false });
       setTurns([...next, { role: 'assistant', content: answer.reply, goal: answer.goal }]);
     } catch (raw) {
       const err = toApiError(raw);
@@ -48,11 +49,11 @@ export function ChatPage() {
   }
 
   async function start() {
-    if (!modelId) return;
+    if (!choice) return;
     setError(null);
     setBusy(true);
     try {
-      const answer = await chat({ messages: wire(turns), model_id: modelId, start: true });
+      const answer = await chat({ messages: wire(turns), ...choiceFields(choice), start: true });
       if (answer.job) navigate(jobHref(answer.job.id));
       else setTurns([...turns, { role: 'assistant', content: answer.reply, goal: answer.goal }]);
     } catch (raw) {
@@ -65,7 +66,7 @@ export function ChatPage() {
   return (
     <Card title="Describe your goal">
       <Space direction="vertical" style={{ width: '100%' }}>
-        <ModelSelect value={modelId} onChange={setModelId} />
+        <ModelSelect value={choice} onChange={setChoice} />
         <ConversationList turns={turns} />
         <ErrorAlert error={error} onClose={() => setError(null)} />
         <Input.TextArea
@@ -86,11 +87,11 @@ export function ChatPage() {
           <Button type="primary" aria-label="Send goal" onClick={() => void send()} loading={busy} disabled={!draft.trim()}>
             Send
           </Button>
-          <Button aria-label="Start optimization job" onClick={() => void start()} disabled={!goalClear || !modelId || busy}>
+          <Button aria-label="Start optimization job" onClick={() => void start()} disabled={!goalClear || !choice || busy}>
             Start
           </Button>
-          {goalClear && !modelId ? (
-            <Typography.Text type="secondary">Pick an uploaded model to start a job.</Typography.Text>
+          {goalClear && !choice ? (
+            <Typography.Text type="secondary">Pick an uploaded or a reference model to start a job.</Typography.Text>
           ) : null}
         </Space>
       </Space>

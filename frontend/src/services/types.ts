@@ -182,6 +182,8 @@ export interface ChatMessage {
 export interface ChatRequest {
   messages: ChatMessage[];
   model_id?: string | null;
+  /** A bundled reference model by name (GET /references); not with model_id. */
+  reference?: string | null;
   model_params?: number | null;
   target?: string | null;
   simulator?: string | null;
