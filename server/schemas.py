@@ -94,6 +94,11 @@ class ReferencePublic(BaseModel):
     task: str | None = Field(
         default=None, description="The task whose data a job judges it with; null: synthetic inputs."
     )
+    simulator: str | None = Field(
+        default=None,
+        description="The simulator of the task it was trained on: send it as `simulator` (on POST /jobs or "
+        "/chat) to judge it by closed-loop success, as `robopt demo` does; null: none.",
+    )
 
 
 class ReferencesPublic(BaseModel):

@@ -5,18 +5,21 @@ import { useEffect, useState } from 'react';
 import { getReferences, listModels } from '../services/api';
 import type { ModelPublic, ReferencePublic } from '../services/types';
 
-/** What the chat starts a job on: an uploaded model by id, or a reference model by name. */
-export type ModelChoice = { kind: 'model'; id: string } | { kind: 'reference'; name: string };
+/** What the chat starts a job on: an uploaded model by id, or a reference model by name (with the simulator of
+ * its task, when it has one). */
+export type ModelChoice =
+  | { kind: 'model'; id: string }
+  | { kind: 'reference'; name: string; simulator: string | null };
 
 // Select values are strings; the prefix keeps a model id and a reference name of the same spelling apart.
 function encode(choice: ModelChoice): string {
   return choice.kind === 'model' ? `model:${choice.id}` : `reference:${choice.name}`;
 }
 
-function decode(value: string): ModelChoice {
-  return value.startsWith('reference:')
-    ? { kind: 'reference', name: value.slice('reference:'.length) }
-    : { kind: 'model', id: value.slice('model:'.length) };
+function decode(value: string, references: ReferencePublic[]): ModelChoice {
+  if (!value.startsWith('reference:')) return { kind: 'model', id: value.slice('model:'.length) };
+  const name = value.slice('reference:'.length);
+  return { kind: 'reference', name, simulator: references.find((r) => r.name === name)?.simulator ?? null };
 }
 
 /** The request fields that name the choice: `model_id` for an uploaded model, `reference` for a reference. */
@@ -54,7 +57,7 @@ export function ModelSelect({
     {
       label: 'Reference models',
       options: references.map((r) => ({
-        value: encode({ kind: 'reference', name: r.name }),
+        value: encode({ kind: 'reference', name: r.name, simulator: r.simulator }),
         label: `${r.name}: ${r.description} (${r.format}${r.trained ? ', trained' : ', random weights'})`,
       })),
     },
@@ -66,7 +69,7 @@ export function ModelSelect({
       allowClear
       style={{ minWidth: 320 }}
       value={value ? encode(value) : undefined}
-      onChange={(picked: string | undefined) => onChange(picked ? decode(picked) : null)}
+      onChange={(picked: string | undefined) => onChange(picked ? decode(picked, references) : null)}
       options={groups}
     />
   );

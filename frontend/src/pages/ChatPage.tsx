@@ -1,5 +1,5 @@
 // Chat: type a goal, see the criteria intake read (or its question), keep the conversation, start the job.
-import { Button, Card, Input, Space, Typography } from 'antd';
+import { Button, Card, Checkbox, Input, Space, Typography } from 'antd';
 import { useState } from 'react';
 import { ConversationList } from '../components/ConversationList';
 import type { Turn } from '../components/ConversationList';
@@ -8,17 +8,24 @@ import { ModelSelect, choiceFields } from '../components/ModelSelect';
 import type { ModelChoice } from '../components/ModelSelect';
 import { chat, toApiError } from '../services/api';
 import type { ApiError } from '../services/api';
-import type { ChatMessage } from '../services/types';
+import type { ChatMessage, ChatRequest } from '../services/types';
 import { jobHref, navigate } from '../routing';
 
 function wire(turns: Turn[]): ChatMessage[] {
   return turns.map((t) => ({ role: t.role, content: t.content.slice(0, 4000) }));
 }
 
+/** The fields that name the model, and the simulator of a reference's task when the user keeps it on. */
+function modelFields(choice: ModelChoice | null, closedLoop: boolean): Partial<ChatRequest> {
+  const simulator = choice?.kind === 'reference' && closedLoop ? choice.simulator : null;
+  return { ...choiceFields(choice), ...(simulator ? { simulator } : {}) };
+}
+
 export function ChatPage() {
   const [turns, setTurns] = useState<Turn[]>([]);
   const [draft, setDraft] = useState('');
   const [choice, setChoice] = useState<ModelChoice | null>(null);
+  const [closedLoop, setClosedLoop] = useState(true);
   const [busy, setBusy] = useState(false);
   const [error, setError] = useState<ApiError | null>(null);
 
@@ -34,7 +41,7 @@ export function ChatPage() {
     setError(null);
     setBusy(true);
     try {
-      const answer = await chat({ messages: wire(next), ...choiceFields(choice), start: false });
+      const answer = await chat({ messages: wire(next), ...modelFields(choice, closedLoop), start: false });
       setTurns([...next, { role: 'assistant', content: answer.reply, goal: answer.goal }]);
     } catch (raw) {
       const err = toApiError(raw);
@@ -53,7 +60,7 @@ export function ChatPage() {
     setError(null);
     setBusy(true);
     try {
-      const answer = await chat({ messages: wire(turns), ...choiceFields(choice), start: true });
+      const answer = await chat({ messages: wire(turns), ...modelFields(choice, closedLoop), start: true });
       if (answer.job) navigate(jobHref(answer.job.id));
       else setTurns([...turns, { role: 'assistant', content: answer.reply, goal: answer.goal }]);
     } catch (raw) {
@@ -67,6 +74,16 @@ export function ChatPage() {
     <Card title="Describe your goal">
       <Space direction="vertical" style={{ width: '100%' }}>
         <ModelSelect value={choice} onChange={setChoice} />
+        {choice?.kind === 'reference' && choice.simulator ? (
+          <Checkbox
+            aria-label="Judge by closed-loop success in the simulator"
+            checked={closedLoop}
+            onChange={(e) => setClosedLoop(e.target.checked)}
+          >
+            Judge by closed-loop success in the <Typography.Text code>{choice.simulator}</Typography.Text> simulator (as{' '}
+            <Typography.Text code>robopt demo</Typography.Text> does)
+          </Checkbox>
+        ) : null}
         <ConversationList turns={turns} />
         <ErrorAlert error={error} onClose={() => setError(null)} />
         <Input.TextArea

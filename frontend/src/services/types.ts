@@ -44,6 +44,8 @@ export interface ReferencePublic {
   trained: boolean;
   /** The task whose data a job judges it with; null: synthetic inputs. */
   task: string | null;
+  /** The simulator of its task: sent as `simulator`, it judges the job by closed-loop success; null: none. */
+  simulator: string | null;
 }
 
 export interface ReferencesPublic {

@@ -40,6 +40,7 @@ const references: ReferencesPublic = {
       format: 'torch_state_dict',
       trained: true,
       task: 'reaching',
+      simulator: 'reaching',
     },
     {
       name: 'hf_smolvlm',
@@ -48,6 +49,7 @@ const references: ReferencesPublic = {
       format: 'hf_directory',
       trained: false,
       task: null,
+      simulator: null,
     },
   ],
   count: 2,
@@ -200,6 +202,7 @@ describe('ChatPage', () => {
         },
       ],
       reference: 'vla',
+      simulator: 'reaching',
       start: false,
     });
     expect(sent).not.toHaveProperty('model_id');
@@ -210,8 +213,47 @@ describe('ChatPage', () => {
     await waitFor(() => expect(api.chat).toHaveBeenCalledTimes(2));
     const started = vi.mocked(api.chat).mock.calls[1][0];
     expect(started.reference).toBe('vla');
+    expect(started.simulator).toBe('reaching');
     expect(started.start).toBe(true);
     expect(started).not.toHaveProperty('model_id');
     await waitFor(() => expect(window.location.hash).toBe('#/jobs/job-0000000042'));
+  });
+
+  async function pickReference(label: string) {
+    await userEvent.click(screen.getByRole('combobox', { name: 'Model to optimize' }));
+    await userEvent.click(await screen.findByText(label));
+  }
+
+  it('a reference is judged in its simulator unless the user turns that off', async () => {
+    vi.mocked(api.chat).mockResolvedValue({ reply: 'Goal: at least 2x smaller; objective: meet.', goal, job: null });
+    render(<ChatPage />);
+    await pickReference('vla: TinyVLA (6M) trained on the reaching task (torch_state_dict, trained)');
+    const closedLoop = screen.getByRole('checkbox', { name: 'Judge by closed-loop success in the simulator' });
+    expect(closedLoop).toBeChecked();
+    fireEvent.click(closedLoop);
+    expect(closedLoop).not.toBeChecked();
+    typeGoal('at least 2x smaller');
+    fireEvent.click(screen.getByRole('button', { name: 'Send goal' }));
+    await waitFor(() => expect(api.chat).toHaveBeenCalledTimes(1));
+    expect(vi.mocked(api.chat).mock.calls[0][0]).toEqual({
+      messages: [{ role: 'user', content: 'at least 2x smaller' }],
+      reference: 'vla',
+      start: false,
+    });
+  });
+
+  it('a random-weight reference has no simulator to offer and is sent without one', async () => {
+    vi.mocked(api.chat).mockResolvedValue({ reply: 'Goal: at least 2x smaller; objective: meet.', goal, job: null });
+    render(<ChatPage />);
+    await pickReference("hf_smolvlm: SmolVLM (SmolVLA's backbone) (hf_directory, random weights)");
+    expect(screen.queryByRole('checkbox', { name: 'Judge by closed-loop success in the simulator' })).toBeNull();
+    typeGoal('at least 2x smaller');
+    fireEvent.click(screen.getByRole('button', { name: 'Send goal' }));
+    await waitFor(() => expect(api.chat).toHaveBeenCalledTimes(1));
+    expect(vi.mocked(api.chat).mock.calls[0][0]).toEqual({
+      messages: [{ role: 'user', content: 'at least 2x smaller' }],
+      reference: 'hf_smolvlm',
+      start: false,
+    });
   });
 });
