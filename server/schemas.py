@@ -94,6 +94,11 @@ class ReferencePublic(BaseModel):
     task: str | None = Field(
         default=None, description="The task whose data a job judges it with; null: synthetic inputs."
     )
+    simulator: str | None = Field(
+        default=None,
+        description="The simulator of the task it was trained on: send it as `simulator` (on POST /jobs or "
+        "/chat) to judge it by closed-loop success, as `robopt demo` does; null: none.",
+    )
 
 
 class ReferencesPublic(BaseModel):
@@ -238,10 +243,19 @@ class ChatMessage(BaseModel):
 class ChatRequest(BaseModel):
     """One chat turn: the conversation so far; with a model the job starts once the goal is clear."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={  # at most one of model_id and reference (chat refuses both with 422)
+            "not": {"required": ["model_id", "reference"]}
+        },
+    )
 
     messages: list[ChatMessage] = Field(min_length=1, max_length=50)
     model_id: str | None = Field(default=None, description="Start a job on this uploaded model.")
+    reference: str | None = Field(
+        default=None,
+        description="Or start it on a bundled reference model by name (GET /references); not with model_id.",
+    )
     model_params: int | None = Field(
         default=None, ge=1, description="Without a model: its parameter count, to check the goal is possible."
     )
@@ -249,7 +263,8 @@ class ChatRequest(BaseModel):
     simulator: str | None = None
     dataset_id: str | None = None
     start: bool = Field(
-        default=True, description="Start the job when the goal is clear and a model is given."
+        default=True,
+        description="Start the job when the goal is clear and a model (model_id or reference) is given.",
     )
     max_attempts: int | None = Field(default=None, ge=1, le=200)
     time_budget_s: float | None = Field(default=None, gt=0, le=7 * 24 * 3600)

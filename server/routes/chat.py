@@ -1,4 +1,5 @@
-"""/chat: one chat turn. The intake agent reads the conversation's goal; with a model, the job starts.
+"""/chat: one chat turn. The intake agent reads the conversation's goal; with a model (an uploaded one, or a
+bundled reference by name), the job starts.
 
 The latest user message is the goal; earlier user messages are the base it amends (as `robopt optimize`'s
 intake reads them). A goal that needs an answer is refused with 422 `goal_unclear` whose message is the
@@ -65,8 +66,35 @@ def _split(request: ChatRequest) -> tuple[str, list[str]]:
     return said[-1], said[:-1]
 
 
+def _one_model(request: ChatRequest) -> None:
+    """Refuse a turn that names both an uploaded model and a reference: the job could start on only one."""
+    if request.model_id is not None and request.reference is not None:
+        raise ValidationError(
+            "give at most one of model_id and reference",
+            hint="pass the id of a model uploaded with POST /api/v1/models, or name a reference model "
+            "(GET /api/v1/references), not both",
+        )
+
+
+def _reference_facts(name: str, client_params: int | None) -> ModelFacts:
+    """What is known of a reference without building it: its name, the format a job gets, and the size of the
+    weights that ship with it (else the parameter count the client gave)."""
+    from tools.reference import REFERENCE_FORMATS, reference_entry
+    from tools.reference.shipped import shipped_parameter_count
+
+    entry = reference_entry(name)
+    params = shipped_parameter_count(name)
+    return ModelFacts(
+        name=name,
+        format=REFERENCE_FORMATS[entry.kind],
+        params=params if params is not None else client_params,
+    )
+
+
 async def _facts(services: AppServices, request: ChatRequest) -> ModelFacts:
-    """What is known of the model: the uploaded one, or the parameter count the client gave."""
+    """What is known of the model: the uploaded one, the reference, or the parameter count the client gave."""
+    if request.reference is not None:
+        return await asyncio.to_thread(_reference_facts, request.reference, request.model_params)
     if request.model_id is None:
         return ModelFacts(params=request.model_params)
     record = await asyncio.to_thread(services.models.get, request.model_id)
@@ -86,18 +114,22 @@ async def _facts(services: AppServices, request: ChatRequest) -> ModelFacts:
 async def chat(request: ChatRequest, response: Response, services: ServicesDep) -> ChatResponse:
     """Read the goal from the conversation: the criteria, 422 with a question, or a started job (202)."""
     text, history = _split(request)
+    _one_model(request)
     facts = await _facts(services, request)
     accuracy = _simulator_accuracy(request.simulator) if request.simulator else AccuracyKind()
     goal = await services.jobs.parse_goal(text, facts, accuracy, request.target, history)
-    if request.model_id is None or not request.start:
+    has_model = request.model_id is not None or request.reference is not None
+    if not has_model or not request.start:
         hint = (
             ""
-            if request.model_id
-            else " Upload the model (POST /api/v1/models) and send its model_id to start."
+            if has_model
+            else " Upload the model (POST /api/v1/models) and send its model_id, or name a reference model"
+            " (GET /api/v1/references), to start."
         )
         return ChatResponse(reply=describe_goal(goal) + hint, goal=goal)
     body = JobCreate(
         model_id=request.model_id,
+        reference=request.reference,
         goal=text,
         target=request.target,
         dataset_id=request.dataset_id,

@@ -83,12 +83,10 @@ async def model_source(services: AppServices, model_id: str | None, reference: s
         record = await asyncio.to_thread(services.models.get, model_id)
         options = services.models.load_options(record)
         return ModelSource(path=Path(record.path), options=options, label=record.name)
-    from tools.reference import REFERENCE_MODELS, reference_model_file
+    from tools.reference import reference_entry, reference_model_file
 
-    if reference not in REFERENCE_MODELS:
-        raise NotFoundError(
-            f"unknown reference model {reference!r}", hint=f"known: {', '.join(REFERENCE_MODELS)}"
-        )
+    assert reference is not None  # exactly one of the two, checked above
+    reference_entry(reference)  # an unknown name is refused before anything is built
     path, options = await asyncio.to_thread(reference_model_file, reference, services.settings.reference_dir)
     return ModelSource(path=path, options=options, label=reference, reference=reference)
 

@@ -25,6 +25,7 @@ async def list_references() -> ReferencesPublic:
             format=REFERENCE_FORMATS[entry.kind],
             trained=entry.name in TRAINED_REFERENCES,
             task=REFERENCE_TASKS.get(entry.name),
+            simulator=entry.simulator,
         )
         for entry in REFERENCE_MODELS.values()
     ]

@@ -35,8 +35,13 @@ def test_references_are_listed_behind_the_key_without_building_any(tmp_path: Pat
             "format": "torch_state_dict",
             "trained": True,
             "task": "reaching",
+            "simulator": "reaching",
         }
         assert listed["reacher"]["trained"] and listed["reacher"]["task"] is None
+        assert listed["conv_policy"]["simulator"] == "reaching:single_target"
+        assert (
+            listed["reacher"]["simulator"] == "gym:Reacher-v5" and listed["hf_smolvlm"]["simulator"] is None
+        )
         assert listed["hf_smolvlm"]["kind"] == "hf_directory" and not listed["hf_smolvlm"]["trained"]
         assert listed["hf_archives"]["format"] == "zip"
         assert not cache.exists() or not any(cache.iterdir()), "listing built a reference model"

@@ -5,7 +5,8 @@ then confirms that the job the page started succeeded and met its goal. The scre
 folder (printed with `-s`), or to ROBOPT_E2E_SCREENSHOTS when set.
 
 `workflows.mjs` beside it drives the shorter workflows, one test each: a vague goal answered in the same
-conversation, a finished job replayed from a checkpoint with a changed goal, and a service that needs its API key.
+conversation, a finished job replayed from a checkpoint with a changed goal, a service that needs its API key, and
+`robopt demo`'s goal run on the reference VLA picked in Chat.
 
 Outside CI a machine without Chromium, node or the built page skips these tests; in CI (the `CI` environment
 variable set, as `.ci/run` does) a missing prerequisite fails them, naming what is missing and how to get it.
@@ -127,7 +128,9 @@ def test_the_page_uploads_a_model_starts_a_job_from_a_goal_and_shows_its_report(
         server.stop()
 
 
-def run_workflow(name: str, server: Server, shots: Path, **env: str) -> dict[str, Any]:
+def run_workflow(
+    name: str, server: Server, shots: Path, timeout: float = SHORT_NODE_TIMEOUT_S, **env: str
+) -> dict[str, Any]:
     """Run one workflow of workflows.mjs against the server; assert it passed; return its result.json."""
     run = subprocess.run(
         ["node", str(WORKFLOWS), name, server.url, str(shots)],
@@ -135,7 +138,7 @@ def run_workflow(name: str, server: Server, shots: Path, **env: str) -> dict[str
         env={**os.environ, **env},
         capture_output=True,
         text=True,
-        timeout=SHORT_NODE_TIMEOUT_S,
+        timeout=timeout,
     )
     print(run.stdout[-6000:], run.stderr[-3000:], sep="\n")
     assert run.returncode == 0, (
@@ -234,5 +237,42 @@ def test_the_page_asks_for_the_api_key_again_after_a_wrong_one_and_then_loads(tm
             E2E_WRONG_KEY="not-" + key,
             E2E_MODEL_ID=uploaded["id"],
         )
+    finally:
+        server.stop()
+
+
+def test_the_page_runs_the_demo_goal_on_the_reference_vla_picked_in_chat(
+    tmp_path: Path, reference_cache: Path, built_vla: Path
+) -> None:
+    """`robopt demo` from the page: the reference VLA, judged in its reaching simulator, toward the demo goal."""
+    from server.cli_jobs import DEMO_GOAL
+
+    require_browser_prerequisites()
+    # one attempt bounds the run (per-tensor INT8 meets the demo goal first; README "robopt demo")
+    server = start_server(
+        server_env(tmp_path / "data", reference_cache, max_attempts=1), tmp_path / "server.log"
+    )
+    try:
+        result = run_workflow(
+            "reference",
+            server,
+            screenshots_dir(tmp_path, "reference"),
+            timeout=NODE_TIMEOUT_S,
+            E2E_REFERENCE="vla",
+            E2E_GOAL=DEMO_GOAL,
+            E2E_JOB_TIMEOUT_S="360",
+        )
+        with server.client() as client:
+            jobs = client.get("/jobs").json()["data"]
+            assert [job["id"] for job in jobs] == [result["job_id"]], jobs  # the page started exactly one job
+            job = jobs[0]
+            assert job["model"] == "vla" and job["goal"] == DEMO_GOAL, job
+            assert job["status"] in ENDED - {"failed", "cancelled"}, (job, server.log_tail())
+            report = client.get(f"/jobs/{job['id']}/report").json()
+        accuracy = report["comparison"]["accuracy"]
+        assert accuracy["level"] == "closed_loop" and accuracy["metric"] == "success_rate", accuracy
+        assert report["goal_met"] == job["goal_met"] and result["page_summary"].startswith(
+            "Goal met" if job["goal_met"] else "Goal not met"
+        ), (report["goal_met"], result)
     finally:
         server.stop()

@@ -29,12 +29,14 @@ from tools.reference.reacher import build_reference_reacher
 
 @dataclass(frozen=True)
 class ReferenceModel:
-    """A named reference: what it is, what its directory holds, and the function that builds (or finds) it."""
+    """A named reference: what it is, what its directory holds, the function that builds (or finds) it, and the
+    simulator (`tools.evaluation.simulators` name) whose task it was trained on, to judge it closed-loop."""
 
     name: str
     kind: Literal["torch_policy", "hf_directory", "archives"]
     description: str
     build: Callable[[Path, int], Path]
+    simulator: str | None = None
 
 
 def _hf(name: str, description: str) -> ReferenceModel:
@@ -45,19 +47,25 @@ REFERENCE_MODELS: dict[str, ReferenceModel] = {
     model.name: model
     for model in (
         ReferenceModel(
-            "vla", "torch_policy", "TinyVLA (6M) trained on the reaching task", build_reference_vla
+            "vla",
+            "torch_policy",
+            "TinyVLA (6M) trained on the reaching task",
+            build_reference_vla,
+            simulator="reaching",
         ),
         ReferenceModel(
             "conv_policy",
             "torch_policy",
             "ConvPolicy trained on single-target reaching",
             build_reference_conv_policy,
+            simulator="reaching:single_target",
         ),
         ReferenceModel(
             "reacher",
             "torch_policy",
             "MLP policy (5k) behaviour-cloned from a scripted expert on MuJoCo Reacher-v5",
             build_reference_reacher,
+            simulator="gym:Reacher-v5",
         ),
         _hf("hf_llava_siglip", "LLaVA: SigLIP vision + Llama text (the OpenVLA shape)"),
         _hf("hf_smolvlm", "SmolVLM (SmolVLA's backbone)"),
@@ -78,6 +86,13 @@ REFERENCE_FORMATS: dict[str, str] = {
 }
 """What `reference_model_file` hands a job for each kind: a state dict (with its recorded architecture), the
 Hugging Face directory, or the .zip."""
+
+
+def reference_entry(name: str) -> ReferenceModel:
+    """The registered reference `name`; an unknown name is refused with the known ones as the hint."""
+    if name not in REFERENCE_MODELS:
+        raise NotFoundError(f"unknown reference model {name!r}", hint=f"known: {', '.join(REFERENCE_MODELS)}")
+    return REFERENCE_MODELS[name]
 
 
 def build_reference(name: str, cache_dir: Path, seed: int = 0) -> Path:
@@ -123,5 +138,6 @@ __all__ = [
     "export_reference",
     "load_reference_module",
     "read_reference_metadata",
+    "reference_entry",
     "reference_model_file",
 ]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -69,6 +70,24 @@ def shipped_entry(name: str, seed: int, record_file: Path = RECORD_FILE) -> dict
 def ships(name: str, seed: int) -> bool:
     """Whether `name` at `seed` is built from shipped weights (not trained) in this process."""
     return os.environ.get(TRAIN_FLAG) != "1" and shipped_entry(name, seed) is not None
+
+
+def shipped_parameter_count(
+    name: str, seed: int = 0, record_file: Path = RECORD_FILE, weights_dir: Path = WEIGHTS_DIR
+) -> int | None:
+    """The number of values in the shipped state dict of `name` (its parameters plus a few buffers), read from
+    the SafeTensors header without loading a tensor; None when nothing ships for it or the file is unreadable.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    entry = shipped_entry(name, seed, record_file)
+    if entry is None:
+        return None
+    try:
+        with safe_open(str(Path(weights_dir) / entry["file"]), framework="np") as weights:
+            return sum(math.prod(weights.get_slice(key).get_shape()) for key in weights.keys())
+    except (SafetensorError, OSError, ValueError):
+        return None
 
 
 def load_shipped_weights(

@@ -13,14 +13,15 @@ export interface Turn {
 }
 
 // The service's chat reply tells API clients how to upload a model; on the page, point to the Models page instead.
-const API_UPLOAD_HINT = /\s*Upload the model \(POST \/api\/v1\/models\) and send its model_id to start\./;
+const API_UPLOAD_HINT =
+  /\s*Upload the model \(POST \/api\/v1\/models\) and send its model_id, or name a reference model \(GET \/api\/v1\/references\), to start\./;
 
 function AssistantText({ content }: { content: string }) {
   if (!API_UPLOAD_HINT.test(content)) return <Typography.Text>{content}</Typography.Text>;
   return (
     <Typography.Text>
       {content.replace(API_UPLOAD_HINT, '')} Upload the model on the <a href="#/models">Models page</a>, then pick it
-      above to start.
+      (or a reference model) above to start.
     </Typography.Text>
   );
 }

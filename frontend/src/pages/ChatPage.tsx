@@ -1,23 +1,31 @@
 // Chat: type a goal, see the criteria intake read (or its question), keep the conversation, start the job.
-import { Button, Card, Input, Space, Typography } from 'antd';
+import { Button, Card, Checkbox, Input, Space, Typography } from 'antd';
 import { useState } from 'react';
 import { ConversationList } from '../components/ConversationList';
 import type { Turn } from '../components/ConversationList';
 import { ErrorAlert } from '../components/ErrorAlert';
-import { ModelSelect } from '../components/ModelSelect';
+import { ModelSelect, choiceFields } from '../components/ModelSelect';
+import type { ModelChoice } from '../components/ModelSelect';
 import { chat, toApiError } from '../services/api';
 import type { ApiError } from '../services/api';
-import type { ChatMessage } from '../services/types';
+import type { ChatMessage, ChatRequest } from '../services/types';
 import { jobHref, navigate } from '../routing';
 
 function wire(turns: Turn[]): ChatMessage[] {
   return turns.map((t) => ({ role: t.role, content: t.content.slice(0, 4000) }));
 }
 
+/** The fields that name the model, and the simulator of a reference's task when the user keeps it on. */
+function modelFields(choice: ModelChoice | null, closedLoop: boolean): Partial<ChatRequest> {
+  const simulator = choice?.kind === 'reference' && closedLoop ? choice.simulator : null;
+  return { ...choiceFields(choice), ...(simulator ? { simulator } : {}) };
+}
+
 export function ChatPage() {
   const [turns, setTurns] = useState<Turn[]>([]);
   const [draft, setDraft] = useState('');
-  const [modelId, setModelId] = useState<string | null>(null);
+  const [choice, setChoice] = useState<ModelChoice | null>(null);
+  const [closedLoop, setClosedLoop] = useState(true);
   const [busy, setBusy] = useState(false);
   const [error, setError] = useState<ApiError | null>(null);
 
@@ -33,7 +41,7 @@ export function ChatPage() {
     setError(null);
     setBusy(true);
     try {
-      const answer = await chat({ messages: wire(next), model_id: modelId, start: false });
+      const answer = await chat({ messages: wire(next), ...modelFields(choice, closedLoop), start: false });
       setTurns([...next, { role: 'assistant', content: answer.reply, goal: answer.goal }]);
     } catch (raw) {
       const err = toApiError(raw);
@@ -48,11 +56,11 @@ export function ChatPage() {
   }
 
   async function start() {
-    if (!modelId) return;
+    if (!choice) return;
     setError(null);
     setBusy(true);
     try {
-      const answer = await chat({ messages: wire(turns), model_id: modelId, start: true });
+      const answer = await chat({ messages: wire(turns), ...modelFields(choice, closedLoop), start: true });
       if (answer.job) navigate(jobHref(answer.job.id));
       else setTurns([...turns, { role: 'assistant', content: answer.reply, goal: answer.goal }]);
     } catch (raw) {
@@ -65,7 +73,17 @@ export function ChatPage() {
   return (
     <Card title="Describe your goal">
       <Space direction="vertical" style={{ width: '100%' }}>
-        <ModelSelect value={modelId} onChange={setModelId} />
+        <ModelSelect value={choice} onChange={setChoice} />
+        {choice?.kind === 'reference' && choice.simulator ? (
+          <Checkbox
+            aria-label="Judge by closed-loop success in the simulator"
+            checked={closedLoop}
+            onChange={(e) => setClosedLoop(e.target.checked)}
+          >
+            Judge by closed-loop success in the <Typography.Text code>{choice.simulator}</Typography.Text> simulator (as{' '}
+            <Typography.Text code>robopt demo</Typography.Text> does)
+          </Checkbox>
+        ) : null}
         <ConversationList turns={turns} />
         <ErrorAlert error={error} onClose={() => setError(null)} />
         <Input.TextArea
@@ -86,11 +104,11 @@ export function ChatPage() {
           <Button type="primary" aria-label="Send goal" onClick={() => void send()} loading={busy} disabled={!draft.trim()}>
             Send
           </Button>
-          <Button aria-label="Start optimization job" onClick={() => void start()} disabled={!goalClear || !modelId || busy}>
+          <Button aria-label="Start optimization job" onClick={() => void start()} disabled={!goalClear || !choice || busy}>
             Start
           </Button>
-          {goalClear && !modelId ? (
-            <Typography.Text type="secondary">Pick an uploaded model to start a job.</Typography.Text>
+          {goalClear && !choice ? (
+            <Typography.Text type="secondary">Pick an uploaded or a reference model to start a job.</Typography.Text>
           ) : null}
         </Space>
       </Space>

@@ -44,6 +44,8 @@ export interface ReferencePublic {
   trained: boolean;
   /** The task whose data a job judges it with; null: synthetic inputs. */
   task: string | null;
+  /** The simulator of its task: sent as `simulator`, it judges the job by closed-loop success; null: none. */
+  simulator: string | null;
 }
 
 export interface ReferencesPublic {
@@ -182,6 +184,8 @@ export interface ChatMessage {
 export interface ChatRequest {
   messages: ChatMessage[];
   model_id?: string | null;
+  /** A bundled reference model by name (GET /references); not with model_id. */
+  reference?: string | null;
   model_params?: number | null;
   target?: string | null;
   simulator?: string | null;

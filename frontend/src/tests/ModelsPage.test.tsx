@@ -12,6 +12,7 @@ const references: ReferencesPublic = {
       format: 'torch_state_dict',
       trained: true,
       task: 'reaching',
+      simulator: 'reaching',
     },
     {
       name: 'hf_smolvlm',
@@ -20,6 +21,7 @@ const references: ReferencesPublic = {
       format: 'hf_directory',
       trained: false,
       task: null,
+      simulator: null,
     },
   ],
   count: 2,

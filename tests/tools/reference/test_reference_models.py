@@ -90,3 +90,15 @@ def test_training_is_deterministic_for_a_seed() -> None:
     first, second, other = train(0), train(0), train(1)
     assert all(torch.equal(first[name], second[name]) for name in first)
     assert not all(torch.equal(first[name], other[name]) for name in first)
+
+
+def test_every_trained_reference_names_a_registered_simulator_of_its_task() -> None:
+    """The simulator a reference lists (GET /references, the chat page) resolves, and is the one of its task."""
+    from tools.evaluation.simulators import SIMULATORS
+    from tools.reference import REFERENCE_MODELS
+    from tools.reference.reproducible import TRAINED_REFERENCES
+
+    for name in TRAINED_REFERENCES:
+        assert REFERENCE_MODELS[name].simulator in SIMULATORS, name
+    assert REFERENCE_MODELS["conv_policy"].simulator == "reaching:single_target"  # not the VLA's task
+    assert all(entry.simulator is None for entry in REFERENCE_MODELS.values() if entry.kind != "torch_policy")

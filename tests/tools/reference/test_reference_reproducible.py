@@ -26,6 +26,7 @@ from tools.reference.shipped import (
     load_shipped_weights,
     read_record,
     ship_weights,
+    shipped_parameter_count,
 )
 
 PROBE_EPISODES = 50  # test size: the retrain comparison on 50 of the reference's 100 evaluation episodes
@@ -63,6 +64,20 @@ def test_the_repository_ships_every_trained_reference_and_its_checksum() -> None
         state = load_shipped_weights(name, 0)  # verifies the file's sha256
         assert state and (WEIGHTS_DIR / entry["file"]).stat().st_size == entry["bytes"]
         assert entry["behaviour"]["closed_loop_success"] > 0.5 and entry["trained_on"]["cpu"]
+
+
+def test_the_shipped_parameter_count_is_read_from_the_header_without_loading(tmp_path: Path) -> None:
+    """The count the chat's intake is given for a reference: every value of the shipped state dict."""
+    for name in TRAINED_REFERENCES:
+        state = load_shipped_weights(name, 0)
+        assert shipped_parameter_count(name) == sum(tensor.numel() for tensor in state.values())
+    policy = ReacherPolicy()
+    assert shipped_parameter_count("reacher") >= sum(p.numel() for p in policy.parameters())
+    assert shipped_parameter_count("hf_smolvlm") is None  # random weights built on demand: nothing ships
+    assert shipped_parameter_count("reacher", 3) is None
+    record, weights = _copy_shipped(tmp_path)
+    weights.write_bytes(b"not safetensors")
+    assert shipped_parameter_count("reacher", 0, record, weights.parent) is None
 
 
 def test_a_shipped_file_with_one_flipped_byte_is_refused_naming_it(tmp_path: Path) -> None:

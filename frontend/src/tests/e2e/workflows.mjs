@@ -7,9 +7,11 @@
 //   apikey   a service with ROBOPT_API_KEY: the page asks for the key; a wrong one (E2E_WRONG_KEY) brings the
 //            prompt back saying it was refused; the right one (E2E_API_KEY) loads Models (which must list
 //            E2E_MODEL_ID) and Jobs without asking again
+//   reference  `robopt demo` in the page: pick the reference model E2E_REFERENCE (default vla) in Chat, keep it
+//            judged in its simulator, send the demo goal (E2E_GOAL), start, and follow the job to its end
 // Screenshots and result.json go to the output folder; exit 1 with a message on the first failure.
 //
-//   node src/tests/e2e/workflows.mjs <clarify|replay|apikey> <service URL> <output folder>
+//   node src/tests/e2e/workflows.mjs <clarify|replay|apikey|reference> <service URL> <output folder>
 import { expect, Failure, runInBrowser } from './harness.mjs';
 
 const [name, argUrl, argOut] = process.argv.slice(2);
@@ -175,7 +177,81 @@ async function apikey({ page, step, shoot }, result) {
   });
 }
 
-const WORKFLOWS = { clarify, replay, apikey };
+const DEMO_GOAL = 'at least 2x faster and 3x smaller on this machine, lose at most 2 points of success rate';
+
+async function reference({ page, step, shoot, log }, result) {
+  const name = env.E2E_REFERENCE ?? 'vla';
+  const goal = env.E2E_GOAL ?? DEMO_GOAL;
+  const jobTimeoutMs = Number(env.E2E_JOB_TIMEOUT_S ?? 300) * 1000;
+  result.reference = name;
+
+  await step(`open Chat and pick the reference model ${name}`, async () => {
+    const response = await page.goto(`${url}/#/chat`);
+    expect(response && response.ok(), `GET ${url}/ answered ${response?.status()}: is frontend/dist built?`);
+    await page.getByRole('combobox', { name: 'Model to optimize' }).click();
+    const group = page.locator('.ant-select-item-group', { hasText: 'Reference models' });
+    try {
+      await group.waitFor({ timeout: 30_000 });
+    } catch {
+      throw new Failure('the model select shows no "Reference models" group');
+    }
+    await page.locator('.ant-select-item-option').filter({ hasText: new RegExp(`^${name}: `) }).first().click();
+    await page.locator('.ant-select-dropdown:not(.ant-select-dropdown-hidden)').waitFor({ state: 'hidden' });
+    const closedLoop = page.getByRole('checkbox', { name: 'Judge by closed-loop success in the simulator' });
+    expect(await closedLoop.isChecked(), `the reference ${name} is not judged in its simulator by default`);
+  });
+
+  await step(`send the demo goal "${goal}" and see the parsed criteria`, async () => {
+    await page.getByRole('textbox', { name: 'Goal', exact: true }).fill(goal);
+    await page.getByRole('button', { name: 'Send goal' }).click();
+    const criteria = page.locator('[aria-label="Parsed criteria"]').last();
+    try {
+      await criteria.waitFor({ timeout: 60_000 });
+    } catch {
+      const said = await page.locator('body').innerText();
+      throw new Failure(`no criteria table after sending the goal; the page shows: ${said.slice(0, 600)}`);
+    }
+    result.criteria = await criteria.innerText();
+    expect(/min speedup\s*2x/.test(result.criteria), `the criteria do not read "min speedup 2x": ${result.criteria}`);
+    expect(/min compression\s*3x/.test(result.criteria), `the criteria do not read "min compression 3x": ${result.criteria}`);
+    await shoot('chat-reference.png', { full: true });
+  });
+
+  await step('start the job on the reference', async () => {
+    const start = page.getByRole('button', { name: 'Start optimization job' });
+    expect(await start.isEnabled(), 'Start stays disabled with a reference picked and a clear goal');
+    await start.click();
+    try {
+      await page.waitForURL(/#\/jobs\/[^/]+$/, { timeout: 60_000 });
+    } catch {
+      const alert = await page.locator('.ant-alert').allInnerTexts();
+      throw new Failure(`Start did not open a job view${alert.length ? `; the page says: ${alert.join(' | ')}` : ''}`);
+    }
+    result.job_id = decodeURIComponent(new URL(page.url()).hash.split('/')[2]);
+    log(`job ${result.job_id} started on ${name}`);
+  });
+
+  await step('follow the job to its end on the job view', async () => {
+    await page.getByText(`Job ${result.job_id}`).waitFor();
+    // the progress bar shows the current step's progress (it reaches 100% at every step's end): wait for the
+    // job's summary instead
+    const summary = page.getByText(/^Goal (not )?met; final version/);
+    try {
+      await summary.waitFor({ timeout: jobTimeoutMs });
+    } catch {
+      const now = await page.getByRole('progressbar').getAttribute('aria-valuenow').catch(() => '?');
+      throw new Failure(`the job showed no summary within ${jobTimeoutMs / 1000} s (progress ${now}%)`);
+    }
+    result.page_summary = await summary.innerText();
+    const status = page.locator('.ant-descriptions-item-label', { hasText: /^Status$/ }).locator('xpath=following-sibling::*[1]');
+    result.page_status = (await status.innerText()).trim();
+    expect(!/failed|cancelled/.test(result.page_status), `the job view shows status ${result.page_status}`);
+    log(`${result.page_summary}; status ${result.page_status}`);
+    await shoot('job-reference.png', { full: true });
+  });
+}
+
+const WORKFLOWS = { clarify, replay, apikey, reference };
 if (!url || !(name in WORKFLOWS)) {
   console.error(`usage: node workflows.mjs <${Object.keys(WORKFLOWS).join('|')}> <service URL> <output folder>`);
   process.exit(2);
