@@ -1,0 +1,159 @@
+"""A real PostgreSQL for the tests: Debian's binaries, a cluster in pytest's temp dir, a free port on 127.0.0.1.
+
+`postgres` refuses to run as root, so under root the cluster belongs to the `postgres` system user (initdb and
+pg_ctl run as that user; the temp dir's ancestors get the traverse bit for others so that user can reach it).
+Where the binaries or psycopg are missing the tests skip, unless `CI` is set: then they fail, because a missing
+component must fail CI rather than skip silently.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import pwd
+import shutil
+import socket
+import stat
+import subprocess
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+SUPERUSER = "robopt"
+START_TIMEOUT_S = 60
+
+
+def unavailable(reason: str) -> None:
+    """Skip the test for `reason`, or fail it when running in CI (env `CI` set)."""
+    if os.environ.get("CI"):
+        pytest.fail(f"PostgreSQL tests cannot run in CI: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def find_bin_dir() -> Path | None:
+    """The newest Debian PostgreSQL bin dir (`/usr/lib/postgresql/<v>/bin`), else the one of `pg_ctl` on PATH."""
+    candidates = sorted(
+        glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda path: int(Path(path).parts[-3])
+    )
+    if candidates:
+        return Path(candidates[-1]).parent
+    on_path = shutil.which("pg_ctl")
+    if on_path and (Path(on_path).resolve().parent / "initdb").exists():
+        return Path(on_path).resolve().parent
+    return None
+
+
+def _free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _let_user_reach(path: Path) -> None:
+    """Add the traverse bit for others to `path`'s ancestors that lack it (pytest makes its temp dirs 0700)."""
+    for folder in [path, *path.parents]:
+        mode = folder.stat().st_mode
+        if not mode & stat.S_IXOTH:
+            folder.chmod(mode | stat.S_IXOTH)
+
+
+@dataclass
+class PostgresServer:
+    """A running cluster: connect as `SUPERUSER` (trust auth) on 127.0.0.1:`port`."""
+
+    bin_dir: Path
+    root: Path
+    port: int
+    user: str | None
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    def url(self, database: str = "postgres") -> str:
+        """The libpq URL of `database` on this server (the form robopt's settings accept)."""
+        return f"postgresql://{SUPERUSER}@127.0.0.1:{self.port}/{database}"
+
+    def _run(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """Run a PostgreSQL binary as the cluster's owner; raise with its output when it fails."""
+        if self.user:
+            _let_user_reach(self.root)  # again: a pytest session starting beside us resets its root dir to 0700
+        done = subprocess.run(
+            [str(self.bin_dir / args[0]), *args[1:]],
+            # the owner's own group and no others: root's group would match root's 0700 temp dirs and deny
+            user=self.user,
+            group=self.user and pwd.getpwnam(self.user).pw_gid,
+            extra_groups=[] if self.user else None,
+            capture_output=True,
+            text=True,
+            timeout=START_TIMEOUT_S + 30,
+            cwd=self.root,
+        )
+        if done.returncode != 0:
+            log = self.root / "postgres.log"
+            tail = log.read_text()[-2000:] if log.exists() else ""
+            raise RuntimeError(f"{args[0]} failed ({done.returncode}): {done.stdout}{done.stderr}{tail}")
+        return done
+
+    def start(self) -> None:
+        """initdb (trust auth, no fsync) and start on the port, its unix socket inside `root`."""
+        self._run("initdb", "-D", str(self.data), "-U", SUPERUSER, "-A", "trust", "-E", "UTF8", "--no-sync")
+        options = f"-p {self.port} -k {self.root / 'sock'} -c listen_addresses=127.0.0.1 -c fsync=off"
+        (self.root / "sock").mkdir()
+        if self.user:
+            shutil.chown(self.root / "sock", self.user)
+        self._run(
+            "pg_ctl", "start", "-w", "-t", str(START_TIMEOUT_S), "-D", str(self.data),
+            "-l", str(self.root / "postgres.log"), "-o", options,
+        )  # fmt: skip
+
+    def stop(self) -> None:
+        """Stop the cluster (fast: open sessions are rolled back)."""
+        self._run("pg_ctl", "stop", "-m", "fast", "-w", "-D", str(self.data))
+
+    def create_database(self) -> str:
+        """A fresh, empty database; returns its name."""
+        import psycopg
+
+        name = f"t_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(self.url(), autocommit=True) as connection:
+            connection.execute(f'CREATE DATABASE "{name}"')
+        return name
+
+    def drop_database(self, name: str) -> None:
+        """Drop `name`, closing whatever sessions still use it."""
+        import psycopg
+
+        with psycopg.connect(self.url(), autocommit=True) as connection:
+            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextmanager
+def running_postgres(root: Path) -> Iterator[PostgresServer]:
+    """Start a PostgreSQL cluster under `root` (as the `postgres` user when we are root), stop it afterwards."""
+    bin_dir = find_bin_dir()
+    if bin_dir is None:
+        unavailable("PostgreSQL's binaries are not installed (no /usr/lib/postgresql/*/bin/initdb nor pg_ctl on PATH)")
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        unavailable("psycopg is not installed: pip install -e '.[postgres]'")
+    user = None
+    if os.geteuid() == 0:
+        try:
+            user = pwd.getpwnam("postgres").pw_name
+        except KeyError:
+            unavailable("running as root and there is no `postgres` system user to own the cluster")
+        shutil.chown(root, user)
+        _let_user_reach(root)
+    server = PostgresServer(bin_dir=bin_dir, root=root, port=_free_port(), user=user)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
