@@ -1,7 +1,10 @@
 """A real PostgreSQL for the tests: Debian's binaries, a cluster in pytest's temp dir, a free port on 127.0.0.1.
 
-`postgres` refuses to run as root, so under root the cluster belongs to the `postgres` system user (initdb and
-pg_ctl run as that user; the temp dir's ancestors get the traverse bit for others so that user can reach it).
+`postgres` refuses to run as root. Under root, initdb and pg_ctl run in a user namespace (`unshare --user
+--map-user=<postgres user>`): inside it they are that unprivileged user, outside they stay root, so the cluster's
+files belong to root and sit in pytest's 0700 temp dirs without any permission change (handing the dir to the
+`postgres` user instead needs the traverse bit on pytest's root dir, which every pytest session starting beside
+us resets to 0700: the server then lost its own data dir mid-run).
 Where the binaries or psycopg are missing the tests skip, unless `CI` is set: then they fail, because a missing
 component must fail CI rather than skip silently.
 """
@@ -13,7 +16,6 @@ import os
 import pwd
 import shutil
 import socket
-import stat
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -54,12 +56,19 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def _let_user_reach(path: Path) -> None:
-    """Add the traverse bit for others to `path`'s ancestors that lack it (pytest makes its temp dirs 0700)."""
-    for folder in [path, *path.parents]:
-        mode = folder.stat().st_mode
-        if not mode & stat.S_IXOTH:
-            folder.chmod(mode | stat.S_IXOTH)
+def _unprivileged_prefix() -> tuple[str, ...]:
+    """The command prefix that runs PostgreSQL's binaries as an unprivileged user in a user namespace."""
+    unshare = shutil.which("unshare")
+    for name in ("postgres", "nobody"):  # initdb needs a passwd entry for its user id
+        try:
+            entry = pwd.getpwnam(name)
+        except KeyError:
+            continue
+        prefix = (unshare or "unshare", "--user", f"--map-user={entry.pw_uid}", f"--map-group={entry.pw_gid}")
+        if unshare and subprocess.run([*prefix, "true"], capture_output=True).returncode == 0:
+            return prefix
+    unavailable("running as root, and no user namespace (`unshare --user`) to run PostgreSQL unprivileged")
+    raise AssertionError("unreachable")
 
 
 @dataclass
@@ -69,7 +78,7 @@ class PostgresServer:
     bin_dir: Path
     root: Path
     port: int
-    user: str | None
+    prefix: tuple[str, ...]
 
     @property
     def data(self) -> Path:
@@ -81,14 +90,8 @@ class PostgresServer:
 
     def _run(self, *args: str) -> subprocess.CompletedProcess[str]:
         """Run a PostgreSQL binary as the cluster's owner; raise with its output when it fails."""
-        if self.user:
-            _let_user_reach(self.root)  # again: a pytest session starting beside us resets its root dir to 0700
         done = subprocess.run(
-            [str(self.bin_dir / args[0]), *args[1:]],
-            # the owner's own group and no others: root's group would match root's 0700 temp dirs and deny
-            user=self.user,
-            group=self.user and pwd.getpwnam(self.user).pw_gid,
-            extra_groups=[] if self.user else None,
+            [*self.prefix, str(self.bin_dir / args[0]), *args[1:]],
             capture_output=True,
             text=True,
             timeout=START_TIMEOUT_S + 30,
@@ -105,8 +108,6 @@ class PostgresServer:
         self._run("initdb", "-D", str(self.data), "-U", SUPERUSER, "-A", "trust", "-E", "UTF8", "--no-sync")
         options = f"-p {self.port} -k {self.root / 'sock'} -c listen_addresses=127.0.0.1 -c fsync=off"
         (self.root / "sock").mkdir()
-        if self.user:
-            shutil.chown(self.root / "sock", self.user)
         self._run(
             "pg_ctl", "start", "-w", "-t", str(START_TIMEOUT_S), "-D", str(self.data),
             "-l", str(self.root / "postgres.log"), "-o", options,
@@ -135,23 +136,18 @@ class PostgresServer:
 
 @contextmanager
 def running_postgres(root: Path) -> Iterator[PostgresServer]:
-    """Start a PostgreSQL cluster under `root` (as the `postgres` user when we are root), stop it afterwards."""
+    """Start a PostgreSQL cluster under `root` (unprivileged in a user namespace when we are root); stop it after."""
     bin_dir = find_bin_dir()
     if bin_dir is None:
-        unavailable("PostgreSQL's binaries are not installed (no /usr/lib/postgresql/*/bin/initdb nor pg_ctl on PATH)")
+        unavailable(
+            "PostgreSQL's binaries are not installed (no /usr/lib/postgresql/*/bin/initdb nor pg_ctl on PATH)"
+        )
     try:
         import psycopg  # noqa: F401
     except ImportError:
         unavailable("psycopg is not installed: pip install -e '.[postgres]'")
-    user = None
-    if os.geteuid() == 0:
-        try:
-            user = pwd.getpwnam("postgres").pw_name
-        except KeyError:
-            unavailable("running as root and there is no `postgres` system user to own the cluster")
-        shutil.chown(root, user)
-        _let_user_reach(root)
-    server = PostgresServer(bin_dir=bin_dir, root=root, port=_free_port(), user=user)
+    prefix = _unprivileged_prefix() if os.geteuid() == 0 else ()
+    server = PostgresServer(bin_dir=bin_dir, root=root, port=_free_port(), prefix=prefix)
     server.start()
     try:
         yield server
