@@ -18,8 +18,9 @@ refuses new writes, waits for those in flight, and rolls back before the connect
 
 PostgreSQL (`checkpoint_url`; the `postgres` extra): each `open_checkpointer` block is one connection of LangGraph's
 `AsyncPostgresSaver` (autocommit, so a job cancelled mid-write leaves no transaction behind). Its `setup()` (the
-saver's own migrations) runs under a PostgreSQL advisory lock, so jobs or replicas opening their first checkpointer
-at the same time do not race each other's `CREATE TABLE` / `INSERT INTO checkpoint_migrations`.
+saver's own migrations) runs under a PostgreSQL advisory lock, polled, so jobs or replicas opening their first
+checkpointer at the same time neither race each other's `CREATE TABLE` / `INSERT INTO checkpoint_migrations` nor
+deadlock on its `CREATE INDEX CONCURRENTLY` (`_setup_postgres_saver`).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
 from graph.database_url import checkpoint_dsn
 from graph.state import STATE_TYPES
-from tools.errors import ConfigurationError, MissingDependencyError, RoboptError
+from tools.errors import ConfigurationError, MissingDependencyError, ResourceError, RoboptError
 from tools.log import get_logger
 
 CHECKPOINT_FILE = "checkpoints.db"
@@ -47,6 +48,7 @@ BUSY_TIMEOUT_S = 30.0
 WRITE_RETRY_S = 120.0
 # pg_advisory_lock key every robopt process takes around the Postgres saver's setup (any constant bigint)
 POSTGRES_SETUP_LOCK = 0x726F626F7074
+POSTGRES_SETUP_WAIT_S = 120.0
 log = get_logger("checkpoint")
 T = TypeVar("T")
 
@@ -167,8 +169,24 @@ def state_serializer() -> JsonPlusSerializer:
 
 
 async def _setup_postgres_saver(saver: Any) -> None:
-    """Create or migrate the saver's tables, one process at a time (a session advisory lock on its connection)."""
-    await saver.conn.execute("SELECT pg_advisory_lock(%s)", (POSTGRES_SETUP_LOCK,))
+    """Create or migrate the saver's tables, one connection at a time (a session advisory lock).
+
+    The lock is polled (`pg_try_advisory_lock`), never waited for inside a statement: a migration runs
+    `CREATE INDEX CONCURRENTLY`, which waits for every open transaction, and a `pg_advisory_lock` call blocked
+    on the holder is one, so the two deadlocked (seen with six jobs opening at once on a fresh database).
+    """
+    deadline = time.monotonic() + POSTGRES_SETUP_WAIT_S
+    while True:
+        cursor = await saver.conn.execute("SELECT pg_try_advisory_lock(%s) AS taken", (POSTGRES_SETUP_LOCK,))
+        if (await cursor.fetchone())["taken"]:
+            break
+        if time.monotonic() > deadline:
+            raise ResourceError(
+                f"the checkpoint tables' setup waited {POSTGRES_SETUP_WAIT_S:.0f} s for another robopt process",
+                hint="a robopt process may be stuck migrating the checkpoint tables: check pg_locks on the "
+                "checkpoint database, or retry",
+            )
+        await asyncio.sleep(0.05)
     try:
         await saver.setup()
     finally:
