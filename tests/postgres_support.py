@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -34,6 +35,14 @@ def unavailable(reason: str) -> None:
     if os.environ.get("CI"):
         pytest.fail(f"PostgreSQL tests cannot run in CI: {reason}", pytrace=False)
     pytest.skip(reason)
+
+
+def connect(url: str) -> Any:
+    """A psycopg connection to `url`, to read what robopt stored (psycopg imported here: the `postgres_server`
+    fixture has already skipped, or failed in CI, where it is missing)."""
+    import psycopg
+
+    return psycopg.connect(url)
 
 
 def find_bin_dir() -> Path | None:

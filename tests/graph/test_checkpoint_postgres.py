@@ -8,13 +8,13 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 from langgraph.checkpoint.base import empty_checkpoint
 from pydantic import BaseModel
 
 from graph.checkpoint import open_checkpointer
 from graph.state import Attempt, JobOptions
+from tests.postgres_support import connect
 from tools.errors import ConfigurationError
 
 
@@ -70,7 +70,7 @@ def test_jobs_opening_at_once_set_up_one_schema_and_share_checkpoints(
     assert [item.config["configurable"]["checkpoint_id"] for item in listed] == [ids[3]]
     values = latest.checkpoint["channel_values"]
     assert values["attempts"] == [attempt] and isinstance(values["options"], JobOptions)
-    with psycopg.connect(postgres_url) as connection:
+    with connect(postgres_url) as connection:
         rows = connection.execute(
             "SELECT thread_id, checkpoint_id FROM checkpoints ORDER BY thread_id"
         ).fetchall()

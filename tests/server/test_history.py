@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from pydantic import BaseModel
 
 from server.history import HISTORY_FILE, HistoryDB
-from tests.postgres_support import PostgresServer
+from tests.postgres_support import PostgresServer, connect
 from tools.errors import NotFoundError, ValidationError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -342,8 +342,6 @@ def test_datetimes_come_back_tz_aware_utc(db: HistoryDB) -> None:
 def test_postgres_url_forms_name_one_database_whose_rows_psycopg_reads(
     postgres_url: str, data_dir: Path
 ) -> None:
-    import psycopg
-
     driver_url = postgres_url.replace("postgresql://", "postgresql+psycopg://", 1)
     short_url = postgres_url.replace("postgresql://", "postgres://", 1)
     with HistoryDB(postgres_url) as bare, HistoryDB(driver_url) as driver, HistoryDB(short_url) as short:
@@ -351,7 +349,7 @@ def test_postgres_url_forms_name_one_database_whose_rows_psycopg_reads(
         job = bare.create_job("under 2 GB", "models/act.pt", options={"budget": 5})
         driver.record_attempt(job.id, {"index": 0, "status": "baseline", "metrics": {"latency_ms": 9.5}})
         assert short.append_event(job.id, "status", {"state": "running"}) == 1
-    with psycopg.connect(postgres_url) as connection:
+    with connect(postgres_url) as connection:
         row = connection.execute(
             "SELECT goal, options, attempts_count FROM jobs WHERE id = %s", (job.id,)
         ).fetchone()

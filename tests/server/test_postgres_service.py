@@ -8,11 +8,10 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import httpx
-import psycopg
 import pytest
 
 from server.history import HISTORY_FILE
-from tests.postgres_support import PostgresServer
+from tests.postgres_support import PostgresServer, connect
 from tests.server.api_support import (
     Server,
     complete_event,
@@ -80,7 +79,7 @@ def test_a_job_runs_to_complete_and_its_rows_and_checkpoints_are_in_postgres(
         checkpoints = client.get(f"/jobs/{job_id}/checkpoints").json()["data"]
     assert [c["step"] for c in checkpoints] == sorted(c["step"] for c in checkpoints)
     assert {"intake", "analyze", "finalize"} <= {c["node"] for c in checkpoints}
-    with psycopg.connect(database_url) as connection:
+    with connect(database_url) as connection:
         status, goal, attempts_count = connection.execute(
             "SELECT status, goal, attempts_count FROM jobs WHERE id = %s", (job_id,)
         ).fetchone()
@@ -128,7 +127,7 @@ def test_a_replay_from_a_checkpoint_runs_on_postgres_and_leaves_the_parent_untou
         c["node"] for c in child_checkpoints
     }, "the replay starts after the parent's analysis"
     assert parent_after == checkpoints, "the parent's checkpoints are untouched"
-    with psycopg.connect(database_url) as connection:
+    with connect(database_url) as connection:
         counts = dict(
             connection.execute(
                 "SELECT thread_id, count(*) FROM checkpoints WHERE thread_id IN (%s, %s) GROUP BY thread_id",
