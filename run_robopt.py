@@ -13,7 +13,7 @@ import sys
 from _bootstrap import ROOT, ensure_frontend, ensure_venv
 
 if __name__ == "__main__":
-    python = ensure_venv(extras=("lerobot", "sim"))
+    python = ensure_venv(extras=("lerobot", "postgres", "sim"))
     ensure_frontend()  # the page `robopt serve` shows at /; skipped, with a note, where npm is missing
     arguments = sys.argv[1:] or ["demo"]
     os.chdir(ROOT)

@@ -1,6 +1,6 @@
 """Run robopt's test suites: `python3 run_tests.py --suite unit|integration|performance|slow|all`.
 
-Installs robopt with its dev, lerobot and sim extras into `.venv` first if needed. `all` (what CI runs) leaves out
+Installs robopt with its dev, lerobot, postgres and sim extras into `.venv` first if needed. `all` (what CI runs) leaves out
 the tests marked slow and also checks Black and isort.
 """
 
@@ -124,7 +124,7 @@ def main() -> int:
     parser.add_argument("--suite", choices=sorted(SUITES), default="all")
     parser.add_argument("pytest_args", nargs="*", help="extra arguments passed to pytest (after --)")
     args = parser.parse_args()
-    python = str(ensure_venv(extras=("dev", "lerobot", "sim")))
+    python = str(ensure_venv(extras=("dev", "lerobot", "postgres", "sim")))
     style = check_style(python) if args.suite == "all" else 0
     page = test_frontend() if args.suite == "all" else 0
     if args.suite in ("unit", "all"):

@@ -15,6 +15,12 @@ node's error from a background task) can still be in flight when the job's conne
 INSERT and its COMMIT, the connection became a zombie (SQLite defers closing while the write's statement lives) that
 kept the write lock, and every later job's writes failed "database is locked" (CI, twice). Now a closing saver
 refuses new writes, waits for those in flight, and rolls back before the connection closes.
+
+PostgreSQL (`checkpoint_url`; the `postgres` extra): each `open_checkpointer` block is one connection of LangGraph's
+`AsyncPostgresSaver` (autocommit, so a job cancelled mid-write leaves no transaction behind). Its `setup()` (the
+saver's own migrations) runs under a PostgreSQL advisory lock, polled, so jobs or replicas opening their first
+checkpointer at the same time neither race each other's `CREATE TABLE` / `INSERT INTO checkpoint_migrations` nor
+deadlock on its `CREATE INDEX CONCURRENTLY` (`_setup_postgres_saver`).
 """
 
 from __future__ import annotations
@@ -32,13 +38,17 @@ from langgraph.checkpoint.base import BaseCheckpointSaver, ChannelVersions, Chec
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
+from graph.database_url import checkpoint_dsn
 from graph.state import STATE_TYPES
-from tools.errors import MissingDependencyError, RoboptError
+from tools.errors import ConfigurationError, MissingDependencyError, ResourceError, RoboptError
 from tools.log import get_logger
 
 CHECKPOINT_FILE = "checkpoints.db"
 BUSY_TIMEOUT_S = 30.0
 WRITE_RETRY_S = 120.0
+# pg_advisory_lock key every robopt process takes around the Postgres saver's setup (any constant bigint)
+POSTGRES_SETUP_LOCK = 0x726F626F7074
+POSTGRES_SETUP_WAIT_S = 120.0
 log = get_logger("checkpoint")
 T = TypeVar("T")
 
@@ -158,22 +168,68 @@ def state_serializer() -> JsonPlusSerializer:
     return JsonPlusSerializer(allowed_msgpack_modules=allowed)
 
 
+async def _setup_postgres_saver(saver: Any) -> None:
+    """Create or migrate the saver's tables, one connection at a time (a session advisory lock).
+
+    The lock is polled (`pg_try_advisory_lock`), never waited for inside a statement: a migration runs
+    `CREATE INDEX CONCURRENTLY`, which waits for every open transaction, and a `pg_advisory_lock` call blocked
+    on the holder is one, so the two deadlocked (seen with six jobs opening at once on a fresh database).
+    """
+    deadline = time.monotonic() + POSTGRES_SETUP_WAIT_S
+    while True:
+        cursor = await saver.conn.execute("SELECT pg_try_advisory_lock(%s) AS taken", (POSTGRES_SETUP_LOCK,))
+        if (await cursor.fetchone())["taken"]:
+            break
+        if time.monotonic() > deadline:
+            raise ResourceError(
+                f"the checkpoint tables' setup waited {POSTGRES_SETUP_WAIT_S:.0f} s for another robopt process",
+                hint="a robopt process may be stuck migrating the checkpoint tables: check pg_locks on the "
+                "checkpoint database, or retry",
+            )
+        await asyncio.sleep(0.05)
+    try:
+        await saver.setup()
+    finally:
+        await saver.conn.execute("SELECT pg_advisory_unlock(%s)", (POSTGRES_SETUP_LOCK,))
+
+
+@asynccontextmanager
+async def _open_postgres_checkpointer(url: str) -> AsyncIterator[BaseCheckpointSaver]:
+    """LangGraph's Postgres saver on one connection to `url` (any PostgreSQL URL form), its tables set up."""
+    dsn = checkpoint_dsn(url)
+    try:
+        import psycopg
+        from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+    except ImportError:
+        raise MissingDependencyError(
+            "a PostgreSQL checkpoint URL is configured but langgraph-checkpoint-postgres is not installed",
+            hint="pip install 'robopt[postgres]' (psycopg and langgraph-checkpoint-postgres), "
+            "or unset ROBOPT_CHECKPOINT_URL",
+        ) from None
+    async with contextlib.AsyncExitStack() as stack:
+        try:
+            saver = await stack.enter_async_context(
+                AsyncPostgresSaver.from_conn_string(dsn, serde=state_serializer())
+            )
+        except psycopg.OperationalError as error:
+            raise ConfigurationError(
+                f"cannot connect to the checkpoint database: {str(error).strip().splitlines()[0]}",
+                hint="check ROBOPT_CHECKPOINT_URL (host, port, user, password, database) and that PostgreSQL "
+                "is running",
+            ) from None
+        await _setup_postgres_saver(saver)
+        log.info("postgres checkpointer opened")
+        yield saver
+
+
 @asynccontextmanager
 async def open_checkpointer(
     data_dir: Path, url: str | None = None, busy_timeout_s: float = BUSY_TIMEOUT_S
 ) -> AsyncIterator[BaseCheckpointSaver]:
-    """Open the job checkpointer for the duration of the block (SQLite waits `busy_timeout_s` for a lock, then
-    its writes retry; see `RetryingSqliteSaver`)."""
-    if url and url.startswith(("postgres://", "postgresql://")):
-        try:
-            from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver  # type: ignore[import-not-found]
-        except ImportError:
-            raise MissingDependencyError(
-                "a Postgres checkpoint URL is configured but langgraph-checkpoint-postgres is not installed",
-                hint="pip install 'langgraph-checkpoint-postgres' 'psycopg[binary]', or unset ROBOPT_CHECKPOINT_URL",
-            ) from None
-        async with AsyncPostgresSaver.from_conn_string(url, serde=state_serializer()) as saver:
-            await saver.setup()
+    """Open the job checkpointer for the duration of the block: PostgreSQL when `url` is set, else SQLite in
+    `data_dir` (which waits `busy_timeout_s` for a lock, then its writes retry; see `RetryingSqliteSaver`)."""
+    if url:
+        async with _open_postgres_checkpointer(url) as saver:
             yield saver
         return
     import aiosqlite

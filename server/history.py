@@ -3,7 +3,9 @@
 One subscriber of the runner's event fan-out writes here; the CLI (`robopt jobs`, `robopt history`) and the
 HTTP service read from it (SSE replays a job's events by seq; on restart, jobs left running are resumed).
 SQLite by default (`<data>/optimization_history.db`, WAL, busy timeout, so the CLI and a server can both
-write), any SQLAlchemy URL otherwise. Methods are synchronous: async callers use `asyncio.to_thread`.
+write), any SQLAlchemy URL otherwise: PostgreSQL through psycopg 3 (the `postgres` extra), where a bare
+`postgresql://` URL, the form the checkpointer takes, is read as `postgresql+psycopg://`. Methods are synchronous:
+async callers use `asyncio.to_thread`.
 """
 
 import uuid
@@ -16,11 +18,12 @@ import sqlalchemy as sa
 from pydantic import BaseModel
 from pydantic_core import to_jsonable_python
 from sqlalchemy import JSON, Column, UniqueConstraint, event
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.pool import StaticPool
 from sqlmodel import Field, Session, SQLModel, create_engine, delete, func, select
 
-from tools.errors import NotFoundError, ValidationError
+from graph.database_url import history_sqlalchemy_url
+from tools.errors import ConfigurationError, MissingDependencyError, NotFoundError, ValidationError
 from tools.log import get_logger
 
 log = get_logger("history")
@@ -162,11 +165,19 @@ class HistoryDB:
 
     def __init__(self, url: str) -> None:
         """Open (and create the tables of) the database at `url`."""
-        self.url = url
-        self.engine = self._make_engine(url)
-        SQLModel.metadata.create_all(
-            self.engine, tables=[JobRecord.__table__, AttemptRecordRow.__table__, EventRecord.__table__]
-        )
+        self.url = history_sqlalchemy_url(url)
+        self.engine = self._make_engine(self.url)
+        try:
+            SQLModel.metadata.create_all(
+                self.engine, tables=[JobRecord.__table__, AttemptRecordRow.__table__, EventRecord.__table__]
+            )
+        except OperationalError as error:
+            self.engine.dispose()
+            where = self.engine.url.render_as_string(hide_password=True)
+            raise ConfigurationError(
+                f"cannot open the history database {where}: {str(error.orig).strip().splitlines()[0]}",
+                hint="check ROBOPT_HISTORY_URL (host, port, user, password, database) and that the server runs",
+            ) from None
 
     @classmethod
     def for_data_dir(cls, data_dir: Path) -> "HistoryDB":
@@ -185,7 +196,14 @@ class HistoryDB:
         """Build the engine; SQLite gets WAL, a busy timeout and connections usable from any thread."""
         parsed = sa.engine.make_url(url)
         if not parsed.drivername.startswith("sqlite"):
-            return create_engine(url, pool_pre_ping=True)
+            try:
+                return create_engine(url, pool_pre_ping=True)
+            except ModuleNotFoundError as error:
+                raise MissingDependencyError(
+                    f"the history URL's driver {parsed.drivername!r} is not installed ({error.name})",
+                    hint="for PostgreSQL: pip install 'robopt[postgres]' and use postgresql://... or "
+                    "postgresql+psycopg://...",
+                ) from None
         memory = parsed.database in (None, "", ":memory:")  # one shared connection, else each has its own DB
         engine = create_engine(
             url,

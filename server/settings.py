@@ -14,6 +14,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from graph.database_url import is_postgres_url
 from tools.errors import ConfigurationError
 
 CONFIG_FILE = Path("config/default.json")
@@ -58,11 +59,13 @@ class Settings(BaseSettings):
     max_archive_files: int = Field(default=10_000, gt=0, description="Cap on files unpacked from an archive.")
     history_url: str | None = Field(
         default=None,
-        description="SQLAlchemy URL of the optimization history (default: SQLite <data_dir>/optimization_history.db).",
+        description="SQLAlchemy URL of the optimization history (default: SQLite <data_dir>/optimization_history.db); "
+        "postgresql:// is read as postgresql+psycopg://, so it can be the checkpoint URL too.",
     )
     checkpoint_url: str | None = Field(
         default=None,
-        description="Postgres URL for graph checkpoints (default: SQLite <data_dir>/checkpoints.db).",
+        description="PostgreSQL URL for graph checkpoints (default: SQLite <data_dir>/checkpoints.db); "
+        "postgresql://, postgres:// or postgresql+psycopg://, so it can be the history URL too.",
     )
     reasoner: Literal["rules", "openai"] = Field(
         default="rules", description="Who reasons: the offline expert rules, or an OpenAI-compatible LLM."
@@ -109,6 +112,15 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_is_unset(cls, value: Any) -> Any:
         return None if value in ("", None) else value
+
+    @field_validator("checkpoint_url")
+    @classmethod
+    def _postgres_checkpoints(cls, value: str | None) -> str | None:
+        if value is not None and not is_postgres_url(value):
+            raise ValueError(
+                "must be a PostgreSQL URL (postgresql://user:password@host:5432/db), or unset for SQLite"
+            )
+        return value
 
     @field_validator("log_level")
     @classmethod

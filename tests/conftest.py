@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from tests.model_zoo import write_all_formats, write_tiny_llava
+
+if TYPE_CHECKING:
+    from tests.postgres_support import PostgresServer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -111,3 +116,20 @@ def lerobot_dataset_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tests.lerobot_zoo import write_lerobot_dataset
 
     return write_lerobot_dataset(tmp_path_factory.mktemp("lerobot-data") / "pick_cube")
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator["PostgresServer"]:
+    """A real PostgreSQL for the session (Debian's binaries, 127.0.0.1, free port); skips without it, fails in CI."""
+    from tests.postgres_support import running_postgres
+
+    with running_postgres(tmp_path_factory.mktemp("postgres")) as server:
+        yield server
+
+
+@pytest.fixture
+def postgres_url(postgres_server: "PostgresServer") -> Iterator[str]:
+    """The `postgresql://` URL of a fresh database on the session's PostgreSQL, dropped after the test."""
+    name = postgres_server.create_database()
+    yield postgres_server.url(name)
+    postgres_server.drop_database(name)

@@ -1,4 +1,5 @@
-"""The history DB against real SQLite files: jobs, attempts, events, concurrency, persistence, time zones."""
+"""The history DB against real SQLite files and a real PostgreSQL: jobs, attempts, events, concurrency, persistence,
+time zones (the `db` and `history_url` fixtures run each test on both backends)."""
 
 from __future__ import annotations
 
@@ -14,15 +15,24 @@ import sqlalchemy as sa
 from pydantic import BaseModel
 
 from server.history import HISTORY_FILE, HistoryDB
+from tests.postgres_support import PostgresServer, connect
 from tools.errors import NotFoundError, ValidationError
 
 REPO = Path(__file__).resolve().parents[2]
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def history_url(request: pytest.FixtureRequest, data_dir: Path) -> str:
+    """The URL of an empty history: a SQLite file in the data directory, or a fresh PostgreSQL database."""
+    if request.param == "postgres":
+        return request.getfixturevalue("postgres_url")
+    return f"sqlite:///{data_dir / HISTORY_FILE}"
+
+
 @pytest.fixture
-def db(data_dir: Path) -> Iterator[HistoryDB]:
-    """A history DB in the test's data directory, closed afterwards."""
-    with HistoryDB.for_data_dir(data_dir) as history:
+def db(history_url: str) -> Iterator[HistoryDB]:
+    """A history DB on each backend, closed afterwards."""
+    with HistoryDB(history_url) as history:
         yield history
 
 
@@ -223,26 +233,25 @@ def test_two_threads_appending_get_distinct_consecutive_seqs(db: HistoryDB) -> N
 
 APPENDER = """
 import sys
-from pathlib import Path
 from server.history import HistoryDB
-db = HistoryDB.for_data_dir(Path(sys.argv[1]))
+db = HistoryDB(sys.argv[1])
 for i in range(int(sys.argv[3])):
     db.append_event(sys.argv[2], "progress", {"pid_i": i})
 """
 
 
-def test_two_processes_appending_get_distinct_consecutive_seqs(db: HistoryDB, data_dir: Path) -> None:
+def test_two_processes_appending_get_distinct_consecutive_seqs(db: HistoryDB, history_url: str) -> None:
     job = db.create_job("g", "m")
     procs = [
-        subprocess.Popen([sys.executable, "-c", APPENDER, str(data_dir), job.id, "100"], cwd=REPO)
+        subprocess.Popen([sys.executable, "-c", APPENDER, history_url, job.id, "100"], cwd=REPO)
         for _ in range(2)
     ]
     assert [proc.wait(timeout=60) for proc in procs] == [0, 0]
     assert [event.seq for event in db.events(job.id)] == list(range(1, 201))
 
 
-def test_two_instances_on_one_file_see_each_others_writes(data_dir: Path) -> None:
-    with HistoryDB.for_data_dir(data_dir) as cli, HistoryDB.for_data_dir(data_dir) as server:
+def test_two_instances_on_one_database_see_each_others_writes(history_url: str) -> None:
+    with HistoryDB(history_url) as cli, HistoryDB(history_url) as server:
         job = cli.create_job("g", "m")
         server.set_status(job.id, "running")
         assert cli.get_job(job.id).status == "running"
@@ -282,13 +291,13 @@ def test_unfinished_jobs_and_counts_by_status(db: HistoryDB) -> None:
     assert counts["failed"] == 0 and sum(counts.values()) == 4
 
 
-def test_data_survives_closing_and_reopening(data_dir: Path) -> None:
-    with HistoryDB.for_data_dir(data_dir) as history:
+def test_data_survives_closing_and_reopening(history_url: str) -> None:
+    with HistoryDB(history_url) as history:
         job = history.create_job("g", "m", options={"budget": {"attempts": 8}})
         history.record_attempt(job.id, {"index": 0, "status": "baseline", "metrics": {"latency_ms": 9.5}})
         history.append_event(job.id, "progress", {"percent": 50})
         history.set_status(job.id, "failed", error="boom")
-    with HistoryDB(f"sqlite:///{data_dir / HISTORY_FILE}") as reopened:
+    with HistoryDB(history_url) as reopened:
         stored = reopened.get_job(job.id)
         assert (stored.status, stored.error, stored.options) == (
             "failed",
@@ -328,3 +337,33 @@ def test_datetimes_come_back_tz_aware_utc(db: HistoryDB) -> None:
     assert attempt.duration_s == 30.0
     assert event.time == datetime(2025, 6, 1, 9, 0, tzinfo=timezone.utc)
     assert stored.created <= stored.updated <= stored.finished <= datetime.now(timezone.utc)
+
+
+def test_postgres_url_forms_name_one_database_whose_rows_psycopg_reads(
+    postgres_url: str, data_dir: Path
+) -> None:
+    driver_url = postgres_url.replace("postgresql://", "postgresql+psycopg://", 1)
+    short_url = postgres_url.replace("postgresql://", "postgres://", 1)
+    with HistoryDB(postgres_url) as bare, HistoryDB(driver_url) as driver, HistoryDB(short_url) as short:
+        assert bare.engine.url.drivername == driver.engine.url.drivername == "postgresql+psycopg"
+        job = bare.create_job("under 2 GB", "models/act.pt", options={"budget": 5})
+        driver.record_attempt(job.id, {"index": 0, "status": "baseline", "metrics": {"latency_ms": 9.5}})
+        assert short.append_event(job.id, "status", {"state": "running"}) == 1
+    with connect(postgres_url) as connection:
+        row = connection.execute(
+            "SELECT goal, options, attempts_count FROM jobs WHERE id = %s", (job.id,)
+        ).fetchone()
+        assert row == ("under 2 GB", {"budget": 5}, 1)
+        metrics = connection.execute("SELECT metrics FROM attempts WHERE job_id = %s", (job.id,)).fetchone()
+        assert metrics == ({"latency_ms": 9.5},)
+        events = connection.execute("SELECT seq, type FROM events WHERE job_id = %s", (job.id,)).fetchall()
+        assert events == [(1, "status")]
+    assert list(data_dir.iterdir()) == []  # nothing fell back to SQLite
+
+
+def test_unreachable_postgres_is_a_configuration_error_with_a_hint(postgres_server: "PostgresServer") -> None:
+    from tools.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="cannot open the history database") as caught:
+        HistoryDB(postgres_server.url("no_such_database"))
+    assert "ROBOPT_HISTORY_URL" in caught.value.hint
