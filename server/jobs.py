@@ -316,9 +316,13 @@ class JobService:
         return result
 
     async def checkpoints(self, job_id: str) -> list[CheckpointInfo]:
-        """Every checkpoint of the job, oldest first."""
-        self.history.get_job(job_id)
-        return await self.runner.checkpoints(job_id)
+        """Every checkpoint of the job, oldest first; none yet for a job that has not stored one (queued, or
+        just started): an empty list, not an error (the page showed a 404 at the start of every job)."""
+        self.history.get_job(job_id)  # NotFoundError for a job that does not exist
+        try:
+            return await self.runner.checkpoints(job_id)
+        except NotFoundError:
+            return []
 
     def job(self, job_id: str) -> JobRecord:
         """The job's history record."""

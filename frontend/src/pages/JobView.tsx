@@ -38,7 +38,10 @@ export function JobView({ jobId }: { jobId: string }) {
     }
   }
 
-  const status = (view.complete?.status as string | undefined) ?? job?.status ?? 'unknown';
+  // the job record is read when the page opens and when the job ends; in between its own events say it runs
+  const running = !done && state.events.some((e) => e.type !== 'complete' && e.type !== 'error');
+  const status =
+    (view.complete?.status as string | undefined) ?? (running ? 'running' : job?.status) ?? 'unknown';
   return (
     <Space direction="vertical" style={{ width: '100%' }} size="large">
       <Card

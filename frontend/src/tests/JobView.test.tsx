@@ -107,6 +107,23 @@ describe('JobView', () => {
     expect(screen.getByText(/Goal met; final version v0002/)).toBeInTheDocument();
   });
 
+  it('shows the job running once its events arrive, though it was queued when the page opened', async () => {
+    vi.mocked(api.getJob).mockResolvedValue({ ...job, status: 'queued', queue_position: 0 });
+    renderView();
+    act(() => socket().fire('connect'));
+    const status = () =>
+      screen.getByText('Status', { selector: '.ant-descriptions-item-label' }).closest('.ant-descriptions-item') as HTMLElement;
+    expect(await screen.findByText('under 8 MB')).toBeInTheDocument();
+    expect(status()).toHaveTextContent('queued');
+
+    act(() => socket().send(event(1, 'status', { state: 'running', goal: 'under 8 MB' })));
+    expect(status()).toHaveTextContent('running');
+    expect(status()).not.toHaveTextContent('queued');
+
+    act(() => socket().send(event(2, 'complete', { status: 'best_effort', goal_met: false })));
+    expect(status()).toHaveTextContent('best_effort');
+  });
+
   it('after a reconnect it resumes from the last seen seq and shows no duplicate rows', async () => {
     renderView();
     act(() => socket().fire('connect'));
