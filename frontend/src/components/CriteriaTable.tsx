@@ -29,13 +29,16 @@ export function criteriaRows(criteria: Criteria): Row[] {
 }
 
 export function CriteriaTable({ goal }: { goal: GoalSpec }) {
+  // The document lets the service leave out the fields that have defaults (it sends them today).
+  const targets = goal.targets ?? [];
+  const assumptions = goal.assumptions ?? [];
   return (
     <div>
       <Table<Row>
         size="small"
         pagination={false}
         aria-label="Parsed criteria"
-        dataSource={criteriaRows(goal.criteria)}
+        dataSource={goal.criteria ? criteriaRows(goal.criteria) : []}
         locale={{ emptyText: 'no hard limit' }}
         columns={[
           { title: 'Criterion', dataIndex: 'criterion' },
@@ -45,15 +48,15 @@ export function CriteriaTable({ goal }: { goal: GoalSpec }) {
       <div style={{ marginTop: 8 }}>
         Objective: <Tag>{goal.objective}</Tag>
         {goal.stop_at_first ? <Tag color="blue">stop at first</Tag> : null}
-        {goal.targets.map((t) => (
+        {targets.map((t) => (
           <Tag key={t} color="geekblue">
             {t}
           </Tag>
         ))}
       </div>
-      {goal.assumptions.length > 0 ? (
+      {assumptions.length > 0 ? (
         <ul aria-label="Assumptions" style={{ marginTop: 8 }}>
-          {goal.assumptions.map((a) => (
+          {assumptions.map((a) => (
             <li key={a}>Assumed: {a}</li>
           ))}
         </ul>

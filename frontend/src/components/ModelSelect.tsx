@@ -57,7 +57,7 @@ export function ModelSelect({
     {
       label: 'Reference models',
       options: references.map((r) => ({
-        value: encode({ kind: 'reference', name: r.name, simulator: r.simulator }),
+        value: encode({ kind: 'reference', name: r.name, simulator: r.simulator ?? null }),
         label: `${r.name}: ${r.description} (${r.format}${r.trained ? ', trained' : ', random weights'})`,
       })),
     },

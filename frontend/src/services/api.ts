@@ -33,8 +33,8 @@ export class ApiError extends Error {
     this.name = 'ApiError';
     this.status = status;
     this.code = body.code;
-    this.hint = body.hint;
-    this.detail = body.detail;
+    this.hint = body.hint ?? null;
+    this.detail = body.detail ?? {};
   }
 }
 

@@ -1,207 +1,70 @@
-// Request and response bodies of robopt's HTTP API (/api/v1), written by hand from the Pydantic models in
-// server/schemas.py, agents/intake.py (GoalSpec), tools/evaluation/criteria.py (Criteria),
-// tools/evaluation/comparison.py (Comparison) and graph/events.py (Event). Field names match exactly.
-// Next: generate them from /openapi.json.
+// Request and response bodies of robopt's HTTP API (/api/v1). Every type the OpenAPI document describes comes
+// from the generated ./openapi.ts (`npm run gen:api`, checked by tests/server/test_openapi_types.py), so the page
+// cannot drift from the service's Pydantic models. Written by hand below: only what the document cannot express
+// (the report's JSON, which GET /jobs/{id}/report serves as a file, and the event stream's payloads).
+import type { components } from './openapi';
+
+type Schemas = components['schemas'];
+
+/**
+ * A request body: the fields listed may be left out (the service fills in their defaults). openapi-typescript
+ * reads a field with a default as always present, which is right for answers (the service always sends it) but
+ * not for what the page sends. Distributes over unions (JobCreate names a model_id or a reference).
+ */
+type RequestBody<T, K extends keyof T> = T extends unknown ? Omit<T, K> & Partial<Pick<T, K>> : never;
 
 /** Datetimes come as ISO-8601 strings. */
 export type IsoDateTime = string;
 
 /** server/schemas.py ErrorPublic: every error answer. */
-export interface ErrorPublic {
-  code: string;
-  message: string;
-  detail: Record<string, unknown>;
-  hint: string | null;
-}
+export type ErrorPublic = Schemas['ErrorPublic'];
 
 /** server/schemas.py ModelPublic. */
-export interface ModelPublic {
-  id: string;
-  name: string;
-  filename: string;
-  format: string;
-  size_bytes: number;
-  sha256: string;
-  params: number;
-  created: IsoDateTime;
-  options: Record<string, unknown>;
-  profile: Record<string, unknown>;
-}
-
-export interface ModelsPublic {
-  data: ModelPublic[];
-  count: number;
-}
+export type ModelPublic = Schemas['ModelPublic'];
+export type ModelsPublic = Schemas['ModelsPublic'];
 
 /** server/schemas.py ReferencePublic: a bundled reference model a job can start from by name. */
-export interface ReferencePublic {
-  name: string;
-  description: string;
-  kind: 'torch_policy' | 'hf_directory' | 'archives';
-  /** What the job is given: torch_state_dict, hf_directory or zip. */
-  format: string;
-  /** Ships trained weights (else random weights). */
-  trained: boolean;
-  /** The task whose data a job judges it with; null: synthetic inputs. */
-  task: string | null;
-  /** The simulator of its task: sent as `simulator`, it judges the job by closed-loop success; null: none. */
-  simulator: string | null;
-}
-
-export interface ReferencesPublic {
-  data: ReferencePublic[];
-  count: number;
-}
+export type ReferencePublic = Schemas['ReferencePublic'];
+export type ReferencesPublic = Schemas['ReferencesPublic'];
 
 /** tools/evaluation/criteria.py Criteria. */
-export interface Criteria {
-  max_size_mb: number | null;
-  max_latency_ms: number | null;
-  latency_target: string;
-  max_memory_mb: number | null;
-  accuracy_floor: number | null;
-  max_accuracy_drop: number | null;
-  accuracy_drop_unit: 'absolute' | 'relative_pct';
-  accuracy_level: string | null;
-  accuracy_metric: string | null;
-  min_speedup: number | null;
-  min_compression: number | null;
-}
+export type Criteria = Schemas['Criteria'];
 
 /** agents/intake.py GoalSpec. */
-export interface GoalSpec {
-  criteria: Criteria;
-  objective: string;
-  stop_at_first: boolean;
-  targets: string[];
-  assumptions: string[];
-  question: string | null;
-}
+export type GoalSpec = Schemas['GoalSpec'];
 
-/** server/schemas.py JobCreate. */
-export interface JobCreate {
-  model_id?: string | null;
-  reference?: string | null;
-  goal: string;
-  target?: string | null;
-  dataset_id?: string | null;
-  simulator?: string | null;
-  episodes?: number | null;
-  max_attempts?: number | null;
-  time_budget_s?: number | null;
-  stop_at_first?: boolean;
-}
+/** server/schemas.py JobCreate: a model_id or a reference. */
+export type JobCreate = RequestBody<Schemas['JobCreate'], 'stop_at_first'>;
 
 /** server/schemas.py AttemptPublic. */
-export interface AttemptPublic {
-  index: number;
-  technique: string;
-  params: Record<string, unknown>;
-  status: string;
-  reason: string;
-  version_id: string | null;
-  metrics: Record<string, unknown> | null;
-  duration_s: number | null;
-}
-
-export interface JobLinks {
-  events: string;
-  websocket: string;
-  report: string;
-  checkpoints: string;
-}
+export type AttemptPublic = Schemas['AttemptPublic'];
+export type JobLinks = Schemas['JobLinks'];
 
 /** server/schemas.py JobPublic. */
-export interface JobPublic {
-  id: string;
-  goal: string;
-  model: string;
-  target: string | null;
-  reasoner: string;
-  status: string;
-  created: IsoDateTime;
-  updated: IsoDateTime;
-  finished: IsoDateTime | null;
-  parent_job_id: string | null;
-  fork_checkpoint_id: string | null;
-  goal_met: boolean | null;
-  best_version: string | null;
-  error: string | null;
-  attempts_count: number;
-  queue_position: number | null;
-  attempts: AttemptPublic[];
-  links: JobLinks;
-}
-
-export interface JobsPublic {
-  data: JobPublic[];
-  count: number;
-}
+export type JobPublic = Schemas['JobPublic'];
+export type JobsPublic = Schemas['JobsPublic'];
 
 /** server/schemas.py JobAccepted (202 of POST /jobs, /chat and /jobs/{id}/replay). */
-export interface JobAccepted {
-  job: JobPublic;
-  goal: GoalSpec | null;
-  estimated_memory_mb: number | null;
-}
-
-export interface CancelPublic {
-  id: string;
-  status: string;
-}
+export type JobAccepted = Schemas['JobAccepted'];
+export type CancelPublic = Schemas['CancelPublic'];
 
 /** server/schemas.py CheckpointPublic: one point a job can be replayed from. */
-export interface CheckpointPublic {
-  checkpoint_id: string;
-  step: number;
-  node: string | null;
-  next: string[];
-  created: IsoDateTime | null;
-  current_version: string | null;
-  attempts: number;
-  status: string | null;
-}
+export type CheckpointPublic = Schemas['CheckpointPublic'];
 
 /** server/schemas.py CheckpointsPublic (GET /jobs/{id}/checkpoints, oldest first). */
-export interface CheckpointsPublic {
-  data: CheckpointPublic[];
-  count: number;
-}
+export type CheckpointsPublic = Schemas['CheckpointsPublic'];
 
 /** server/schemas.py ReplayCreate (POST /jobs/{id}/replay answers 202 with a JobAccepted). */
-export interface ReplayCreate {
-  checkpoint_id: string;
-  goal?: string | null;
-}
+export type ReplayCreate = Schemas['ReplayCreate'];
 
 /** server/schemas.py ChatMessage. */
-export interface ChatMessage {
-  role: 'user' | 'assistant';
-  content: string;
-}
+export type ChatMessage = Schemas['ChatMessage'];
 
 /** server/schemas.py ChatRequest. */
-export interface ChatRequest {
-  messages: ChatMessage[];
-  model_id?: string | null;
-  /** A bundled reference model by name (GET /references); not with model_id. */
-  reference?: string | null;
-  model_params?: number | null;
-  target?: string | null;
-  simulator?: string | null;
-  dataset_id?: string | null;
-  start?: boolean;
-  max_attempts?: number | null;
-  time_budget_s?: number | null;
-  stop_at_first?: boolean;
-}
+export type ChatRequest = RequestBody<Schemas['ChatRequest'], 'start' | 'stop_at_first'>;
 
 /** server/schemas.py ChatResponse. */
-export interface ChatResponse {
-  reply: string;
-  goal: GoalSpec;
-  job: JobPublic | null;
-}
+export type ChatResponse = Schemas['ChatResponse'];
 
 /** tools/evaluation/comparison.py AccuracyChange. */
 export interface AccuracyChange {
